@@ -1,0 +1,27 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The Linux DMA mapping API over VM guest memory.
+//!
+//! Guest memory (any [`vm_memory::GuestMemoryBackend`]) is the bus address
+//! space. A [`DmaBus`] owns the page allocator over the part of it the driver
+//! side owns; [`DmaDevice`]s are built from the bus and carry Linux's masks
+//! and `dma_parms`.
+//!
+//! The mapping from Linux functions to the items of this crate, with every
+//! divergence explained, is docs/LINUX-API.md in the repository.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod bus;
+mod device;
+mod error;
+pub mod page_alloc;
+mod types;
+
+pub use bus::DmaBus;
+pub use device::{DeviceConfig, DmaDevice};
+pub use error::{Error, Result};
+pub use types::{
+    get_order, Attrs, DmaAddr, DmaMask, DmaParms, Direction, DMA_MAPPING_ERROR, PAGE_SHIFT,
+    PAGE_SIZE,
+};
