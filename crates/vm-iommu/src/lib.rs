@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A fast, concurrent virtual IOMMU over [`vm_memory`], and translated device views.
+//!
+//! * [`Iommu`]: domains and endpoints (`u32` ids), attach/detach, bypass domains and a
+//!   bypass switch for unattached endpoints, a page size mask (4 KiB granule; 2 MiB and
+//!   1 GiB leaves where aligned), an input (IOVA) range, per-endpoint reserved regions
+//!   and caps on everything a guest can grow ([`Config`]).
+//! * [`Domain`]: the IO page table. `map`/`unmap` are page granular; overlapping
+//!   maps and unmaps that would split a mapping are errors; failed operations change
+//!   nothing.
+//! * Translation ([`Endpoint::translate`], [`Iommu::translate`]) yields guest-physical
+//!   [`Fragment`]s or a [`Fault`] naming the first failing IOVA, the access and the
+//!   [`FaultReason`]. Faults also go to a bounded log ([`Iommu::drain_faults`]).
+//! * [`DeviceView`]: a [`vm_memory::GuestMemory`] for one endpoint over any
+//!   [`vm_memory::GuestMemoryBackend`], so virtio-queue works over IOVAs unchanged.
+//! * [`IommuAdapter`]: implements [`vm_memory::Iommu`], for users of
+//!   [`vm_memory::IommuMemory`].
+//!
+//! # Concurrency and ordering guarantees
+//!
+//! * Translation takes no lock: the endpoint's domain is one `Acquire` load, the page
+//!   table walk is four `Acquire` loads at most per leaf. Writers (map, unmap, attach,
+//!   detach, destroy) serialize per domain on a mutex and publish with `Release` stores.
+//! * **Unmap is final.** When [`Domain::unmap`] (or detach, destroy, disabling bypass)
+//!   returns, every leaf of the removed mappings has been cleared, so any translation
+//!   that *starts* afterwards (in the happens-before sense: on the same thread, or on a
+//!   thread that synchronized with the return through a lock, channel, atomic or the
+//!   guest's used ring) faults or sees a newer mapping. A translation that overlaps the
+//!   unmap in time may see the old or the new state, and slices it already returned
+//!   stay usable (vm-memory slices cannot be revoked); the caller that needs "no byte
+//!   moves through the old mapping after the reply" must order its accesses before the
+//!   reply, e.g. by completing in-flight requests before acknowledging an unmap.
+//! * Page tables are never freed while the IOMMU lives (they are reused), so readers
+//!   can never walk freed memory; their number is capped per domain.
+//! * Caches: this crate's views do not cache translations. [`IommuAdapter`] keeps a
+//!   vm-memory [`Iotlb`](vm_memory::Iotlb) that it flushes whenever
+//!   [`Iommu::invalidation_generation`] changes; the generation is bumped after the
+//!   table update, so a lookup that starts after an unmap returned refills from the
+//!   table.
+//!
+//! # Example
+//!
+//! ```
+//! use vm_iommu::{Config, Iommu};
+//! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, Permissions};
+//!
+//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+//! let iommu = Iommu::new(Config::default()).unwrap();
+//! let domain = iommu.create_domain(1, false).unwrap();
+//! iommu.attach(0x10, 1).unwrap();
+//!
+//! // Two IOVA pages that are not contiguous in guest memory.
+//! domain.map(0x8000_0000, 0x5000, 0x1000, Permissions::ReadWrite).unwrap();
+//! domain.map(0x8000_1000, 0x2000, 0x1000, Permissions::ReadWrite).unwrap();
+//!
+//! let view = iommu.view(0x10, mem.clone()).unwrap();
+//! view.write_slice(&[0xab; 0x20], GuestAddress(0x8000_0ff0)).unwrap();
+//! assert_eq!(mem.read_obj::<u8>(GuestAddress(0x5ff0)).unwrap(), 0xab);
+//! assert_eq!(mem.read_obj::<u8>(GuestAddress(0x200f)).unwrap(), 0xab);
+//!
+//! domain.unmap(0x8000_0000, 0x2000).unwrap();
+//! assert!(view.read_obj::<u8>(GuestAddress(0x8000_0ff0)).is_err());
+//! let fault = iommu.drain_faults(1)[0];
+//! assert_eq!(fault.iova, 0x8000_0ff0);
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod adapter;
+mod config;
+mod error;
+mod fault;
+mod iommu;
+mod table;
+mod translate;
+mod view;
+
+pub use adapter::{IommuAdapter, IotlbGuard};
+pub use config::{Config, MAX_INPUT_ADDRESS, PAGE_SIZE_1G, PAGE_SIZE_2M, PAGE_SIZE_4K};
+pub use error::{Error, Fault, FaultReason, Result};
+pub use iommu::{Domain, Endpoint, Iommu};
+pub use translate::{Fragment, Translation, INLINE_FRAGMENTS};
+pub use view::DeviceView;

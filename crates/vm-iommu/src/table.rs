@@ -1,0 +1,520 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The IO page table: a four-level radix tree of 512-entry tables, like the x86-64 and
+//! Arm VMSAv8 (4 KiB granule) formats, covering 48-bit IOVAs.
+//!
+//! * Leaf entries are `AtomicU64`s holding `output address | R | W | START | END | VALID`.
+//!   A level-1 slot (1 GiB) and a level-2 slot (2 MiB) may hold a block leaf; level 3
+//!   holds 4 KiB pages.
+//! * `START`/`END` mark the first and last leaf of a mapping, so that unmap can check
+//!   "whole mappings only" from the table itself, without a writer-side interval tree.
+//! * Readers walk with `Acquire` loads and never lock. Child tables are `OnceLock<Box<_>>`
+//!   slots: once published they stay until the table is dropped (the domain slot is
+//!   dropped with its [`Iommu`](crate::Iommu)), so a reader can never walk freed memory.
+//!   Writers (one at a time, under the domain's mutex) publish leaves with `Release`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use vm_memory::Permissions;
+
+/// Entry is a valid leaf.
+pub(crate) const VALID: u64 = 1 << 0;
+/// Shift of the two permission bits (R = bit 1, W = bit 2).
+const PERM_SHIFT: u32 = 1;
+/// Leaf is the first one of its mapping.
+pub(crate) const START: u64 = 1 << 3;
+/// Leaf is the last one of its mapping.
+pub(crate) const END: u64 = 1 << 4;
+/// Output-address bits of an entry.
+pub(crate) const ADDR_MASK: u64 = !0xfff;
+
+const ENTRIES: usize = 512;
+const INDEX_MASK: u64 = ENTRIES as u64 - 1;
+
+/// Permission bits of an entry for `p`.
+pub(crate) fn perm_bits(p: Permissions) -> u64 {
+    u64::from(p as u8) << PERM_SHIFT
+}
+
+/// Permissions stored in an entry.
+pub(crate) fn entry_perms(raw: u64) -> Permissions {
+    match (raw >> PERM_SHIFT) & 0b11 {
+        0b00 => Permissions::No,
+        0b01 => Permissions::Read,
+        0b10 => Permissions::Write,
+        _ => Permissions::ReadWrite,
+    }
+}
+
+/// Whether the entry permits `access`.
+#[inline]
+pub(crate) fn entry_allows(raw: u64, access: Permissions) -> bool {
+    let want = u64::from(access as u8);
+    (raw >> PERM_SHIFT) & want == want
+}
+
+/// One level of the radix tree.
+pub(crate) trait Level: Send + Sync + Sized {
+    /// log2 of the bytes one entry of this table covers.
+    const SHIFT: u32;
+
+    /// A new, empty table.
+    fn new_boxed() -> Box<Self>;
+
+    /// The leaf covering `iova` and the log2 of its size; `(0, _)` if there is none.
+    fn lookup(&self, iova: u64) -> (u64, u32);
+
+    /// First IOVA in `lo..=hi` covered by a valid leaf. `lo..=hi` lies within this
+    /// table's coverage.
+    fn first_valid(&self, lo: u64, hi: u64) -> Option<u64>;
+
+    /// Invalidate every leaf that starts in `lo..=hi`; returns how many `START` leaves
+    /// were removed. Callers have checked that no leaf straddles the range boundaries.
+    fn clear(&self, lo: u64, hi: u64) -> usize;
+
+    /// Store `raw` as the leaf of size `1 << shift` at `iova`, creating tables on the
+    /// way (counted in `created`).
+    fn set(&self, iova: u64, shift: u32, raw: u64, created: &mut usize);
+
+    /// Depth (1-based, below this table) of the first table missing on the path to a
+    /// leaf of size `1 << shift` at `iova`, if any.
+    fn first_missing(&self, iova: u64, shift: u32, depth: u32) -> Option<u32>;
+}
+
+/// Index of `iova` in a table whose entries cover `1 << shift` bytes.
+#[inline(always)]
+fn index(iova: u64, shift: u32) -> usize {
+    // The mask keeps the value below ENTRIES, so the cast cannot truncate and the index
+    // is always in bounds.
+    ((iova >> shift) & INDEX_MASK) as usize
+}
+
+/// Last-level table: 512 4 KiB pages.
+pub(crate) struct Leaf {
+    e: [AtomicU64; ENTRIES],
+}
+
+/// A directory slot: an optional block leaf and an optional child table.
+pub(crate) struct Slot<C> {
+    leaf: AtomicU64,
+    child: OnceLock<Box<C>>,
+}
+
+/// A directory table of 512 slots.
+pub(crate) struct Dir<C> {
+    s: [Slot<C>; ENTRIES],
+}
+
+impl std::fmt::Debug for Leaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Leaf { .. }")
+    }
+}
+
+impl<C> std::fmt::Debug for Dir<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dir { .. }")
+    }
+}
+
+/// Level 2: slots of 2 MiB.
+pub(crate) type L2 = Dir<Leaf>;
+/// Level 1: slots of 1 GiB.
+pub(crate) type L1 = Dir<L2>;
+/// Level 0 (root): slots of 512 GiB.
+pub(crate) type Root = Dir<L1>;
+
+impl Level for Leaf {
+    const SHIFT: u32 = 12;
+
+    fn new_boxed() -> Box<Self> {
+        Box::new(Leaf {
+            e: std::array::from_fn(|_| AtomicU64::new(0)),
+        })
+    }
+
+    #[inline(always)]
+    fn lookup(&self, iova: u64) -> (u64, u32) {
+        (
+            self.e[index(iova, Self::SHIFT)].load(Ordering::Acquire),
+            Self::SHIFT,
+        )
+    }
+
+    fn first_valid(&self, lo: u64, hi: u64) -> Option<u64> {
+        let base = lo & !((1u64 << (Self::SHIFT + 9)) - 1);
+        for i in index(lo, Self::SHIFT)..=index(hi, Self::SHIFT) {
+            if self.e[i].load(Ordering::Relaxed) & VALID != 0 {
+                return Some(lo.max(base + ((i as u64) << Self::SHIFT)));
+            }
+        }
+        None
+    }
+
+    fn clear(&self, lo: u64, hi: u64) -> usize {
+        let mut starts = 0;
+        for i in index(lo, Self::SHIFT)..=index(hi, Self::SHIFT) {
+            let raw = self.e[i].load(Ordering::Relaxed);
+            if raw & VALID != 0 {
+                starts += usize::from(raw & START != 0);
+                self.e[i].store(0, Ordering::Release);
+            }
+        }
+        starts
+    }
+
+    fn set(&self, iova: u64, _shift: u32, raw: u64, _created: &mut usize) {
+        self.e[index(iova, Self::SHIFT)].store(raw, Ordering::Release);
+    }
+
+    fn first_missing(&self, _iova: u64, _shift: u32, _depth: u32) -> Option<u32> {
+        None
+    }
+}
+
+impl<C: Level> Level for Dir<C> {
+    const SHIFT: u32 = C::SHIFT + 9;
+
+    fn new_boxed() -> Box<Self> {
+        Box::new(Dir {
+            s: std::array::from_fn(|_| Slot {
+                leaf: AtomicU64::new(0),
+                child: OnceLock::new(),
+            }),
+        })
+    }
+
+    #[inline(always)]
+    fn lookup(&self, iova: u64) -> (u64, u32) {
+        let slot = &self.s[index(iova, Self::SHIFT)];
+        let leaf = slot.leaf.load(Ordering::Acquire);
+        if leaf & VALID != 0 {
+            return (leaf, Self::SHIFT);
+        }
+        match slot.child.get() {
+            Some(child) => child.lookup(iova),
+            None => (0, Self::SHIFT),
+        }
+    }
+
+    fn first_valid(&self, lo: u64, hi: u64) -> Option<u64> {
+        let span = 1u64 << Self::SHIFT;
+        let table_base = lo & !((span << 9).wrapping_sub(1));
+        for i in index(lo, Self::SHIFT)..=index(hi, Self::SHIFT) {
+            let slot_base = table_base + ((i as u64) << Self::SHIFT);
+            let slo = lo.max(slot_base);
+            let shi = hi.min(slot_base + (span - 1));
+            let slot = &self.s[i];
+            if slot.leaf.load(Ordering::Relaxed) & VALID != 0 {
+                return Some(slo);
+            }
+            if let Some(found) = slot.child.get().and_then(|c| c.first_valid(slo, shi)) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    fn clear(&self, lo: u64, hi: u64) -> usize {
+        let span = 1u64 << Self::SHIFT;
+        let table_base = lo & !((span << 9).wrapping_sub(1));
+        let mut starts = 0;
+        for i in index(lo, Self::SHIFT)..=index(hi, Self::SHIFT) {
+            let slot_base = table_base + ((i as u64) << Self::SHIFT);
+            let slo = lo.max(slot_base);
+            let shi = hi.min(slot_base + (span - 1));
+            let slot = &self.s[i];
+            let raw = slot.leaf.load(Ordering::Relaxed);
+            if raw & VALID != 0 {
+                starts += usize::from(raw & START != 0);
+                slot.leaf.store(0, Ordering::Release);
+            }
+            if let Some(child) = slot.child.get() {
+                starts += child.clear(slo, shi);
+            }
+        }
+        starts
+    }
+
+    fn set(&self, iova: u64, shift: u32, raw: u64, created: &mut usize) {
+        let slot = &self.s[index(iova, Self::SHIFT)];
+        if shift >= Self::SHIFT {
+            slot.leaf.store(raw, Ordering::Release);
+        } else {
+            slot.child
+                .get_or_init(|| {
+                    *created += 1;
+                    C::new_boxed()
+                })
+                .set(iova, shift, raw, created);
+        }
+    }
+
+    fn first_missing(&self, iova: u64, shift: u32, depth: u32) -> Option<u32> {
+        if shift >= Self::SHIFT {
+            return None;
+        }
+        match self.s[index(iova, Self::SHIFT)].child.get() {
+            Some(child) => child.first_missing(iova, shift, depth + 1),
+            None => Some(depth),
+        }
+    }
+}
+
+/// The size (log2) of the leaf that a mapping chunk at `iova -> gpa` with `last` as
+/// its final IOVA should use, given the allowed `page_size_mask`.
+pub(crate) fn chunk_shift(iova: u64, gpa: u64, last: u64, page_size_mask: u64) -> u32 {
+    for shift in [30u32, 21] {
+        let size = 1u64 << shift;
+        if page_size_mask & size != 0
+            && (iova | gpa) & (size - 1) == 0
+            && last - iova >= size - 1
+        {
+            return shift;
+        }
+    }
+    12
+}
+
+/// Number of tables a mapping of `iova..=last -> gpa` would create below `root`.
+/// Stops counting once `limit` is exceeded.
+pub(crate) fn tables_needed(
+    root: &Root,
+    mut iova: u64,
+    last: u64,
+    mut gpa: u64,
+    page_size_mask: u64,
+    limit: usize,
+) -> usize {
+    // Key of the last table counted at each depth (1 = L1, 2 = L2, 3 = leaf table);
+    // chunks are visited in ascending order, so equal keys are the same new table.
+    let mut counted: [Option<u64>; 4] = [None; 4];
+    let mut needed = 0;
+    loop {
+        let shift = chunk_shift(iova, gpa, last, page_size_mask);
+        if let Some(first) = root.first_missing(iova, shift, 1) {
+            let deepest = match shift {
+                30 => 1,
+                21 => 2,
+                _ => 3,
+            };
+            for depth in first..=deepest {
+                let key = iova >> (48 - 9 * depth);
+                if counted[depth as usize] != Some(key) {
+                    counted[depth as usize] = Some(key);
+                    needed += 1;
+                }
+            }
+            if needed > limit {
+                return needed;
+            }
+        }
+        // 4 KiB chunks within one 2 MiB region share their path: skip to its end.
+        let step_last = if shift == 12 {
+            iova | ((1 << 21) - 1)
+        } else {
+            iova | ((1u64 << shift) - 1)
+        };
+        if step_last >= last {
+            return needed;
+        }
+        let step = step_last - iova + 1;
+        iova += step;
+        gpa = gpa.wrapping_add(step);
+    }
+}
+
+/// Write the leaves of a mapping of `iova..=last -> gpa` (all checks done). Returns
+/// the number of tables created.
+pub(crate) fn write_mapping(
+    root: &Root,
+    mut iova: u64,
+    last: u64,
+    mut gpa: u64,
+    perm: Permissions,
+    page_size_mask: u64,
+) -> usize {
+    let mut created = 0;
+    let mut flags = VALID | START | perm_bits(perm);
+    loop {
+        let shift = chunk_shift(iova, gpa, last, page_size_mask);
+        let leaf_last = iova + ((1u64 << shift) - 1);
+        if leaf_last == last {
+            flags |= END;
+        }
+        root.set(iova, shift, (gpa & ADDR_MASK) | flags, &mut created);
+        if leaf_last == last {
+            return created;
+        }
+        flags &= !START;
+        iova = leaf_last + 1;
+        gpa = gpa.wrapping_add(1u64 << shift);
+    }
+}
+
+/// One maximal physically contiguous piece of a translation.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub(crate) struct Piece {
+    pub(crate) gpa: u64,
+    pub(crate) len: u64,
+    pub(crate) perm: Permissions,
+}
+
+/// Translate the longest contiguous piece starting at `cur` (at most up to `last`).
+/// `Err((iova, is_permission))` names the first failing IOVA.
+#[inline]
+pub(crate) fn walk_piece(
+    root: &Root,
+    cur: u64,
+    last: u64,
+    access: Permissions,
+) -> std::result::Result<Piece, (u64, bool)> {
+    let (raw, shift) = root.lookup(cur);
+    if raw & VALID == 0 {
+        return Err((cur, false));
+    }
+    if !entry_allows(raw, access) {
+        return Err((cur, true));
+    }
+    let mask = (1u64 << shift) - 1;
+    let gpa = (raw & ADDR_MASK & !mask) | (cur & mask);
+    let perm_raw = raw & (0b11 << PERM_SHIFT);
+    let mut end = (cur | mask).min(last);
+    while end < last {
+        let next = end + 1;
+        let (raw2, shift2) = root.lookup(next);
+        let mask2 = (1u64 << shift2) - 1;
+        // Physically contiguous with the same permissions: extend the piece.
+        if raw2 & VALID == 0
+            || raw2 & (0b11 << PERM_SHIFT) != perm_raw
+            || (raw2 & ADDR_MASK & !mask2) != gpa.wrapping_add(next - cur)
+        {
+            break;
+        }
+        end = (next | mask2).min(last);
+    }
+    Ok(Piece {
+        gpa,
+        len: end - cur + 1,
+        perm: entry_perms(raw),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RW: Permissions = Permissions::ReadWrite;
+    const MASK: u64 = (1 << 12) | (1 << 21) | (1 << 30);
+
+    fn map(root: &Root, iova: u64, gpa: u64, len: u64, perm: Permissions) -> usize {
+        write_mapping(root, iova, iova + len - 1, gpa, perm, MASK)
+    }
+
+    #[test]
+    fn test_table_lookup_of_empty_table_is_invalid() {
+        let root = Root::new_boxed();
+        assert_eq!(root.lookup(0).0 & VALID, 0);
+        assert_eq!(root.lookup((1 << 48) - 1).0 & VALID, 0);
+        assert_eq!(root.first_valid(0, (1 << 48) - 1), None);
+    }
+
+    #[test]
+    fn test_table_4k_mapping_creates_three_tables_and_translates() {
+        let root = Root::new_boxed();
+        assert_eq!(tables_needed(&root, 0x1000, 0x1fff, 0x8000, MASK, 100), 3);
+        assert_eq!(map(&root, 0x1000, 0x8000, 0x1000, RW), 3);
+        let (raw, shift) = root.lookup(0x1234);
+        assert_eq!(shift, 12);
+        assert_eq!(raw & ADDR_MASK, 0x8000);
+        assert_eq!(raw & (START | END | VALID), START | END | VALID);
+        assert_eq!(tables_needed(&root, 0x2000, 0x2fff, 0x9000, MASK, 100), 0);
+    }
+
+    #[test]
+    fn test_table_aligned_mapping_uses_block_leaves() {
+        let root = Root::new_boxed();
+        // 1 GiB + 2 MiB + 4 KiB, all aligned: one 1G block, one 2M block, one page.
+        let len = (1 << 30) + (1 << 21) + 0x1000;
+        let created = map(&root, 1 << 30, 1 << 31, len, RW);
+        // L1 table, then an L2 table and a leaf table for the tail.
+        assert_eq!(created, 3);
+        assert_eq!(root.lookup(1 << 30).1, 30);
+        assert_eq!(root.lookup((1 << 31) + 5).1, 21);
+        assert_eq!(root.lookup((1 << 31) + (1 << 21)).1, 12);
+        let piece = walk_piece(&root, 1 << 30, (1 << 30) + len - 1, RW).unwrap();
+        assert_eq!(piece.gpa, 1 << 31);
+        assert_eq!(piece.len, len);
+    }
+
+    #[test]
+    fn test_table_block_leaves_respect_the_page_size_mask() {
+        let root = Root::new_boxed();
+        write_mapping(&root, 0, (1 << 21) - 1, 0, RW, 1 << 12);
+        assert_eq!(root.lookup(0).1, 12);
+    }
+
+    #[test]
+    fn test_table_misaligned_gpa_uses_small_pages() {
+        assert_eq!(chunk_shift(0, 0x1000, (1 << 30) - 1, MASK), 12);
+        assert_eq!(chunk_shift(0, 1 << 21, (1 << 30) - 1, MASK), 21);
+        assert_eq!(chunk_shift(0, 0, (1 << 30) - 1, MASK), 30);
+        assert_eq!(chunk_shift(0, 0, (1 << 30) - 2, MASK), 21);
+    }
+
+    #[test]
+    fn test_table_walk_piece_merges_contiguous_pages_only() {
+        let root = Root::new_boxed();
+        map(&root, 0x1000, 0x10000, 0x1000, RW);
+        map(&root, 0x2000, 0x11000, 0x1000, RW); // contiguous with the first
+        map(&root, 0x3000, 0x20000, 0x1000, RW); // not contiguous
+        let p = walk_piece(&root, 0x1800, 0x3fff, Permissions::Read).unwrap();
+        assert_eq!((p.gpa, p.len), (0x10800, 0x1800));
+        let p = walk_piece(&root, 0x3000, 0x3fff, Permissions::Read).unwrap();
+        assert_eq!((p.gpa, p.len), (0x20000, 0x1000));
+        assert_eq!(
+            walk_piece(&root, 0x4000, 0x4fff, Permissions::Read),
+            Err((0x4000, false))
+        );
+    }
+
+    #[test]
+    fn test_table_walk_piece_checks_permissions() {
+        let root = Root::new_boxed();
+        map(&root, 0x1000, 0x10000, 0x1000, Permissions::Read);
+        assert!(walk_piece(&root, 0x1000, 0x1fff, Permissions::Read).is_ok());
+        assert_eq!(
+            walk_piece(&root, 0x1000, 0x1fff, Permissions::Write),
+            Err((0x1000, true))
+        );
+    }
+
+    #[test]
+    fn test_table_clear_counts_mapping_starts() {
+        let root = Root::new_boxed();
+        map(&root, 0x1000, 0x10000, 0x3000, RW);
+        map(&root, 0x4000, 0x20000, 0x1000, RW);
+        assert_eq!(root.first_valid(0, 0xffff), Some(0x1000));
+        assert_eq!(root.first_valid(0x2800, 0xffff), Some(0x2800));
+        assert_eq!(root.clear(0, (1 << 48) - 1), 2);
+        assert_eq!(root.first_valid(0, (1 << 48) - 1), None);
+    }
+
+    #[test]
+    fn test_table_tables_needed_stops_at_the_limit() {
+        let root = Root::new_boxed();
+        // 4 KiB pages one every 2 MiB would need a leaf table each.
+        let needed = tables_needed(&root, 0, (1 << 40) - 1, 0x1000, MASK, 10);
+        assert!(needed > 10);
+    }
+
+    #[test]
+    fn test_table_top_of_input_range_is_reachable() {
+        let root = Root::new_boxed();
+        let top = (1u64 << 48) - 0x1000;
+        map(&root, top, 0x5000, 0x1000, RW);
+        let p = walk_piece(&root, top, (1 << 48) - 1, RW).unwrap();
+        assert_eq!((p.gpa, p.len), (0x5000, 0x1000));
+    }
+}

@@ -1,0 +1,212 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Translated device views: [`vm_memory::GuestMemory`] for one endpoint.
+
+use std::iter::FusedIterator;
+
+use vm_memory::bitmap::{BS, MS};
+use vm_memory::iommu::{Error as IotlbError, IovaRange};
+use vm_memory::guest_memory::{GuestMemoryBackendSliceIterator, GuestMemorySliceIterator};
+use vm_memory::{
+    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
+    GuestMemoryResult, Permissions, VolatileSlice,
+};
+
+use crate::error::Error;
+use crate::iommu::Endpoint;
+use crate::translate::{self, Translation};
+
+/// Memory as one endpoint (device) sees it: every address is an IOVA, translated by the
+/// endpoint's domain, with the access permission checked over the whole range before
+/// any slice is handed out.
+///
+/// It implements [`vm_memory::GuestMemory`], so `virtio_queue::Queue`, `Reader`,
+/// `Writer` and every [`Bytes`](vm_memory::Bytes) method work over IOVAs unchanged.
+/// Dirty-page tracking stays with the backend's bitmaps, i.e. by guest-physical address
+/// (what vhost-user and KVM dirty logging expect).
+///
+/// ```
+/// use vm_iommu::{Config, Iommu};
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, Permissions};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+/// let iommu = Iommu::new(Config::default()).unwrap();
+/// iommu.create_domain(1, false).unwrap();
+/// iommu.attach(5, 1).unwrap();
+/// iommu.map(1, 0xffff_0000, 0x3000, 0x1000, Permissions::ReadWrite).unwrap();
+///
+/// let view = iommu.view(5, mem.clone()).unwrap();
+/// view.write_obj(0xdead_beef_u32, GuestAddress(0xffff_0010)).unwrap();
+/// assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3010)).unwrap(), 0xdead_beef);
+/// // Unmapped IOVA: an error, never an access.
+/// assert!(view.read_obj::<u32>(GuestAddress(0x3010)).is_err());
+/// ```
+#[derive(Debug)]
+pub struct DeviceView<M: GuestMemoryBackend> {
+    endpoint: Endpoint,
+    mem: M,
+}
+
+impl<M: GuestMemoryBackend + Clone> Clone for DeviceView<M> {
+    fn clone(&self) -> Self {
+        DeviceView {
+            endpoint: self.endpoint.clone(),
+            mem: self.mem.clone(),
+        }
+    }
+}
+
+impl<M: GuestMemoryBackend> DeviceView<M> {
+    /// A view of `mem` through `endpoint`.
+    pub fn new(endpoint: Endpoint, mem: M) -> Self {
+        DeviceView { endpoint, mem }
+    }
+
+    /// The endpoint this view translates for.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The untranslated memory underneath.
+    pub fn backend(&self) -> &M {
+        &self.mem
+    }
+
+    /// Replace the memory underneath (memory hot-plug); mappings are kept.
+    pub fn with_backend(&self, mem: M) -> Self {
+        DeviceView {
+            endpoint: self.endpoint.clone(),
+            mem,
+        }
+    }
+}
+
+fn to_memory_error(e: Error, iova: GuestAddress, count: usize) -> GuestMemoryError {
+    GuestMemoryError::IommuError(IotlbError::CannotResolve {
+        iova_range: IovaRange {
+            base: iova,
+            length: count,
+        },
+        reason: e.to_string(),
+    })
+}
+
+impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
+    type PhysicalMemory = M;
+    type Bitmap = <M::R as GuestMemoryRegion>::B;
+
+    fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
+        if count == 0 {
+            return true;
+        }
+        let ep = &self.endpoint;
+        let Ok(t) = translate::translate_quiet(&ep.inner, &ep.state, addr.0, count as u64, access)
+        else {
+            return false;
+        };
+        t.into_iter().all(|f| {
+            f.is_ok_and(|f| {
+                usize::try_from(f.len).is_ok_and(|len| self.mem.check_range(f.gpa, len))
+            })
+        })
+    }
+
+    fn get_slices<'a>(
+        &'a self,
+        addr: GuestAddress,
+        count: usize,
+        access: Permissions,
+    ) -> GuestMemoryResult<impl GuestMemorySliceIterator<'a, BS<'a, Self::Bitmap>>> {
+        if count == 0 {
+            return Ok(ViewSlices {
+                mem: &self.mem,
+                translation: None,
+                current: None,
+            });
+        }
+        let ep = &self.endpoint;
+        let t = translate::translate(&ep.inner, &ep.state, addr.0, count as u64, access)
+            .map_err(|e| to_memory_error(e, addr, count))?;
+        if t.single().is_none() {
+            // Several pieces: check that guest memory backs all of them before the first
+            // byte moves (a single piece fails on its first slice anyway).
+            for f in t.clone() {
+                let f = f.map_err(|e| to_memory_error(e, addr, count))?;
+                let backed = usize::try_from(f.len).is_ok_and(|len| self.mem.check_range(f.gpa, len));
+                if !backed {
+                    return Err(GuestMemoryError::InvalidGuestAddress(f.gpa));
+                }
+            }
+        }
+        Ok(ViewSlices {
+            mem: &self.mem,
+            translation: Some(t),
+            current: None,
+        })
+    }
+
+    fn physical_memory(&self) -> Option<&Self::PhysicalMemory> {
+        None
+    }
+}
+
+/// Slices of a translated range, returned by [`DeviceView`]'s
+/// [`get_slices`](GuestMemory::get_slices).
+struct ViewSlices<'a, M: GuestMemoryBackend> {
+    mem: &'a M,
+    translation: Option<Translation<'a>>,
+    current: Option<GuestMemoryBackendSliceIterator<'a, M>>,
+}
+
+impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
+    fn stop(&mut self) {
+        self.translation = None;
+        self.current = None;
+    }
+}
+
+impl<'a, M: GuestMemoryBackend> Iterator for ViewSlices<'a, M> {
+    type Item = GuestMemoryResult<VolatileSlice<'a, MS<'a, M>>>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(cur) = self.current.as_mut() {
+                match cur.next() {
+                    Some(Ok(slice)) => return Some(Ok(slice)),
+                    Some(Err(e)) => {
+                        self.stop();
+                        return Some(Err(e));
+                    }
+                    None => self.current = None,
+                }
+            }
+            let t = self.translation.as_mut()?;
+            match t.next() {
+                None => {
+                    self.stop();
+                    return None;
+                }
+                Some(Ok(f)) => match usize::try_from(f.len) {
+                    Ok(len) => self.current = Some(self.mem.get_slices(f.gpa, len)),
+                    Err(_) => {
+                        self.stop();
+                        return Some(Err(GuestMemoryError::GuestAddressOverflow));
+                    }
+                },
+                Some(Err(e)) => {
+                    let iova = GuestAddress(match e {
+                        Error::Fault(f) => f.iova,
+                        _ => 0,
+                    });
+                    self.stop();
+                    return Some(Err(to_memory_error(e, iova, 0)));
+                }
+            }
+        }
+    }
+}
+
+impl<M: GuestMemoryBackend> FusedIterator for ViewSlices<'_, M> {}
+
+impl<'a, M: GuestMemoryBackend> GuestMemorySliceIterator<'a, MS<'a, M>> for ViewSlices<'a, M> {}
