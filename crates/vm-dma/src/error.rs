@@ -133,6 +133,67 @@ pub enum Error {
         /// Id of the device it was passed to.
         device: u32,
     },
+    /// A raw coherent free of a CPU address that is not a live coherent
+    /// allocation of the device (dma-debug: "device driver tries to free DMA
+    /// memory it has not allocated").
+    #[error("{cpu:#x} is not a live coherent allocation of this device")]
+    NotCoherent {
+        /// CPU address passed to the free.
+        cpu: u64,
+    },
+    /// A raw coherent free whose size or DMA address differs from the
+    /// allocation's (dma-debug: "frees DMA memory with different size" /
+    /// "with different CPU address").
+    #[error(
+        "coherent free of {cpu:#x}: size {size:#x}, dma {dma:#x} differ from the allocation's size {alloc_size:#x}, dma {alloc_dma:#x}"
+    )]
+    CoherentMismatch {
+        /// CPU address passed to the free.
+        cpu: u64,
+        /// Size passed to the free.
+        size: u64,
+        /// DMA address passed to the free.
+        dma: u64,
+        /// Size of the allocation.
+        alloc_size: u64,
+        /// DMA address of the allocation.
+        alloc_dma: u64,
+    },
+    /// `dma_pool_destroy` of a pool with blocks still allocated: Linux logs
+    /// "dma_pool_destroy <name> busy" and leaks the pool's pages.
+    #[error("dma_pool_destroy {name} busy: {active} blocks still allocated")]
+    PoolBusy {
+        /// Name of the pool.
+        name: String,
+        /// Blocks still allocated.
+        active: u64,
+    },
+    /// A pool free of an address pair that is not a block of the pool
+    /// (Linux with DMAPOOL_DEBUG: "bad dma").
+    #[error("dma_pool_free {pool}, {cpu:#x}/{dma:#x} (bad dma)")]
+    NotPoolBlock {
+        /// Name of the pool.
+        pool: String,
+        /// CPU address passed.
+        cpu: u64,
+        /// DMA address passed.
+        dma: u64,
+    },
+    /// A pool free of a block that is already free (Linux with
+    /// DMAPOOL_DEBUG: "already free").
+    #[error("dma_pool_free {pool}, dma {dma:#x} already free")]
+    PoolBlockFree {
+        /// Name of the pool.
+        pool: String,
+        /// DMA address of the block.
+        dma: u64,
+    },
+    /// A block handle of another pool passed to a pool's free.
+    #[error("block of another pool passed to dma_pool_free of {pool}")]
+    WrongPool {
+        /// Name of the pool the block was passed to.
+        pool: String,
+    },
     /// A sync or unmap direction differs from the mapping's.
     #[error("direction {requested:?} does not match the mapping's {mapped:?}")]
     DirectionMismatch {
@@ -140,6 +201,127 @@ pub enum Error {
         mapped: Direction,
         /// Direction passed to the call.
         requested: Direction,
+    },
+    /// A bounce buffer pool geometry that swiotlb cannot use.
+    #[error("invalid bounce pool {addr:#x}+{size:#x}: {reason}")]
+    InvalidBouncePool {
+        /// Start of the pool.
+        addr: u64,
+        /// Size of the pool in bytes.
+        size: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A bounce larger than one slot set (256 KiB less the alignment padding).
+    #[error("bounce of {size:#x} bytes exceeds the swiotlb maximum of {max:#x}")]
+    BounceTooLarge {
+        /// The requested size including alignment padding.
+        size: u64,
+        /// The largest bounce possible.
+        max: u64,
+    },
+    /// No free run of bounce slots satisfies the request.
+    #[error("swiotlb buffer is full (sz: {size} bytes), total {total} (slots), used {used} (slots)")]
+    BounceFull {
+        /// The requested size including alignment padding.
+        size: u64,
+        /// Slots in the pool.
+        total: usize,
+        /// Slots in use.
+        used: usize,
+    },
+    /// The address is not the start of a live bounce buffer.
+    #[error("{addr:#x} is not a live bounce buffer address")]
+    NotBounceBuffer {
+        /// The rejected address.
+        addr: u64,
+    },
+    /// `DMA_ATTR_REQUIRE_COHERENT` was passed for a device that is not
+    /// cache-coherent (Linux 7.0: the map fails, `-EOPNOTSUPP` for sg tables).
+    #[error("device {device} is not coherent but the mapping requires coherence")]
+    RequireCoherent {
+        /// Name of the device.
+        device: String,
+    },
+    /// An attribute that the call does not accept (for example
+    /// `DMA_ATTR_MMIO` on a map of RAM: use `map_resource`).
+    #[error("attributes {attrs:#x} are not valid for this call")]
+    InvalidAttrs {
+        /// The rejected attribute bits.
+        attrs: u64,
+    },
+    /// `map_resource` of a range that is (partly) guest RAM: MMIO only.
+    #[error("resource range {addr:#x}+{size:#x} overlaps guest RAM")]
+    ResourceIsRam {
+        /// Start of the range.
+        addr: u64,
+        /// Length in bytes.
+        size: u64,
+    },
+    /// A raw unmap or sync of a DMA range no live mapping of the device
+    /// contains (dma-debug: "has not allocated").
+    #[error("dma range {addr:#x}+{size:#x} is not mapped for this device")]
+    NotMapped {
+        /// DMA address passed.
+        addr: u64,
+        /// Size passed.
+        size: u64,
+    },
+    /// A raw unmap whose size differs from the mapping's.
+    #[error("unmap size {requested:#x} differs from the mapped size {mapped:#x}")]
+    SizeMismatch {
+        /// Size of the mapping.
+        mapped: u64,
+        /// Size passed to the call.
+        requested: u64,
+    },
+    /// A raw unmap or sync with a function of another family than the map
+    /// (for example a resource mapping unmapped as single, or an sg entry).
+    #[error("mapped as {mapped}, unmapped or synced as {requested}")]
+    WrongFunction {
+        /// Family of the map call.
+        mapped: &'static str,
+        /// Family of the unmap or sync call.
+        requested: &'static str,
+    },
+    /// A sync range that runs outside its mapping.
+    #[error("range at offset {offset:#x} of {size:#x} bytes is outside the mapping of {len:#x} bytes")]
+    OutOfRange {
+        /// Offset of the range into the mapping.
+        offset: u64,
+        /// Length of the range.
+        size: u64,
+        /// Length of the mapping.
+        len: u64,
+    },
+    /// An sg unmap or sync with another entry count than the map.
+    #[error("sg entry count {requested} differs from the mapped count {mapped}")]
+    NentsMismatch {
+        /// `nents` passed to the map.
+        mapped: u32,
+        /// `nents` passed to the call.
+        requested: u32,
+    },
+    /// A scatter-gather list with no entries.
+    #[error("scatter-gather list is empty")]
+    EmptySgList,
+    /// A raw scatter-gather list whose entries are already mapped.
+    #[error("scatter-gather entry {index} is already mapped")]
+    AlreadyMapped {
+        /// Index of the first mapped entry.
+        index: usize,
+    },
+    /// A page address that is not page-aligned (`map_page` takes a page).
+    #[error("page address {addr:#x} is not page-aligned")]
+    NotPageAligned {
+        /// The rejected address.
+        addr: u64,
+    },
+    /// The per-device record of raw mappings is full.
+    #[error("too many live raw mappings (limit {limit})")]
+    TooManyMappings {
+        /// The limit.
+        limit: usize,
     },
     /// An access to guest memory failed.
     #[error("guest memory access failed")]

@@ -15,7 +15,9 @@
 mod bus;
 mod device;
 mod error;
+mod guest_copy;
 pub mod page_alloc;
+pub mod swiotlb;
 mod types;
 
 pub use bus::DmaBus;
