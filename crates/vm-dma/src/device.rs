@@ -4,11 +4,12 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryBackend;
 
 use crate::bus::DmaBus;
+use crate::declared::DeclaredMemory;
 use crate::error::{Error, Result};
 use crate::page_alloc::ZONE_DMA_END;
 use crate::types::{is_low_mask, DmaAddr, DmaMask, DmaParms, PAGE_SIZE};
@@ -63,6 +64,10 @@ pub(crate) struct DeviceInner<M: GuestMemoryBackend> {
     max_segment_size: AtomicU32,
     segment_boundary: AtomicU64,
     min_align_mask: AtomicU64,
+    /// Declared coherent memory (`dma_declare_coherent_memory`), one region.
+    pub(crate) declared: Mutex<Option<Arc<DeclaredMemory>>>,
+    /// The device this one sits behind (a bridge), for `INCLUDES_CHILDREN`.
+    pub(crate) parent: Option<DmaDevice<M>>,
 }
 
 /// The driver-side handle of one device on a [`DmaBus`]: its masks, its
@@ -129,8 +134,21 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 max_segment_size: AtomicU32::new(config.parms.max_segment_size),
                 segment_boundary: AtomicU64::new(config.parms.segment_boundary),
                 min_align_mask: AtomicU64::new(config.parms.min_align_mask),
+                declared: Mutex::new(None),
+                parent: None,
             }),
         }
+    }
+
+    /// A device behind this one (as behind a bridge), on the same bus. It
+    /// allocates coherent memory from this device's declared region when that
+    /// was declared with `INCLUDES_CHILDREN`.
+    pub fn child(&self, config: DeviceConfig) -> Self {
+        let mut child = Self::with_config(&self.inner.bus, config);
+        if let Some(inner) = Arc::get_mut(&mut child.inner) {
+            inner.parent = Some(self.clone());
+        }
+        child
     }
 
     /// The bus the device sits on.

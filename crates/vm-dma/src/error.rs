@@ -323,6 +323,22 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A `declare_coherent_memory` call or use of declared memory that the
+    /// seed's rules refuse.
+    #[error("invalid declared coherent memory: {reason}")]
+    InvalidDeclaration {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Declared coherent memory cannot serve the request: pages in use, or
+    /// the region is full and `EXCLUSIVE` forbids falling back.
+    #[error("declared coherent memory busy for {addr:#x}+{size:#x}")]
+    DeclaredBusy {
+        /// The device address asked for (or the region's start).
+        addr: u64,
+        /// The size asked for.
+        size: u64,
+    },
     /// An access to guest memory failed.
     #[error("guest memory access failed")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),

@@ -13,6 +13,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bus;
+pub mod declared;
 mod device;
 mod error;
 mod guest_copy;

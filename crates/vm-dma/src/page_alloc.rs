@@ -175,6 +175,8 @@ pub struct PageAllocator {
     zones: [Mutex<ZoneState>; 3],
     /// Last byte of the highest managed page, if any page is managed.
     last: Option<u64>,
+    /// The managed page frames, as sorted, disjoint `[first, end)` spans.
+    spans: Vec<(u64, u64)>,
 }
 
 impl PageAllocator {
@@ -213,7 +215,7 @@ impl PageAllocator {
         }
         let mut states: [ZoneState; 3] = Default::default();
         let mut last: Option<u64> = None;
-        for (mut first, end) in spans {
+        for &(mut first, end) in &spans {
             // `end` is at most 2^52, so the shifted value cannot overflow.
             let span_last = (end << PAGE_SHIFT).wrapping_sub(1);
             last = Some(last.map_or(span_last, |l| l.max(span_last)));
@@ -234,7 +236,21 @@ impl PageAllocator {
         Ok(PageAllocator {
             zones: [Mutex::new(dma), Mutex::new(dma32), Mutex::new(normal)],
             last,
+            spans,
         })
+    }
+
+    /// Whether any page of `[addr, addr + len)` is managed by the allocator.
+    pub fn overlaps(&self, addr: u64, len: u64) -> bool {
+        if len == 0 {
+            return false;
+        }
+        let first = addr >> PAGE_SHIFT;
+        let last = addr.saturating_add(len - 1) >> PAGE_SHIFT;
+        // The first span that ends after `first`; it overlaps iff it starts
+        // at or before `last`.
+        let i = self.spans.partition_point(|&(_, end)| end <= first);
+        self.spans.get(i).is_some_and(|&(start, _)| start <= last)
     }
 
     /// The last byte of the highest managed page, or `None` if the allocator
@@ -369,8 +385,11 @@ mod tests {
 
     #[test]
     fn limit_selects_zone_and_falls_back_lower() {
-        let p = PageAllocator::new([(GuestAddress(0), 32 * MIB), (GuestAddress(4 << 30), 8 * MIB)])
-            .unwrap();
+        let p = PageAllocator::new([
+            (GuestAddress(0), 32 * MIB),
+            (GuestAddress(4 << 30), 8 * MIB),
+        ])
+        .unwrap();
         assert_eq!(Zone::of(p.alloc(0, u64::MAX).unwrap().0), Zone::Normal);
         assert_eq!(Zone::of(p.alloc(0, 0xffff_ffff).unwrap().0), Zone::Dma32);
         assert_eq!(Zone::of(p.alloc(0, 0xff_ffff).unwrap().0), Zone::Dma);
@@ -466,6 +485,20 @@ mod tests {
         let b = p.alloc(0, u64::MAX - 1).unwrap();
         assert_eq!(b.0, start);
         assert!(p.alloc(0, u64::MAX - 1).is_err());
+    }
+
+    #[test]
+    fn overlaps_sees_managed_pages_only() {
+        let p =
+            PageAllocator::new([(GuestAddress(MIB), MIB), (GuestAddress(4 * MIB), MIB)]).unwrap();
+        assert!(p.overlaps(MIB, 1));
+        assert!(p.overlaps(0, MIB + 1));
+        assert!(!p.overlaps(0, MIB));
+        assert!(!p.overlaps(2 * MIB, 2 * MIB));
+        assert!(p.overlaps(2 * MIB, 2 * MIB + 1));
+        assert!(p.overlaps(5 * MIB - 1, u64::MAX));
+        assert!(!p.overlaps(5 * MIB, u64::MAX));
+        assert!(!p.overlaps(MIB, 0));
     }
 
     #[test]
