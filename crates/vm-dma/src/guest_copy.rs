@@ -6,10 +6,31 @@
 //! `VolatileSlice`s, but has no guest-to-guest copy that walks fragmented
 //! ranges; bounce buffers need exactly that, without staging through a host
 //! buffer (which would allocate on the map path).
+//!
+//! **4 KiB aliasing.** On the x86-64 machines this project runs on, glibc's
+//! `memcpy` of 4 KiB or more (its `rep movsb` path) runs about 20 times slower
+//! when `dst - src` is a small positive value modulo 4096 (measured: 32 GB/s
+//! at distance 0, 1.4 GB/s at 8..24, back to 34 GB/s at 32). A bounce buffer's
+//! placement is fixed by Linux's rules (slot or page alignment, the
+//! `min_align_mask` bits), so any original address can land in that window.
+//! Rather than break those rules, copies whose distance falls in the window
+//! are cut into chunks below glibc's `rep movsb` threshold, which its vector
+//! loop copies at full speed (31 GB/s measured for 2 KiB chunks at distance
+//! 16). The `dma/bounce` benchmarks show both cases.
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion};
 
 use crate::error::{Error, Result};
+
+/// Largest chunk copied at once when source and destination alias badly.
+const ALIAS_CHUNK: usize = 2048;
+
+/// Whether a copy from `src` to `dst` falls in glibc's slow 4 KiB-aliasing
+/// window: `dst - src` (mod 4096) small and positive (below 64 bytes).
+fn aliases(src: u64, dst: u64) -> bool {
+    let d = dst.wrapping_sub(src) % 4096;
+    d != 0 && d < 64
+}
 
 /// Bytes from `addr` to the end of the region that holds it.
 fn region_remaining<M: GuestMemoryBackend>(mem: &M, addr: GuestAddress) -> Option<u64> {
@@ -61,7 +82,18 @@ pub(crate) fn copy_guest<M: GuestMemoryBackend>(
         let c = chunk as usize;
         let from = mem.get_slice(s, c)?;
         let to = mem.get_slice(d, c)?;
-        from.copy_to_volatile_slice(to);
+        if aliases(s.0, d.0) && c > ALIAS_CHUNK {
+            let mut off = 0;
+            while off < c {
+                let n = ALIAS_CHUNK.min(c - off);
+                from.subslice(off, n)
+                    .map_err(GuestMemoryError::from)?
+                    .copy_to_volatile_slice(to.subslice(off, n).map_err(GuestMemoryError::from)?);
+                off += n;
+            }
+        } else {
+            from.copy_to_volatile_slice(to);
+        }
         done += chunk;
     }
     Ok(())
@@ -85,6 +117,28 @@ mod tests {
         copy_guest(&mem, GuestAddress(0x400), GuestAddress(0x10800), 0x1800).unwrap();
         let mut back = vec![0u8; 0x1800];
         mem.read_slice(&mut back, GuestAddress(0x10800)).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn aliasing_window_is_small_positive_distances_only() {
+        assert!(!aliases(0x1000, 0x1000));
+        assert!(aliases(0x1000, 0x1008));
+        assert!(aliases(0x1000, 0x5018));
+        assert!(!aliases(0x1000, 0x1040));
+        assert!(!aliases(0x1018, 0x1000));
+        assert!(aliases(u64::MAX - 7, 8));
+    }
+
+    #[test]
+    fn chunked_copy_in_the_aliasing_window_copies_every_byte() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
+        let data: Vec<u8> = (0..0x10000u32).map(|i| (i ^ (i >> 8)) as u8).collect();
+        mem.write_slice(&data, GuestAddress(0x1000)).unwrap();
+        // dst - src = 0x20010: distance 16 modulo 4096.
+        copy_guest(&mem, GuestAddress(0x1000), GuestAddress(0x21010), 0x10000).unwrap();
+        let mut back = vec![0u8; 0x10000];
+        mem.read_slice(&mut back, GuestAddress(0x21010)).unwrap();
         assert_eq!(back, data);
     }
 
