@@ -13,17 +13,21 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bus;
+pub mod coherent;
 pub mod declared;
 mod device;
 mod error;
 mod guest_copy;
 pub mod page_alloc;
+pub mod pool;
 pub mod swiotlb;
 mod types;
 
 pub use bus::DmaBus;
+pub use coherent::CoherentBuffer;
 pub use device::{DeviceConfig, DmaDevice};
 pub use error::{Error, Result};
+pub use pool::{DmaPool, PoolBlock, PoolStats};
 pub use types::{
     get_order, Attrs, DmaAddr, DmaMask, DmaParms, Direction, DMA_MAPPING_ERROR, PAGE_SHIFT,
     PAGE_SIZE,
