@@ -121,6 +121,12 @@ impl vm_memory::Iommu for IommuAdapter {
             ));
         }
         let len = len.unwrap_or(0);
+        if len == 0 {
+            // An empty range translates to nothing (vm-memory's `GuestMemory` contract).
+            return Iotlb::lookup(IotlbGuard(self.read()), iova, 0, access).map_err(|_| {
+                cannot_resolve(iova, 0, "empty range".into())
+            });
+        }
         let inner = &self.endpoint.inner;
         for _ in 0..MAX_RETRIES {
             let generation = inner.invalidation.load(Ordering::Acquire);

@@ -22,6 +22,20 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Keeps a value on its own cache lines, so that writers of it do not slow down
+/// readers of its neighbours (false sharing).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Writer-side state of a domain slot.
 #[derive(Debug)]
 pub(crate) struct DomainState {
@@ -41,7 +55,8 @@ pub(crate) struct DomainState {
 pub(crate) struct DomainSlot {
     root: OnceLock<Box<Root>>,
     bypass: AtomicBool,
-    state: Mutex<DomainState>,
+    /// Written by every map/unmap: padded away from the read-mostly fields above.
+    state: CachePadded<Mutex<DomainState>>,
 }
 
 impl std::fmt::Debug for DomainSlot {
@@ -146,7 +161,7 @@ pub(crate) struct Inner {
     pub(crate) faults: FaultLog,
     /// Bumped after every change that removes or alters translations (unmap, detach,
     /// attach, destroy). Caches compare it to decide whether they are still valid.
-    pub(crate) invalidation: AtomicU64,
+    pub(crate) invalidation: CachePadded<AtomicU64>,
 }
 
 impl Inner {
@@ -288,13 +303,13 @@ impl Iommu {
             .map(|_| DomainSlot {
                 root: OnceLock::new(),
                 bypass: AtomicBool::new(false),
-                state: Mutex::new(DomainState {
+                state: CachePadded(Mutex::new(DomainState {
                     id: 0,
                     instance: 0,
                     mappings: 0,
                     tables: 0,
                     endpoints: Vec::new(),
-                }),
+                })),
             })
             .collect();
         let inner = Inner {
@@ -315,7 +330,7 @@ impl Iommu {
             }),
             bypass_unattached: AtomicBool::new(config.bypass_unattached),
             faults: FaultLog::new(config.fault_log_capacity),
-            invalidation: AtomicU64::new(0),
+            invalidation: CachePadded(AtomicU64::new(0)),
         };
         Ok(Iommu {
             inner: Arc::new(inner),

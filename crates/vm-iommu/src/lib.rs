@@ -80,5 +80,5 @@ pub use adapter::{IommuAdapter, IotlbGuard};
 pub use config::{Config, MAX_INPUT_ADDRESS, PAGE_SIZE_1G, PAGE_SIZE_2M, PAGE_SIZE_4K};
 pub use error::{Error, Fault, FaultReason, Result};
 pub use iommu::{Domain, Endpoint, Iommu};
-pub use translate::{Fragment, Translation, INLINE_FRAGMENTS};
+pub use translate::{Fragment, Translation};
 pub use view::DeviceView;

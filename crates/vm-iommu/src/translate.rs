@@ -4,18 +4,14 @@
 //!
 //! A translation walks the whole range *before* it returns, so that a missing mapping
 //! or a permission failure anywhere in the range is reported before any byte moves.
-//! The first [`INLINE_FRAGMENTS`] fragments are kept inline in the returned
-//! [`Translation`] (nothing is allocated); longer translations are walked again
-//! lazily for the remaining fragments.
+//! The first fragment is kept in the returned [`Translation`]; further fragments are
+//! walked again lazily, so nothing is allocated and the result stays small.
 
 use vm_memory::{GuestAddress, Permissions};
 
 use crate::error::{Error, Fault, FaultReason, Result};
 use crate::iommu::{EndpointState, Inner};
 use crate::table::{walk_piece, Piece, Root};
-
-/// Fragments that a [`Translation`] holds without walking the table again.
-pub const INLINE_FRAGMENTS: usize = 4;
 
 /// One physically contiguous piece of a translated IOVA range.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -30,63 +26,74 @@ pub struct Fragment {
     pub perm: Permissions,
 }
 
-const NO_PIECE: Piece = Piece {
-    gpa: 0,
-    len: 0,
-    perm: Permissions::No,
-};
-
-/// The remainder of a translation with more than [`INLINE_FRAGMENTS`] fragments.
+/// The not yet returned fragments of a checked translation.
 #[derive(Clone, Copy, Debug)]
-struct Tail<'a> {
+pub(crate) struct Rest<'a> {
     root: &'a Root,
+    inner: &'a Inner,
     next: u64,
     last: u64,
     access: Permissions,
+    endpoint: u32,
+}
+
+impl Rest<'_> {
+    /// Walk the next fragment. `Err` only if a concurrent unmap removed part of the
+    /// range after it was checked; the fault is recorded.
+    #[inline]
+    pub(crate) fn next_fragment(&mut self) -> (Result<Fragment>, bool) {
+        match walk_piece(self.root, self.next, self.last, self.access) {
+            Ok(p) => {
+                let f = Fragment {
+                    iova: self.next,
+                    gpa: GuestAddress(p.gpa),
+                    len: p.len,
+                    perm: p.perm,
+                };
+                // `p.len - 1 <= last - next`, so this cannot overflow.
+                let end = self.next + (p.len - 1);
+                let more = end != self.last;
+                if more {
+                    self.next = end + 1;
+                }
+                (Ok(f), more)
+            }
+            Err((iova, perm)) => {
+                let fault = Fault {
+                    endpoint: self.endpoint,
+                    iova,
+                    access: self.access,
+                    reason: if perm {
+                        FaultReason::Permission
+                    } else {
+                        FaultReason::Unmapped
+                    },
+                };
+                self.inner.faults.record(fault);
+                (Err(Error::Fault(fault)), false)
+            }
+        }
+    }
 }
 
 /// The result of a successful translation: an iterator over [`Fragment`]s whose lengths
 /// add up to the requested length.
 ///
-/// Items are `Err` only if the range had more than [`INLINE_FRAGMENTS`] fragments and a
-/// concurrent unmap removed part of it after the translation was checked; iteration
-/// then stops.
+/// The whole range was checked (mapped, permitted) before the translation was
+/// returned. Items after the first are walked lazily; such an item is `Err` only if a
+/// concurrent unmap removed part of the range in between, and iteration then stops.
 #[derive(Clone, Debug)]
 pub struct Translation<'a> {
-    pieces: [Piece; INLINE_FRAGMENTS],
-    n: u8,
-    pos: u8,
-    iova: u64,
-    endpoint: u32,
-    tail: Option<Tail<'a>>,
-    inner: Option<&'a Inner>,
+    first: Option<Fragment>,
+    rest: Option<Rest<'a>>,
 }
 
-impl<'a> Translation<'a> {
-    fn new(iova: u64, endpoint: u32) -> Self {
-        Translation {
-            pieces: [NO_PIECE; INLINE_FRAGMENTS],
-            n: 0,
-            pos: 0,
-            iova,
-            endpoint,
-            tail: None,
-            inner: None,
-        }
-    }
-
+impl Translation<'_> {
     /// The single fragment of this translation, if the range is physically contiguous.
     pub fn single(&self) -> Option<Fragment> {
-        (self.n == 1 && self.pos == 0 && self.tail.is_none()).then(|| self.fragment(0, self.iova))
-    }
-
-    fn fragment(&self, i: usize, iova: u64) -> Fragment {
-        let p = self.pieces[i % INLINE_FRAGMENTS];
-        Fragment {
-            iova,
-            gpa: GuestAddress(p.gpa),
-            len: p.len,
-            perm: p.perm,
+        match (self.first, &self.rest) {
+            (Some(f), None) => Some(f),
+            _ => None,
         }
     }
 }
@@ -94,63 +101,50 @@ impl<'a> Translation<'a> {
 impl Iterator for Translation<'_> {
     type Item = Result<Fragment>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.pos < self.n {
-            let f = self.fragment(usize::from(self.pos), self.iova);
-            self.pos += 1;
-            self.iova = self.iova.wrapping_add(f.len);
+        if let Some(f) = self.first.take() {
             return Some(Ok(f));
         }
-        let tail = self.tail.as_mut()?;
-        match walk_piece(tail.root, tail.next, tail.last, tail.access) {
-            Ok(p) => {
-                let f = Fragment {
-                    iova: tail.next,
-                    gpa: GuestAddress(p.gpa),
-                    len: p.len,
-                    perm: p.perm,
-                };
-                // `p.len - 1 <= last - next`, so this cannot overflow.
-                let end = tail.next + (p.len - 1);
-                if end == tail.last {
-                    self.tail = None;
-                } else {
-                    tail.next = end + 1;
-                }
-                Some(Ok(f))
-            }
-            Err((iova, perm)) => {
-                let fault = Fault {
-                    endpoint: self.endpoint,
-                    iova,
-                    access: tail.access,
-                    reason: if perm {
-                        FaultReason::Permission
-                    } else {
-                        FaultReason::Unmapped
-                    },
-                };
-                self.tail = None;
-                if let Some(inner) = self.inner {
-                    inner.faults.record(fault);
-                }
-                Some(Err(Error::Fault(fault)))
-            }
+        let rest = self.rest.as_mut()?;
+        let (item, more) = rest.next_fragment();
+        if !more {
+            self.rest = None;
         }
+        Some(item)
     }
 }
 
 impl std::iter::FusedIterator for Translation<'_> {}
 
-/// Translate without recording faults.
+/// A checked translation: the first fragment and the rest, if any.
+pub(crate) type Checked<'a> = (Fragment, Option<Rest<'a>>);
+
+#[cold]
+fn wrap_fault(inner: &Inner, endpoint: u32, iova: u64, access: Permissions) -> Fault {
+    let (first, in_last) = inner.input_range;
+    let at = if iova >= first && iova <= in_last {
+        in_last.saturating_add(1)
+    } else {
+        iova
+    };
+    Fault {
+        endpoint,
+        iova: at,
+        access,
+        reason: FaultReason::OutOfRange,
+    }
+}
+
+/// Translate and check `iova..iova+len` (`len > 0`) without recording faults.
 #[inline]
-pub(crate) fn translate_quiet<'a>(
+pub(crate) fn check<'a>(
     inner: &'a Inner,
     ep: &EndpointState,
     iova: u64,
     len: u64,
     access: Permissions,
-) -> std::result::Result<Translation<'a>, Fault> {
+) -> std::result::Result<Checked<'a>, Fault> {
     let endpoint = ep.id;
     let fault = |iova, reason| Fault {
         endpoint,
@@ -158,26 +152,25 @@ pub(crate) fn translate_quiet<'a>(
         access,
         reason,
     };
-    let (first, in_last) = inner.input_range;
     let Some(last) = iova.checked_add(len.wrapping_sub(1)).filter(|_| len != 0) else {
-        // Length 0 is rejected by the callers; here it can only be a wrap.
-        let at = if iova >= first && iova <= in_last {
-            in_last.saturating_add(1)
-        } else {
-            iova
-        };
-        return Err(fault(at, FaultReason::OutOfRange));
+        return Err(wrap_fault(inner, endpoint, iova, access));
     };
-    let mut t = Translation::new(iova, endpoint);
+    let identity = Fragment {
+        iova,
+        gpa: GuestAddress(iova),
+        len,
+        perm: Permissions::ReadWrite,
+    };
     let Some(domain) = inner.domain_of(ep) else {
         if inner.bypass_unattached() {
-            return Ok(identity(t, iova, len));
+            return Ok((identity, None));
         }
         return Err(fault(iova, FaultReason::NoDomain));
     };
     if domain.is_bypass() {
-        return Ok(identity(t, iova, len));
+        return Ok((identity, None));
     }
+    let (first, in_last) = inner.input_range;
     if iova < first || iova > in_last {
         return Err(fault(iova, FaultReason::OutOfRange));
     }
@@ -187,48 +180,62 @@ pub(crate) fn translate_quiet<'a>(
     let Some(root) = domain.root() else {
         return Err(fault(iova, FaultReason::Unmapped));
     };
-    let mut cur = iova;
-    loop {
-        match walk_piece(root, cur, last, access) {
-            Ok(p) => {
-                if usize::from(t.n) < INLINE_FRAGMENTS {
-                    t.pieces[usize::from(t.n)] = p;
-                    t.n += 1;
-                } else if t.tail.is_none() {
-                    t.tail = Some(Tail {
-                        root,
-                        next: cur,
-                        last,
-                        access,
-                    });
-                    t.inner = Some(inner);
-                }
-                let end = cur + (p.len - 1);
-                if end == last {
-                    return Ok(t);
-                }
-                cur = end + 1;
-            }
-            Err((at, perm)) => {
-                let reason = if perm {
-                    FaultReason::Permission
-                } else {
-                    FaultReason::Unmapped
-                };
-                return Err(fault(at, reason));
-            }
-        }
+    let piece_fault = |(at, perm): (u64, bool)| {
+        let reason = if perm {
+            FaultReason::Permission
+        } else {
+            FaultReason::Unmapped
+        };
+        fault(at, reason)
+    };
+    let p: Piece = walk_piece(root, iova, last, access).map_err(piece_fault)?;
+    let first_fragment = Fragment {
+        iova,
+        gpa: GuestAddress(p.gpa),
+        len: p.len,
+        perm: p.perm,
+    };
+    // `p.len - 1 <= last - iova`.
+    let mut end = iova + (p.len - 1);
+    if end == last {
+        return Ok((first_fragment, None));
     }
+    let rest = Rest {
+        root,
+        inner,
+        next: end + 1,
+        last,
+        access,
+        endpoint,
+    };
+    // Check the remainder of the range before anything is handed out.
+    while end < last {
+        let cur = end + 1;
+        let p = walk_piece(root, cur, last, access).map_err(piece_fault)?;
+        end = cur + (p.len - 1);
+    }
+    Ok((first_fragment, Some(rest)))
 }
 
-fn identity(mut t: Translation<'_>, iova: u64, len: u64) -> Translation<'_> {
-    t.pieces[0] = Piece {
-        gpa: iova,
-        len,
-        perm: Permissions::ReadWrite,
-    };
-    t.n = 1;
-    t
+/// Translate and check, recording a failure in the fault log.
+#[inline]
+pub(crate) fn check_recorded<'a>(
+    inner: &'a Inner,
+    ep: &EndpointState,
+    iova: u64,
+    len: u64,
+    access: Permissions,
+) -> Result<Checked<'a>> {
+    if len == 0 {
+        return Err(Error::ZeroLength { iova });
+    }
+    check(inner, ep, iova, len, access).map_err(|fault| record(inner, fault))
+}
+
+#[cold]
+fn record(inner: &Inner, fault: Fault) -> Error {
+    inner.faults.record(fault);
+    Error::Fault(fault)
 }
 
 /// Translate, recording a failure in the fault log.
@@ -240,11 +247,9 @@ pub(crate) fn translate<'a>(
     len: u64,
     access: Permissions,
 ) -> Result<Translation<'a>> {
-    if len == 0 {
-        return Err(Error::ZeroLength { iova });
-    }
-    translate_quiet(inner, ep, iova, len, access).map_err(|fault| {
-        inner.faults.record(fault);
-        Error::Fault(fault)
+    let (first, rest) = check_recorded(inner, ep, iova, len, access)?;
+    Ok(Translation {
+        first: Some(first),
+        rest,
     })
 }

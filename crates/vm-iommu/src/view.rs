@@ -14,7 +14,7 @@ use vm_memory::{
 
 use crate::error::Error;
 use crate::iommu::Endpoint;
-use crate::translate::{self, Translation};
+use crate::translate::{self, Fragment, Rest};
 
 /// Memory as one endpoint (device) sees it: every address is an IOVA, translated by the
 /// endpoint's domain, with the access permission checked over the whole range before
@@ -81,6 +81,7 @@ impl<M: GuestMemoryBackend> DeviceView<M> {
     }
 }
 
+#[cold]
 fn to_memory_error(e: Error, iova: GuestAddress, count: usize) -> GuestMemoryError {
     GuestMemoryError::IommuError(IotlbError::CannotResolve {
         iova_range: IovaRange {
@@ -89,6 +90,12 @@ fn to_memory_error(e: Error, iova: GuestAddress, count: usize) -> GuestMemoryErr
         },
         reason: e.to_string(),
     })
+}
+
+impl<M: GuestMemoryBackend> DeviceView<M> {
+    fn backed(&self, f: &Fragment) -> bool {
+        usize::try_from(f.len).is_ok_and(|len| self.mem.check_range(f.gpa, len))
+    }
 }
 
 impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
@@ -100,17 +107,27 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
             return true;
         }
         let ep = &self.endpoint;
-        let Ok(t) = translate::translate_quiet(&ep.inner, &ep.state, addr.0, count as u64, access)
+        let Ok((first, rest)) = translate::check(&ep.inner, &ep.state, addr.0, count as u64, access)
         else {
             return false;
         };
-        t.into_iter().all(|f| {
-            f.is_ok_and(|f| {
-                usize::try_from(f.len).is_ok_and(|len| self.mem.check_range(f.gpa, len))
-            })
-        })
+        if !self.backed(&first) {
+            return false;
+        }
+        let Some(mut rest) = rest else { return true };
+        loop {
+            match rest.next_fragment() {
+                (Ok(f), more) if self.backed(&f) => {
+                    if !more {
+                        return true;
+                    }
+                }
+                _ => return false,
+            }
+        }
     }
 
+    #[inline]
     fn get_slices<'a>(
         &'a self,
         addr: GuestAddress,
@@ -120,28 +137,38 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
         if count == 0 {
             return Ok(ViewSlices {
                 mem: &self.mem,
-                translation: None,
                 current: None,
+                rest: None,
             });
         }
         let ep = &self.endpoint;
-        let t = translate::translate(&ep.inner, &ep.state, addr.0, count as u64, access)
-            .map_err(|e| to_memory_error(e, addr, count))?;
-        if t.single().is_none() {
+        let (first, rest) =
+            translate::check_recorded(&ep.inner, &ep.state, addr.0, count as u64, access)
+                .map_err(|e| to_memory_error(e, addr, count))?;
+        if let Some(mut more) = rest {
             // Several pieces: check that guest memory backs all of them before the first
             // byte moves (a single piece fails on its first slice anyway).
-            for f in t.clone() {
-                let f = f.map_err(|e| to_memory_error(e, addr, count))?;
-                let backed = usize::try_from(f.len).is_ok_and(|len| self.mem.check_range(f.gpa, len));
-                if !backed {
+            let mut f = first;
+            loop {
+                if !self.backed(&f) {
                     return Err(GuestMemoryError::InvalidGuestAddress(f.gpa));
+                }
+                let (item, again) = more.next_fragment();
+                f = item.map_err(|e| to_memory_error(e, addr, count))?;
+                if !again {
+                    if !self.backed(&f) {
+                        return Err(GuestMemoryError::InvalidGuestAddress(f.gpa));
+                    }
+                    break;
                 }
             }
         }
+        // `first.len <= count`, so it fits in usize.
+        let len = usize::try_from(first.len).unwrap_or(count);
         Ok(ViewSlices {
             mem: &self.mem,
-            translation: Some(t),
-            current: None,
+            current: Some(self.mem.get_slices(first.gpa, len)),
+            rest,
         })
     }
 
@@ -154,13 +181,13 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
 /// [`get_slices`](GuestMemory::get_slices).
 struct ViewSlices<'a, M: GuestMemoryBackend> {
     mem: &'a M,
-    translation: Option<Translation<'a>>,
     current: Option<GuestMemoryBackendSliceIterator<'a, M>>,
+    rest: Option<Rest<'a>>,
 }
 
 impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
     fn stop(&mut self) {
-        self.translation = None;
+        self.rest = None;
         self.current = None;
     }
 }
@@ -181,20 +208,20 @@ impl<'a, M: GuestMemoryBackend> Iterator for ViewSlices<'a, M> {
                     None => self.current = None,
                 }
             }
-            let t = self.translation.as_mut()?;
-            match t.next() {
-                None => {
-                    self.stop();
-                    return None;
-                }
-                Some(Ok(f)) => match usize::try_from(f.len) {
+            let rest = self.rest.as_mut()?;
+            let (item, more) = rest.next_fragment();
+            if !more {
+                self.rest = None;
+            }
+            match item {
+                Ok(f) => match usize::try_from(f.len) {
                     Ok(len) => self.current = Some(self.mem.get_slices(f.gpa, len)),
                     Err(_) => {
                         self.stop();
                         return Some(Err(GuestMemoryError::GuestAddressOverflow));
                     }
                 },
-                Some(Err(e)) => {
+                Err(e) => {
                     let iova = GuestAddress(match e {
                         Error::Fault(f) => f.iova,
                         _ => 0,
