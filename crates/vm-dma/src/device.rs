@@ -68,6 +68,8 @@ pub(crate) struct DeviceInner<M: GuestMemoryBackend> {
     pub(crate) declared: Mutex<Option<Arc<DeclaredMemory>>>,
     /// The device this one sits behind (a bridge), for `INCLUDES_CHILDREN`.
     pub(crate) parent: Option<DmaDevice<M>>,
+    /// Live raw streaming mappings (only the raw, `DmaAddr`-taking calls use it).
+    pub(crate) raw: crate::map::RawTable,
 }
 
 /// The driver-side handle of one device on a [`DmaBus`]: its masks, its
@@ -136,6 +138,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 min_align_mask: AtomicU64::new(config.parms.min_align_mask),
                 declared: Mutex::new(None),
                 parent: None,
+                raw: crate::map::RawTable::default(),
             }),
         }
     }

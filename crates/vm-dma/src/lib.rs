@@ -18,17 +18,24 @@ pub mod declared;
 mod device;
 mod error;
 mod guest_copy;
+mod map;
 pub mod page_alloc;
 pub mod pool;
+mod sg;
 pub mod swiotlb;
+mod sync;
 mod types;
+mod view;
 
 pub use bus::DmaBus;
 pub use coherent::CoherentBuffer;
 pub use device::{DeviceConfig, DmaDevice};
 pub use error::{Error, Result};
+pub use map::{MapKind, Mapping, Rejected, MAX_RAW_MAPPINGS};
 pub use pool::{DmaPool, PoolBlock, PoolStats};
+pub use sg::{Errno, MappedSg, SgEntry, SgTable};
 pub use types::{
     get_order, Attrs, DmaAddr, DmaMask, DmaParms, Direction, DMA_MAPPING_ERROR, PAGE_SHIFT,
     PAGE_SIZE,
 };
+pub use view::DirectView;

@@ -25,6 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -109,6 +110,7 @@ impl MapKind {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Mapping {
     device: u32,
+    token: u64,
     dma: DmaAddr,
     cpu: GuestAddress,
     size: u64,
@@ -151,6 +153,10 @@ impl Mapping {
     /// Id of the device that made it.
     pub fn device_id(&self) -> u32 {
         self.device
+    }
+
+    pub(crate) fn token(&self) -> u64 {
+        self.token
     }
 }
 
@@ -228,10 +234,25 @@ pub(crate) struct RawInner {
     max_size: u64,
 }
 
-/// The per-device record of live raw mappings.
-#[derive(Debug, Default)]
+/// The per-device record of live raw mappings, and the device's
+/// process-wide identity token.
+#[derive(Debug)]
 pub(crate) struct RawTable {
     inner: Mutex<RawInner>,
+    /// Unique in the process and never reused: device ids are unique only
+    /// on one bus, so handles carry this token to be refused by a device on
+    /// another bus that happens to have the same id.
+    token: u64,
+}
+
+impl Default for RawTable {
+    fn default() -> Self {
+        static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+        RawTable {
+            inner: Mutex::new(RawInner::default()),
+            token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
+        }
+    }
 }
 
 impl RawTable {
@@ -408,6 +429,23 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         Ops::Direct
     }
 
+    /// The identity token handles of this device carry.
+    pub(crate) fn handle_token(&self) -> u64 {
+        self.inner.raw.token
+    }
+
+    /// Fails with [`Error::WrongDevice`] unless a handle with `device` and
+    /// `token` was made by this device (same id on another bus is refused).
+    pub(crate) fn check_handle(&self, device: u32, token: u64) -> Result<()> {
+        if token != self.inner.raw.token {
+            return Err(Error::WrongDevice {
+                owner: device,
+                device: self.id(),
+            });
+        }
+        self.check_owner(device)
+    }
+
     /// The checks every streaming map makes, then the dispatch: Linux's
     /// `dma_map_phys()`. `attrs` containing `MMIO` selects the resource rules.
     pub(crate) fn map_phys_checked(&self, phys: u64, size: u64, attrs: Attrs) -> Result<DmaAddr> {
@@ -468,6 +506,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         let dma = self.map_phys_checked(cpu, size, attrs)?;
         Ok(Mapping {
             device: self.id(),
+            token: self.handle_token(),
             dma,
             cpu: GuestAddress(cpu),
             size,
@@ -673,7 +712,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         mapping: Mapping,
         attrs: Attrs,
     ) -> std::result::Result<(), Rejected<Mapping>> {
-        if let Err(e) = self.check_owner(mapping.device) {
+        if let Err(e) = self.check_handle(mapping.device, mapping.token) {
             return Err(Rejected::new(e, mapping));
         }
         self.unmap_checked(mapping.dma, mapping.size, attrs);
@@ -1068,6 +1107,27 @@ mod tests {
         let (_, m) = r.into_parts();
         assert_eq!(m.dma_addr(), DmaAddr(0));
         a.unmap(m).unwrap();
+    }
+
+    #[test]
+    fn handle_of_the_same_device_id_on_another_bus_is_refused() {
+        let (b1, b2) = (bus(), bus());
+        let d1 = DmaDevice::new(&b1, "d");
+        let d2 = DmaDevice::new(&b2, "d");
+        // Ids are per bus: both are the first device of their bus.
+        assert_eq!(d1.id(), d2.id());
+        let m = d1
+            .map_single(GuestAddress(0), 16, Direction::ToDevice)
+            .unwrap();
+        let r = d2.unmap(m).unwrap_err();
+        assert!(matches!(r.error, Error::WrongDevice { .. }));
+        assert!(d2.sync_single_for_cpu(&r.handle, 0, 16).is_err());
+        d1.unmap(r.handle).unwrap();
+        // Clones of a device share its identity.
+        let m = d1
+            .map_single(GuestAddress(0), 16, Direction::ToDevice)
+            .unwrap();
+        d1.clone().unmap(m).unwrap();
     }
 
     #[test]

@@ -223,6 +223,7 @@ pub struct MappedSg {
     table: SgTable,
     count: u32,
     device: u32,
+    token: u64,
     dir: Direction,
     attrs: Attrs,
 }
@@ -267,6 +268,10 @@ impl MappedSg {
     /// Id of the device that mapped it.
     pub fn device_id(&self) -> u32 {
         self.device
+    }
+
+    pub(crate) fn token(&self) -> u64 {
+        self.token
     }
 }
 
@@ -420,6 +425,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 table,
                 count,
                 device: self.id(),
+                token: self.handle_token(),
                 dir,
                 attrs,
             }),
@@ -431,7 +437,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// with its DMA side cleared. Another device's handle fails with
     /// [`Error::WrongDevice`] and is given back unchanged.
     pub fn unmap_sg(&self, mapped: MappedSg) -> std::result::Result<SgTable, Rejected<MappedSg>> {
-        if let Err(e) = self.check_owner(mapped.device) {
+        if let Err(e) = self.check_handle(mapped.device, mapped.token) {
             return Err(Rejected::new(e, mapped));
         }
         let mut mapped = mapped;

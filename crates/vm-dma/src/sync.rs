@@ -40,7 +40,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     fn sync_handle(&self, m: &Mapping, offset: u64, size: u64, to: Target) -> Result<()> {
-        self.check_owner(m.device_id())?;
+        self.check_handle(m.device_id(), m.token())?;
         let end = checked_end(offset, size)?;
         if end > m.size() {
             return Err(Error::OutOfRange {
@@ -161,7 +161,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     fn sync_sg_handle(&self, sg: &MappedSg, to: Target) -> Result<()> {
-        self.check_owner(sg.device_id())?;
+        self.check_handle(sg.device_id(), sg.token())?;
         for e in sg.table().entries() {
             self.do_sync(
                 e.dma_address(),
