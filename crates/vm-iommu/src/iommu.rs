@@ -12,7 +12,7 @@ use vm_memory::{GuestMemoryBackend, Permissions};
 use crate::config::{Config, PAGE_SIZE_4K};
 use crate::error::{checked_last, Error, Fault, Result};
 use crate::fault::FaultLog;
-use crate::table::{self, Level, Root, END, START, VALID};
+use crate::table::{self, Child, LeafCache, Level, Root, END, START, VALID};
 use crate::translate::{self, Translation};
 use crate::view::DeviceView;
 
@@ -53,7 +53,7 @@ pub(crate) struct DomainState {
 
 /// One domain slot. Slots are allocated once, up to `max_domains`, and reused.
 pub(crate) struct DomainSlot {
-    root: OnceLock<Box<Root>>,
+    root: Child<Root>,
     bypass: AtomicBool,
     /// Written by every map/unmap: padded away from the read-mostly fields above.
     state: CachePadded<Mutex<DomainState>>,
@@ -76,7 +76,7 @@ impl DomainSlot {
 
     #[inline]
     pub(crate) fn root(&self) -> Option<&Root> {
-        self.root.get().map(|b| &**b)
+        self.root.get()
     }
 }
 
@@ -164,10 +164,23 @@ pub(crate) struct Inner {
     pub(crate) invalidation: CachePadded<AtomicU64>,
 }
 
+impl EndpointState {
+    /// The endpoint's domain slot + 1, or 0 when unattached.
+    #[inline(always)]
+    pub(crate) fn domain(&self) -> u32 {
+        self.domain.load(Ordering::Acquire)
+    }
+}
+
 impl Inner {
     #[inline]
     pub(crate) fn domain_of(&self, ep: &EndpointState) -> Option<&DomainSlot> {
-        let d = ep.domain.load(Ordering::Acquire);
+        self.domain_at(ep.domain())
+    }
+
+    /// The slot for an endpoint's `domain` value (slot + 1, 0 = none).
+    #[inline(always)]
+    pub(crate) fn domain_at(&self, d: u32) -> Option<&DomainSlot> {
         self.domains.get((d as usize).checked_sub(1)?)
     }
 
@@ -293,6 +306,8 @@ pub struct Domain {
 pub struct Endpoint {
     pub(crate) inner: Arc<Inner>,
     pub(crate) state: Arc<EndpointState>,
+    /// INVARIANT: holds only tables of `inner`.
+    pub(crate) cache: LeafCache,
 }
 
 impl Iommu {
@@ -301,7 +316,7 @@ impl Iommu {
         config.validate()?;
         let domains = (0..config.max_domains)
             .map(|_| DomainSlot {
-                root: OnceLock::new(),
+                root: Child::new(),
                 bypass: AtomicBool::new(false),
                 state: CachePadded(Mutex::new(DomainState {
                     id: 0,
@@ -378,7 +393,7 @@ impl Iommu {
         let ds = &self.inner.domains[slot];
         let mut st = lock(&ds.state);
         if ds.root.get().is_none() {
-            ds.root.get_or_init(Root::new_boxed);
+            ds.root.get_or_init(|| Root::new_boxed(0));
             st.tables += 1;
         }
         st.id = id;
@@ -435,6 +450,7 @@ impl Iommu {
         Ok(Endpoint {
             inner: Arc::clone(&self.inner),
             state,
+            cache: LeafCache::default(),
         })
     }
 
@@ -600,7 +616,7 @@ impl Iommu {
             .endpoints
             .find(endpoint)
             .ok_or(Error::UnknownEndpoint(endpoint))?;
-        translate::translate(&self.inner, ep, iova, len, access)
+        translate::translate(&self.inner, ep, None, iova, len, access)
     }
 
     /// Remove and return up to `max` of the oldest recorded faults.
@@ -734,7 +750,17 @@ impl Domain {
                 available,
             });
         }
-        st.tables += table::write_mapping(root, iova, last, gpa, perm, self.inner.page_size_mask);
+        // `slot < max_domains <= u32::MAX - 1`.
+        let tag = table::slot_tag(self.slot as u32 + 1);
+        st.tables += table::write_mapping(
+            root,
+            iova,
+            last,
+            gpa,
+            perm,
+            self.inner.page_size_mask,
+            tag,
+        );
         st.mappings += 1;
         Ok(())
     }
@@ -805,7 +831,7 @@ impl Endpoint {
     /// ```
     #[inline]
     pub fn translate(&self, iova: u64, len: u64, access: Permissions) -> Result<Translation<'_>> {
-        translate::translate(&self.inner, &self.state, iova, len, access)
+        translate::translate(&self.inner, &self.state, Some(&self.cache), iova, len, access)
     }
 }
 

@@ -494,3 +494,52 @@ fn test_invalidation_generation_changes_on_unmap_and_detach() {
     iommu.detach(1, 1).unwrap();
     assert!(iommu.invalidation_generation() > g1);
 }
+
+/// Translate through an endpoint handle (which caches its last leaf table).
+fn ep_gpa(ep: &Endpoint, iova: u64) -> Result<u64> {
+    Ok(ep.translate(iova, 8, R)?.single().unwrap().gpa.0)
+}
+
+#[test]
+fn test_endpoint_leaf_cache_sees_unmap_detach_and_remap() {
+    let (iommu, d) = attached();
+    let ep = iommu.endpoint(1).unwrap();
+    d.map(0x1000, 0xa000, 0x1000, RW).unwrap();
+    assert_eq!(ep_gpa(&ep, 0x1000), Ok(0xa000));
+    assert_eq!(ep_gpa(&ep, 0x1008), Ok(0xa008)); // cached table
+    d.unmap(0x1000, 0x1000).unwrap();
+    assert!(ep_gpa(&ep, 0x1000).is_err());
+    d.map(0x1000, 0xb000, 0x1000, RW).unwrap();
+    assert_eq!(ep_gpa(&ep, 0x1000), Ok(0xb000));
+    iommu.detach(1, 1).unwrap();
+    assert!(ep_gpa(&ep, 0x1000).is_err());
+    // Another domain: the cached table belongs to the old slot and must not be used.
+    let d2 = iommu.create_domain(2, false).unwrap();
+    d2.map(0x1000, 0xc000, 0x1000, RW).unwrap();
+    iommu.attach(1, 2).unwrap();
+    assert_eq!(ep_gpa(&ep, 0x1000), Ok(0xc000));
+}
+
+#[test]
+fn test_endpoint_leaf_cache_defers_to_block_leaf_over_emptied_table() {
+    let (iommu, d) = attached();
+    let ep = iommu.endpoint(1).unwrap();
+    d.map(0x1000, 0xa000, 0x1000, RW).unwrap();
+    assert_eq!(ep_gpa(&ep, 0x1000), Ok(0xa000));
+    d.unmap(0x1000, 0x1000).unwrap();
+    // A 2 MiB block now covers the region whose (empty) leaf table is cached.
+    d.map(0, 0x4000_0000, 0x20_0000, RW).unwrap();
+    assert_eq!(ep_gpa(&ep, 0x1000), Ok(0x4000_1000));
+}
+
+#[test]
+fn test_endpoint_leaf_cache_after_domain_recreated_as_bypass() {
+    let (iommu, d) = attached();
+    let ep = iommu.endpoint(1).unwrap();
+    d.map(0x1000, 0xa000, 0x1000, RW).unwrap();
+    assert_eq!(ep_gpa(&ep, 0x1000), Ok(0xa000));
+    iommu.destroy_domain(1).unwrap();
+    iommu.create_domain(1, true).unwrap(); // reuses the slot
+    iommu.attach(1, 1).unwrap();
+    assert_eq!(ep_gpa(&ep, 0x1000), Ok(0x1000));
+}

@@ -13,8 +13,9 @@
 //!   dropped with its [`Iommu`](crate::Iommu)), so a reader can never walk freed memory.
 //!   Writers (one at a time, under the domain's mutex) publish leaves with `Release`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::marker::PhantomData;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use vm_memory::Permissions;
 
@@ -59,11 +60,14 @@ pub(crate) trait Level: Send + Sync + Sized {
     /// log2 of the bytes one entry of this table covers.
     const SHIFT: u32;
 
-    /// A new, empty table.
-    fn new_boxed() -> Box<Self>;
+    /// A new, empty table; `key` identifies a last-level table (see [`Leaf::key`]).
+    fn new_boxed(key: u64) -> Box<Self>;
 
     /// The leaf covering `iova` and the log2 of its size; `(0, _)` if there is none.
     fn lookup(&self, iova: u64) -> (u64, u32);
+
+    /// Like `lookup`, also returning the last-level table that holds a 4 KiB leaf.
+    fn lookup_leaf(&self, iova: u64) -> (u64, u32, Option<&Leaf>);
 
     /// First IOVA in `lo..=hi` covered by a valid leaf. `lo..=hi` lies within this
     /// table's coverage.
@@ -75,7 +79,7 @@ pub(crate) trait Level: Send + Sync + Sized {
 
     /// Store `raw` as the leaf of size `1 << shift` at `iova`, creating tables on the
     /// way (counted in `created`).
-    fn set(&self, iova: u64, shift: u32, raw: u64, created: &mut usize);
+    fn set(&self, iova: u64, shift: u32, raw: u64, created: &mut usize, tag: u64);
 
     /// Depth (1-based, below this table) of the first table missing on the path to a
     /// leaf of size `1 << shift` at `iova`, if any.
@@ -92,13 +96,141 @@ fn index(iova: u64, shift: u32) -> usize {
 
 /// Last-level table: 512 4 KiB pages.
 pub(crate) struct Leaf {
+    /// Immutable identity: `domain tag | (iova >> 21)` of the 2 MiB region it covers
+    /// (see [`leaf_key`]). Lets an endpoint cache a table and validate the cache with
+    /// one compare: the table of a (domain slot, region) never changes once created.
+    key: u64,
     e: [AtomicU64; ENTRIES],
+}
+
+/// Key of the leaf table covering `iova` in the domain slot with `slot_tag`.
+#[inline(always)]
+pub(crate) fn leaf_key(slot_tag: u64, iova: u64) -> u64 {
+    slot_tag | (iova >> 21)
+}
+
+/// Tag of domain slot `slot_plus_one` (as stored in an endpoint); `iova >> 21` has at
+/// most 27 bits for 48-bit IOVAs.
+#[inline(always)]
+pub(crate) fn slot_tag(slot_plus_one: u32) -> u64 {
+    u64::from(slot_plus_one) << 27
+}
+
+impl Leaf {
+    /// This table's key.
+    #[inline(always)]
+    pub(crate) fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The entry for `iova`.
+    #[inline(always)]
+    pub(crate) fn entry(&self, iova: u64) -> u64 {
+        self.e[index(iova, 12)].load(Ordering::Acquire)
+    }
+}
+
+/// A child table pointer: set at most once, freed only when its parent is dropped.
+///
+/// (A `OnceLock<Box<C>>` does the same without `unsafe`, but costs a second load per
+/// level on the lock-free translate path.)
+pub(crate) struct Child<C> {
+    ptr: AtomicPtr<C>,
+    _owns: PhantomData<Box<C>>,
+}
+
+impl<C> Child<C> {
+    pub(crate) fn new() -> Self {
+        Child {
+            ptr: AtomicPtr::new(ptr::null_mut()),
+            _owns: PhantomData,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self) -> Option<&C> {
+        let p = self.ptr.load(Ordering::Acquire);
+        // SAFETY: `p` is null or came from `Box::into_raw` in `get_or_init` and was
+        // published (Release, after the table was fully built) exactly once. It is freed
+        // only in `drop`, which takes `&mut self`, so no borrow derived from `&self` can
+        // outlive it.
+        unsafe { p.as_ref() }
+    }
+
+    pub(crate) fn get_or_init(&self, make: impl FnOnce() -> Box<C>) -> &C {
+        if let Some(c) = self.get() {
+            return c;
+        }
+        let new = Box::into_raw(make());
+        match self
+            .ptr
+            .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // SAFETY: `new` is the live allocation just published; see `get`.
+            Ok(_) => unsafe { &*new },
+            Err(existing) => {
+                // SAFETY: `new` came from `Box::into_raw` above and was never published.
+                drop(unsafe { Box::from_raw(new) });
+                // SAFETY: `existing` is non-null (the exchange from null failed) and was
+                // published by `get_or_init`; see `get`.
+                unsafe { &*existing }
+            }
+        }
+    }
+}
+
+impl<C> Drop for Child<C> {
+    fn drop(&mut self) {
+        let p = *self.ptr.get_mut();
+        if !p.is_null() {
+            // SAFETY: `p` came from `Box::into_raw` and is owned by this slot; `&mut self`
+            // guarantees no reader holds a reference into it.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+/// A per-endpoint-handle cache of one last-level table, so that repeated accesses to
+/// one 2 MiB region skip the upper levels of the walk.
+///
+/// # Invariants
+///
+/// The pointer is null or points to a [`Leaf`] of the page tables of the `Inner` that
+/// the owner of the cache keeps alive (an `Endpoint` holds an `Arc` of it). Tables are
+/// freed only when that `Inner` is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct LeafCache(AtomicPtr<Leaf>);
+
+impl Clone for LeafCache {
+    fn clone(&self) -> Self {
+        LeafCache(AtomicPtr::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl LeafCache {
+    #[inline(always)]
+    pub(crate) fn get(&self) -> Option<&Leaf> {
+        let p = self.0.load(Ordering::Acquire);
+        // SAFETY: by the type invariant `p` is null or points to a live leaf table that
+        // outlives the cache's owner, hence `&self`.
+        unsafe { p.as_ref() }
+    }
+
+    /// Remember `leaf`, which must belong to the page tables the owner keeps alive.
+    #[inline]
+    pub(crate) fn set(&self, leaf: &Leaf) {
+        let p = ptr::from_ref(leaf).cast_mut();
+        if self.0.load(Ordering::Relaxed) != p {
+            // INVARIANT: callers pass tables of the cache owner's `Inner`.
+            self.0.store(p, Ordering::Release);
+        }
+    }
 }
 
 /// A directory slot: an optional block leaf and an optional child table.
 pub(crate) struct Slot<C> {
     leaf: AtomicU64,
-    child: OnceLock<Box<C>>,
+    child: Child<C>,
 }
 
 /// A directory table of 512 slots.
@@ -128,8 +260,9 @@ pub(crate) type Root = Dir<L1>;
 impl Level for Leaf {
     const SHIFT: u32 = 12;
 
-    fn new_boxed() -> Box<Self> {
+    fn new_boxed(key: u64) -> Box<Self> {
         Box::new(Leaf {
+            key,
             e: std::array::from_fn(|_| AtomicU64::new(0)),
         })
     }
@@ -140,6 +273,12 @@ impl Level for Leaf {
             self.e[index(iova, Self::SHIFT)].load(Ordering::Acquire),
             Self::SHIFT,
         )
+    }
+
+    #[inline(always)]
+    fn lookup_leaf(&self, iova: u64) -> (u64, u32, Option<&Leaf>) {
+        let (raw, shift) = self.lookup(iova);
+        (raw, shift, Some(self))
     }
 
     fn first_valid(&self, lo: u64, hi: u64) -> Option<u64> {
@@ -164,7 +303,7 @@ impl Level for Leaf {
         starts
     }
 
-    fn set(&self, iova: u64, _shift: u32, raw: u64, _created: &mut usize) {
+    fn set(&self, iova: u64, _shift: u32, raw: u64, _created: &mut usize, _tag: u64) {
         self.e[index(iova, Self::SHIFT)].store(raw, Ordering::Release);
     }
 
@@ -176,11 +315,11 @@ impl Level for Leaf {
 impl<C: Level> Level for Dir<C> {
     const SHIFT: u32 = C::SHIFT + 9;
 
-    fn new_boxed() -> Box<Self> {
+    fn new_boxed(_key: u64) -> Box<Self> {
         Box::new(Dir {
             s: std::array::from_fn(|_| Slot {
                 leaf: AtomicU64::new(0),
-                child: OnceLock::new(),
+                child: Child::new(),
             }),
         })
     }
@@ -195,6 +334,19 @@ impl<C: Level> Level for Dir<C> {
         match slot.child.get() {
             Some(child) => child.lookup(iova),
             None => (0, Self::SHIFT),
+        }
+    }
+
+    #[inline(always)]
+    fn lookup_leaf(&self, iova: u64) -> (u64, u32, Option<&Leaf>) {
+        let slot = &self.s[index(iova, Self::SHIFT)];
+        let leaf = slot.leaf.load(Ordering::Acquire);
+        if leaf & VALID != 0 {
+            return (leaf, Self::SHIFT, None);
+        }
+        match slot.child.get() {
+            Some(child) => child.lookup_leaf(iova),
+            None => (0, Self::SHIFT, None),
         }
     }
 
@@ -237,7 +389,7 @@ impl<C: Level> Level for Dir<C> {
         starts
     }
 
-    fn set(&self, iova: u64, shift: u32, raw: u64, created: &mut usize) {
+    fn set(&self, iova: u64, shift: u32, raw: u64, created: &mut usize, tag: u64) {
         let slot = &self.s[index(iova, Self::SHIFT)];
         if shift >= Self::SHIFT {
             slot.leaf.store(raw, Ordering::Release);
@@ -245,9 +397,9 @@ impl<C: Level> Level for Dir<C> {
             slot.child
                 .get_or_init(|| {
                     *created += 1;
-                    C::new_boxed()
+                    C::new_boxed(leaf_key(tag, iova))
                 })
-                .set(iova, shift, raw, created);
+                .set(iova, shift, raw, created, tag);
         }
     }
 
@@ -325,8 +477,8 @@ pub(crate) fn tables_needed(
     }
 }
 
-/// Write the leaves of a mapping of `iova..=last -> gpa` (all checks done). Returns
-/// the number of tables created.
+/// Write the leaves of a mapping of `iova..=last -> gpa` (all checks done) into the
+/// table of the domain slot tagged `tag`. Returns the number of tables created.
 pub(crate) fn write_mapping(
     root: &Root,
     mut iova: u64,
@@ -334,6 +486,7 @@ pub(crate) fn write_mapping(
     mut gpa: u64,
     perm: Permissions,
     page_size_mask: u64,
+    tag: u64,
 ) -> usize {
     let mut created = 0;
     let mut flags = VALID | START | perm_bits(perm);
@@ -343,7 +496,7 @@ pub(crate) fn write_mapping(
         if leaf_last == last {
             flags |= END;
         }
-        root.set(iova, shift, (gpa & ADDR_MASK) | flags, &mut created);
+        root.set(iova, shift, (gpa & ADDR_MASK) | flags, &mut created, tag);
         if leaf_last == last {
             return created;
         }
@@ -370,7 +523,18 @@ pub(crate) fn walk_piece(
     last: u64,
     access: Permissions,
 ) -> std::result::Result<Piece, (u64, bool)> {
-    let (raw, shift) = root.lookup(cur);
+    walk_piece_leaf(root, cur, last, access).map(|(p, _)| p)
+}
+
+/// [`walk_piece`], also returning the last-level table of the first leaf.
+#[inline]
+pub(crate) fn walk_piece_leaf(
+    root: &Root,
+    cur: u64,
+    last: u64,
+    access: Permissions,
+) -> std::result::Result<(Piece, Option<&Leaf>), (u64, bool)> {
+    let (raw, shift, table) = root.lookup_leaf(cur);
     if raw & VALID == 0 {
         return Err((cur, false));
     }
@@ -394,11 +558,14 @@ pub(crate) fn walk_piece(
         }
         end = (next | mask2).min(last);
     }
-    Ok(Piece {
-        gpa,
-        len: end - cur + 1,
-        perm: entry_perms(raw),
-    })
+    Ok((
+        Piece {
+            gpa,
+            len: end - cur + 1,
+            perm: entry_perms(raw),
+        },
+        table,
+    ))
 }
 
 #[cfg(test)]
@@ -409,12 +576,12 @@ mod tests {
     const MASK: u64 = (1 << 12) | (1 << 21) | (1 << 30);
 
     fn map(root: &Root, iova: u64, gpa: u64, len: u64, perm: Permissions) -> usize {
-        write_mapping(root, iova, iova + len - 1, gpa, perm, MASK)
+        write_mapping(root, iova, iova + len - 1, gpa, perm, MASK, 0)
     }
 
     #[test]
     fn test_table_lookup_of_empty_table_is_invalid() {
-        let root = Root::new_boxed();
+        let root = Root::new_boxed(0);
         assert_eq!(root.lookup(0).0 & VALID, 0);
         assert_eq!(root.lookup((1 << 48) - 1).0 & VALID, 0);
         assert_eq!(root.first_valid(0, (1 << 48) - 1), None);
@@ -422,7 +589,7 @@ mod tests {
 
     #[test]
     fn test_table_4k_mapping_creates_three_tables_and_translates() {
-        let root = Root::new_boxed();
+        let root = Root::new_boxed(0);
         assert_eq!(tables_needed(&root, 0x1000, 0x1fff, 0x8000, MASK, 100), 3);
         assert_eq!(map(&root, 0x1000, 0x8000, 0x1000, RW), 3);
         let (raw, shift) = root.lookup(0x1234);
@@ -434,7 +601,7 @@ mod tests {
 
     #[test]
     fn test_table_aligned_mapping_uses_block_leaves() {
-        let root = Root::new_boxed();
+        let root = Root::new_boxed(0);
         // 1 GiB + 2 MiB + 4 KiB, all aligned: one 1G block, one 2M block, one page.
         let len = (1 << 30) + (1 << 21) + 0x1000;
         let created = map(&root, 1 << 30, 1 << 31, len, RW);
@@ -450,8 +617,8 @@ mod tests {
 
     #[test]
     fn test_table_block_leaves_respect_the_page_size_mask() {
-        let root = Root::new_boxed();
-        write_mapping(&root, 0, (1 << 21) - 1, 0, RW, 1 << 12);
+        let root = Root::new_boxed(0);
+        write_mapping(&root, 0, (1 << 21) - 1, 0, RW, 1 << 12, 0);
         assert_eq!(root.lookup(0).1, 12);
     }
 
@@ -465,7 +632,7 @@ mod tests {
 
     #[test]
     fn test_table_walk_piece_merges_contiguous_pages_only() {
-        let root = Root::new_boxed();
+        let root = Root::new_boxed(0);
         map(&root, 0x1000, 0x10000, 0x1000, RW);
         map(&root, 0x2000, 0x11000, 0x1000, RW); // contiguous with the first
         map(&root, 0x3000, 0x20000, 0x1000, RW); // not contiguous
@@ -481,7 +648,7 @@ mod tests {
 
     #[test]
     fn test_table_walk_piece_checks_permissions() {
-        let root = Root::new_boxed();
+        let root = Root::new_boxed(0);
         map(&root, 0x1000, 0x10000, 0x1000, Permissions::Read);
         assert!(walk_piece(&root, 0x1000, 0x1fff, Permissions::Read).is_ok());
         assert_eq!(
@@ -492,7 +659,7 @@ mod tests {
 
     #[test]
     fn test_table_clear_counts_mapping_starts() {
-        let root = Root::new_boxed();
+        let root = Root::new_boxed(0);
         map(&root, 0x1000, 0x10000, 0x3000, RW);
         map(&root, 0x4000, 0x20000, 0x1000, RW);
         assert_eq!(root.first_valid(0, 0xffff), Some(0x1000));
@@ -503,7 +670,7 @@ mod tests {
 
     #[test]
     fn test_table_tables_needed_stops_at_the_limit() {
-        let root = Root::new_boxed();
+        let root = Root::new_boxed(0);
         // 4 KiB pages one every 2 MiB would need a leaf table each.
         let needed = tables_needed(&root, 0, (1 << 40) - 1, 0x1000, MASK, 10);
         assert!(needed > 10);
@@ -511,7 +678,7 @@ mod tests {
 
     #[test]
     fn test_table_top_of_input_range_is_reachable() {
-        let root = Root::new_boxed();
+        let root = Root::new_boxed(0);
         let top = (1u64 << 48) - 0x1000;
         map(&root, top, 0x5000, 0x1000, RW);
         let p = walk_piece(&root, top, (1 << 48) - 1, RW).unwrap();

@@ -11,7 +11,10 @@ use vm_memory::{GuestAddress, Permissions};
 
 use crate::error::{Error, Fault, FaultReason, Result};
 use crate::iommu::{EndpointState, Inner};
-use crate::table::{walk_piece, Piece, Root};
+use crate::table::{
+    entry_allows, entry_perms, leaf_key, slot_tag, walk_piece, walk_piece_leaf, LeafCache, Piece,
+    Root, ADDR_MASK, VALID,
+};
 
 /// One physically contiguous piece of a translated IOVA range.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -137,10 +140,13 @@ fn wrap_fault(inner: &Inner, endpoint: u32, iova: u64, access: Permissions) -> F
 }
 
 /// Translate and check `iova..iova+len` (`len > 0`) without recording faults.
+///
+/// `cache` must belong to a handle that keeps `inner` alive (see [`LeafCache`]).
 #[inline]
 pub(crate) fn check<'a>(
     inner: &'a Inner,
     ep: &EndpointState,
+    cache: Option<&LeafCache>,
     iova: u64,
     len: u64,
     access: Permissions,
@@ -155,13 +161,38 @@ pub(crate) fn check<'a>(
     let Some(last) = iova.checked_add(len.wrapping_sub(1)).filter(|_| len != 0) else {
         return Err(wrap_fault(inner, endpoint, iova, access));
     };
+    let (first, in_last) = inner.input_range;
+    let d = ep.domain();
+    // Fast path: a range inside one 4 KiB page of the cached last-level table. A valid
+    // leaf there is current (no block leaf can sit above a non-empty table), and the
+    // key ties the table to the endpoint's current domain slot.
+    if let Some(leaf) = cache.and_then(LeafCache::get) {
+        if leaf.key() == leaf_key(slot_tag(d), iova)
+            && (iova ^ last) >> 12 == 0
+            && iova >= first
+            && last <= in_last
+        {
+            let raw = leaf.entry(iova);
+            if raw & VALID != 0 && entry_allows(raw, access) {
+                return Ok((
+                    Fragment {
+                        iova,
+                        gpa: GuestAddress((raw & ADDR_MASK) | (iova & 0xfff)),
+                        len,
+                        perm: entry_perms(raw),
+                    },
+                    None,
+                ));
+            }
+        }
+    }
     let identity = Fragment {
         iova,
         gpa: GuestAddress(iova),
         len,
         perm: Permissions::ReadWrite,
     };
-    let Some(domain) = inner.domain_of(ep) else {
+    let Some(domain) = inner.domain_at(d) else {
         if inner.bypass_unattached() {
             return Ok((identity, None));
         }
@@ -170,7 +201,6 @@ pub(crate) fn check<'a>(
     if domain.is_bypass() {
         return Ok((identity, None));
     }
-    let (first, in_last) = inner.input_range;
     if iova < first || iova > in_last {
         return Err(fault(iova, FaultReason::OutOfRange));
     }
@@ -188,7 +218,10 @@ pub(crate) fn check<'a>(
         };
         fault(at, reason)
     };
-    let p: Piece = walk_piece(root, iova, last, access).map_err(piece_fault)?;
+    let (p, table): (Piece, _) = walk_piece_leaf(root, iova, last, access).map_err(piece_fault)?;
+    if let (Some(cache), Some(table)) = (cache, table) {
+        cache.set(table);
+    }
     let first_fragment = Fragment {
         iova,
         gpa: GuestAddress(p.gpa),
@@ -222,6 +255,7 @@ pub(crate) fn check<'a>(
 pub(crate) fn check_recorded<'a>(
     inner: &'a Inner,
     ep: &EndpointState,
+    cache: Option<&LeafCache>,
     iova: u64,
     len: u64,
     access: Permissions,
@@ -229,7 +263,7 @@ pub(crate) fn check_recorded<'a>(
     if len == 0 {
         return Err(Error::ZeroLength { iova });
     }
-    check(inner, ep, iova, len, access).map_err(|fault| record(inner, fault))
+    check(inner, ep, cache, iova, len, access).map_err(|fault| record(inner, fault))
 }
 
 #[cold]
@@ -243,11 +277,12 @@ fn record(inner: &Inner, fault: Fault) -> Error {
 pub(crate) fn translate<'a>(
     inner: &'a Inner,
     ep: &EndpointState,
+    cache: Option<&LeafCache>,
     iova: u64,
     len: u64,
     access: Permissions,
 ) -> Result<Translation<'a>> {
-    let (first, rest) = check_recorded(inner, ep, iova, len, access)?;
+    let (first, rest) = check_recorded(inner, ep, cache, iova, len, access)?;
     Ok(Translation {
         first: Some(first),
         rest,

@@ -107,7 +107,14 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
             return true;
         }
         let ep = &self.endpoint;
-        let Ok((first, rest)) = translate::check(&ep.inner, &ep.state, addr.0, count as u64, access)
+        let Ok((first, rest)) = translate::check(
+            &ep.inner,
+            &ep.state,
+            Some(&ep.cache),
+            addr.0,
+            count as u64,
+            access,
+        )
         else {
             return false;
         };
@@ -143,7 +150,14 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
         }
         let ep = &self.endpoint;
         let (first, rest) =
-            translate::check_recorded(&ep.inner, &ep.state, addr.0, count as u64, access)
+            translate::check_recorded(
+                &ep.inner,
+                &ep.state,
+                Some(&ep.cache),
+                addr.0,
+                count as u64,
+                access,
+            )
                 .map_err(|e| to_memory_error(e, addr, count))?;
         if let Some(mut more) = rest {
             // Several pieces: check that guest memory backs all of them before the first
