@@ -30,7 +30,6 @@ use std::sync::{Mutex, MutexGuard};
 
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::bus::range_is_guest_memory;
 use crate::device::DmaDevice;
 use crate::error::{checked_last, Error, Result};
 use crate::types::{Attrs, Direction, DmaAddr, PAGE_SIZE};
@@ -434,16 +433,18 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         self.inner.raw.token
     }
 
-    /// Fails with [`Error::WrongDevice`] unless a handle with `device` and
-    /// `token` was made by this device (same id on another bus is refused).
-    pub(crate) fn check_handle(&self, device: u32, token: u64) -> Result<()> {
-        if token != self.inner.raw.token {
-            return Err(Error::WrongDevice {
-                owner: device,
-                device: self.id(),
-            });
+    /// Whether a handle with `device` and `token` was made by this device
+    /// (the same id on another bus is not).
+    pub(crate) fn owns_handle(&self, device: u32, token: u64) -> bool {
+        token == self.inner.raw.token && device == self.id()
+    }
+
+    /// The error for a handle this device does not own.
+    pub(crate) fn wrong_device(&self, device: u32) -> Error {
+        Error::WrongDevice {
+            owner: device,
+            device: self.id(),
         }
-        self.check_owner(device)
     }
 
     /// The checks every streaming map makes, then the dispatch: Linux's
@@ -454,7 +455,14 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 device: self.inner.name.clone(),
             });
         }
-        let last = checked_last(phys, size)?;
+        // The hot path avoids `Result<_, Error>` temporaries: dropping one
+        // calls the out-of-line drop glue of `Error` even for `Ok`.
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let Some(last) = phys.checked_add(size - 1) else {
+            return Err(Error::Overflow { addr: phys, size });
+        };
         if attrs.contains(Attrs::REQUIRE_COHERENT) && !self.inner.coherent {
             return Err(Error::RequireCoherent {
                 device: self.inner.name.clone(),
@@ -465,22 +473,28 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             if overlaps_guest_memory(mem, phys, last) {
                 return Err(Error::ResourceIsRam { addr: phys, size });
             }
-        } else if !range_is_guest_memory(mem, phys, size)? {
-            return Err(Error::NotGuestMemory { addr: phys, size });
+        } else {
+            let in_memory = usize::try_from(size)
+                .is_ok_and(|len| GuestMemoryBackend::check_range(mem, GuestAddress(phys), len));
+            if !in_memory {
+                return Err(Error::NotGuestMemory { addr: phys, size });
+            }
         }
         match self.ops() {
-            Ops::Direct => self.direct_map(phys, size),
+            Ops::Direct => self.direct_map(phys, last, size),
         }
     }
 
-    fn direct_map(&self, phys: u64, size: u64) -> Result<DmaAddr> {
-        // phys_to_dma: identity (no offset windows yet).
+    fn direct_map(&self, phys: u64, last: u64, size: u64) -> Result<DmaAddr> {
+        // phys_to_dma: identity (no offset windows yet). Then dma_capable():
+        // the inclusive last byte within the limit, never the all-ones address.
         let dma = DmaAddr(phys);
-        if !self.dma_capable(dma, size) {
+        let limit = self.streaming_limit();
+        if last > limit || dma.is_mapping_error() {
             return Err(Error::NotCapable {
                 addr: dma.raw(),
                 size,
-                limit: self.streaming_limit(),
+                limit,
             });
         }
         // A non-coherent device would clean the CPU caches here
@@ -712,8 +726,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         mapping: Mapping,
         attrs: Attrs,
     ) -> std::result::Result<(), Rejected<Mapping>> {
-        if let Err(e) = self.check_handle(mapping.device, mapping.token) {
-            return Err(Rejected::new(e, mapping));
+        if !self.owns_handle(mapping.device, mapping.token) {
+            return Err(Rejected::new(self.wrong_device(mapping.device), mapping));
         }
         self.unmap_checked(mapping.dma, mapping.size, attrs);
         Ok(())

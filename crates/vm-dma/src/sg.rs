@@ -437,8 +437,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// with its DMA side cleared. Another device's handle fails with
     /// [`Error::WrongDevice`] and is given back unchanged.
     pub fn unmap_sg(&self, mapped: MappedSg) -> std::result::Result<SgTable, Rejected<MappedSg>> {
-        if let Err(e) = self.check_handle(mapped.device, mapped.token) {
-            return Err(Rejected::new(e, mapped));
+        if !self.owns_handle(mapped.device, mapped.token) {
+            return Err(Rejected::new(self.wrong_device(mapped.device), mapped));
         }
         let mut mapped = mapped;
         let attrs = mapped.attrs;

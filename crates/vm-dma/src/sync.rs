@@ -40,7 +40,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     fn sync_handle(&self, m: &Mapping, offset: u64, size: u64, to: Target) -> Result<()> {
-        self.check_handle(m.device_id(), m.token())?;
+        if !self.owns_handle(m.device_id(), m.token()) {
+            return Err(self.wrong_device(m.device_id()));
+        }
         let end = checked_end(offset, size)?;
         if end > m.size() {
             return Err(Error::OutOfRange {
@@ -161,7 +163,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     fn sync_sg_handle(&self, sg: &MappedSg, to: Target) -> Result<()> {
-        self.check_handle(sg.device_id(), sg.token())?;
+        if !self.owns_handle(sg.device_id(), sg.token()) {
+            return Err(self.wrong_device(sg.device_id()));
+        }
         for e in sg.table().entries() {
             self.do_sync(
                 e.dma_address(),
