@@ -339,6 +339,10 @@ pub enum Error {
         /// The size asked for.
         size: u64,
     },
+    /// dma-debug in strict mode refused the call: the DMA API was misused
+    /// (the event says how; see [`crate::debug`]).
+    #[error("{0}")]
+    Debug(Box<crate::debug::DebugEvent>),
     /// An access to guest memory failed.
     #[error("guest memory access failed")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),

@@ -14,6 +14,7 @@
 
 mod bus;
 pub mod coherent;
+pub mod debug;
 pub mod declared;
 mod device;
 mod error;

@@ -1,0 +1,1424 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! dma-debug: Linux's `CONFIG_DMA_API_DEBUG` (`kernel/dma/debug.c`) for the
+//! host side of guest DMA.
+//!
+//! A [`DmaDebug`] tracks every live mapping and allocation of the devices
+//! that use it (kind, DMA address, size, direction, sg counts, CPU address,
+//! attributes and the [`Location`] of the call that made it) and checks each
+//! unmap, free and sync against them, with Linux's lookup rules:
+//!
+//! - entries live in a hash of 16384 buckets keyed by `dma >> 13`;
+//! - unmap and free look up `(device, dma)` in one bucket with Linux's best
+//!   fit on (size, kind family, direction, `sg_call_ents`): a perfect fit wins,
+//!   a single match is taken, several matches without a perfect one give none
+//!   (so two identical maps of one address both unmap cleanly, as Linux
+//!   requires for direct mapping);
+//! - sync looks for an entry that *contains* `[dma, dma + size)`, walking back
+//!   one bucket (8 KiB) at a time, at most `min(16384, (dma >> 13) + 1)`
+//!   buckets;
+//! - for directions other than `ToDevice`, the cache line of the start of the
+//!   CPU address (`cpu >> log2(cache_line)`) is tracked, with an overlap count.
+//!
+//! # Off, on, report and strict
+//!
+//! A device or a bus uses dma-debug by holding a [`DebugHook`]: `DebugHook::off()`
+//! (the default) costs one `Option` branch per hook; a hook on a [`DmaDebug`]
+//! that has disabled itself costs one relaxed atomic load. When on, each hook
+//! takes one mutex.
+//!
+//! In [`DebugMode::Report`] every event is counted, the first
+//! [`DebugConfig::max_events`] are kept (and logged with `log::warn!`) and the
+//! hook returns `Ok`: the call proceeds as Linux's would. In
+//! [`DebugMode::Strict`] a hook that detects misuse records the events the
+//! same way, returns `Err` with the first one and leaves the tracker exactly as
+//! it was (a mismatching unmap keeps its entry, an overlapping map is not
+//! recorded, an sg unmap with one bad segment removes none), so the caller can
+//! fail the operation with no state change.
+//!
+//! # Where the hooks go
+//!
+//! Each hook is `#[track_caller]`; the public API functions that call them
+//! should be `#[track_caller]` too, so that the recorded [`Location`] is the
+//! driver's call. A map hook is called after the mapping succeeded, with its
+//! result; an unmap, free or sync hook before the operation does anything (in
+//! strict mode its `Err` fails the operation):
+//!
+//! | operation | hook |
+//! |---|---|
+//! | `map_single` / `map_page` / `map_phys` / `map_resource` | [`DmaDebug::map`] |
+//! | a map refused before it has an address (resource of RAM) | [`DmaDebug::check_map_source`] |
+//! | `dma_mapping_error` | [`DmaDebug::mapping_error`] |
+//! | `unmap_*` | [`DmaDebug::unmap`] |
+//! | `map_sg` (only when at least one segment was mapped) | [`DmaDebug::map_sg`] |
+//! | `unmap_sg` | [`DmaDebug::unmap_sg`] |
+//! | `sync_single_for_{cpu,device}` (and `_range_`, with `dma + offset`) | [`DmaDebug::sync_single`] |
+//! | `sync_sg_for_{cpu,device}` | [`DmaDebug::sync_sg`] |
+//! | `alloc_coherent` / `free_coherent` | [`DmaDebug::alloc_coherent`] / [`DmaDebug::free_coherent`] |
+//! | `alloc_pages` / `alloc_noncoherent` and their frees | [`DmaDebug::alloc_pages`] / [`DmaDebug::free_pages`] |
+//! | pool double free, foreign free, destroy while busy | [`DmaDebug::pool_event`] |
+//! | device release (driver unbind, drop) | [`DmaDebug::release_device`] |
+//!
+//! # Linux behaviour reproduced on purpose
+//!
+//! - A sync that runs past the end of its mapping is reported as
+//!   [`Check::SyncNotAllocated`]: no mapping contains the range.
+//!   [`Check::SyncOutOfRange`] exists for parity and, as in Linux, never fires.
+//! - For a `DMA_BIDIRECTIONAL` mapping, sync checks stop after the lookup: the
+//!   sg entry count of a sync is not compared either.
+//! - [`Check::SyncReadOnlyForCpu`] and [`Check::SyncWriteOnlyForDevice`] fire
+//!   only together with [`Check::SyncDirectionMismatch`]: `sync_for_cpu` with
+//!   `ToDevice` of a `ToDevice` mapping is allowed, as is `sync_for_device`
+//!   with `FromDevice` of a `FromDevice` mapping.
+//! - `unmap_sg` and `sync_sg` take the mapped segment count from the entry of
+//!   the first segment and check only that many; a `sync_sg` whose first
+//!   segment is unknown checks nothing, an `unmap_sg` whose first segment is
+//!   unknown reports every segment.
+//! - A partial sync of an address mapped twice (both entries contain it, none
+//!   fits perfectly) is reported as not allocated: the best fit is ambiguous.
+//! - Only the cache line of a mapping's start is tracked; `ToDevice` mappings
+//!   are not; the overlap report is suppressed by `SKIP_CPU_SYNC` on the new
+//!   mapping, by `DEBUGGING_IGNORE_CACHELINES` or `REQUIRE_COHERENT` on both
+//!   mappings (Linux 7.0), and when `cache_alignment < cache_line` (the 2026
+//!   fix). The "more than 7 overlaps" report is suppressed only for a new
+//!   mapping that is cache-clean.
+//!
+//! # Divergences from Linux
+//!
+//! - Entry kinds keep `single`, `page`, `phy` and `resource` apart in reports
+//!   and the dump; the checks compare families (single = page = phys, as in
+//!   v6.18; resource apart, as before v6.18).
+//! - The overlap count is exact; Linux keeps it in 3 radix tree tags,
+//!   saturating at 7, so after more than 8 mappings of one line it forgets the
+//!   line early. Linux warns about more than 7 overlaps once per boot; every
+//!   occurrence is an event here.
+//! - Linux preallocates 65536 entries and grows the pool; when it cannot it
+//!   disables itself ("debugging out of memory - disabling"). Here the tracker
+//!   is capped at [`DebugConfig::max_entries`]: the entry that does not fit
+//!   gives [`Check::OutOfEntries`] and dma-debug disables itself (tracking on
+//!   without the untracked entry would report its unmap as a misuse). That
+//!   event never fails a call.
+//! - [`DmaDebug::release_device`] removes the device's entries after reporting
+//!   them (device ids are unique in the process, so no later call can match
+//!   them); Linux keeps them.
+//! - The stack, kernel text and vmalloc checks have no guest equivalent (see
+//!   below); "invalid area" (not RAM) and "resource of RAM" are decided by the
+//!   caller, which knows the guest memory map, and passed as `is_ram`.
+//!
+//! # Check 8: `dma_mapping_error` not called
+//!
+//! The crate's maps return `Result`; an address exists only in `Ok`, and
+//! `unused_must_use` is denied, so a map error cannot go unchecked. The check
+//! is therefore off by default. [`DebugConfig::check_mapping_error`] turns it
+//! on for callers that hand out raw `DmaAddr`s across a C-shaped boundary
+//! (where [`crate::DMA_MAPPING_ERROR`] can travel): single, page, phys and
+//! resource entries then start "not checked", [`DmaDebug::mapping_error`]
+//! marks the first such exact match checked, and an unmap of an unchecked
+//! entry gives [`Check::MapErrorNotChecked`].
+//!
+//! # Checks that Rust's types make impossible or that do not apply
+//!
+//! - `DMA_NONE` or an invalid direction: [`Direction`] has no such value.
+//! - A negative or garbage `nents` / `mapped_ents`: they are slice lengths.
+//! - Through the typed handles (`Mapping`, `MappedSg`, `CoherentBuffer`, pool
+//!   blocks), which carry kind, size, direction, CPU address and `nents` and
+//!   are consumed by value: checks 1-7 (unknown, double or mismatched unmap and
+//!   free) and 14 cannot be expressed; they stay live for the raw,
+//!   `DmaAddr`-taking calls, which is what the hooks check.
+//! - Check 8 with `Result`-returning maps (above).
+//! - Check 15 (mapping the current task's stack), 16 (kernel text or rodata)
+//!   and 18 (vmalloc memory): a [`GuestAddress`] cannot point at a host stack,
+//!   host code or a host virtual mapping; guest memory has no such regions.
+//! - Check 25 as "cacheline tracking ENOMEM": Rust aborts on allocation
+//!   failure; the bounded table ([`Check::OutOfEntries`]) replaces it.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vm_dma::debug::{Check, DebugConfig, DebugHook, DeviceRef, DmaDebug, Kind, MapEntry};
+//! use vm_dma::{DmaAddr, Direction};
+//! use vm_memory::GuestAddress;
+//!
+//! let debug = DebugHook::new(Arc::new(DmaDebug::new(DebugConfig::default())));
+//! let dev = DeviceRef::new(1, "nic0");
+//! let entry = MapEntry::new(Kind::Single, DmaAddr(0x1000), 512, Direction::ToDevice, GuestAddress(0x1000));
+//! debug.map(dev, &entry).unwrap();
+//! // Report mode: the misuse is recorded and the call goes on.
+//! debug.unmap(dev, Kind::Single, DmaAddr(0x1000), 256, Direction::ToDevice).unwrap();
+//! let report = debug.get().unwrap().report();
+//! assert_eq!(report.count(Check::SizeMismatch), 1);
+//! assert!(report.events[0].to_string().contains("frees DMA memory with different size"));
+//! ```
+
+mod event;
+#[cfg(test)]
+mod tests;
+mod tracker;
+
+pub use event::{Check, DebugEvent, Details, DeviceId, Kind, PoolMisuse};
+
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::panic::Location;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use crate::device::DmaDevice;
+use crate::error::Error;
+use crate::types::{Attrs, Direction, DmaAddr, DmaParms, DMA_MAPPING_ERROR};
+
+use event::dir_name;
+use tracker::{ClInsert, Entry, MapErr, Ref, Tracker, MAX_OVERLAP};
+
+/// What a hook does when it detects misuse.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DebugMode {
+    /// Record and go on, as Linux does: hooks always return `Ok`.
+    #[default]
+    Report,
+    /// Record, leave the tracker unchanged and return `Err`.
+    Strict,
+}
+
+/// Settings of a [`DmaDebug`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebugConfig {
+    /// Report or strict.
+    pub mode: DebugMode,
+    /// Events kept with their details (the first ones); counts go on.
+    pub max_events: usize,
+    /// `L1_CACHE_BYTES` for overlap tracking (rounded up to a power of two;
+    /// 0 counts as 1).
+    pub cache_line: u64,
+    /// `dma_get_cache_alignment()`; below `cache_line` the overlap report is
+    /// skipped (the 2026 fix).
+    pub cache_alignment: u64,
+    /// Largest number of live entries (Linux preallocates 65536).
+    pub max_entries: usize,
+    /// Whether single, page, phys and resource maps must be followed by
+    /// [`DmaDebug::mapping_error`] before their unmap (check 8).
+    pub check_mapping_error: bool,
+}
+
+impl Default for DebugConfig {
+    fn default() -> Self {
+        DebugConfig {
+            mode: DebugMode::Report,
+            max_events: 64,
+            cache_line: 64,
+            cache_alignment: 64,
+            max_entries: 65536,
+            check_mapping_error: false,
+        }
+    }
+}
+
+/// The device a hook is called for: its process-unique id and its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceRef<'a> {
+    /// `DmaDevice::id()`.
+    pub id: u32,
+    /// `DmaDevice::name()`.
+    pub name: &'a str,
+}
+
+impl<'a> DeviceRef<'a> {
+    /// A device reference.
+    pub const fn new(id: u32, name: &'a str) -> Self {
+        DeviceRef { id, name }
+    }
+}
+
+impl<'a, M: GuestMemoryBackend> From<&'a DmaDevice<M>> for DeviceRef<'a> {
+    fn from(dev: &'a DmaDevice<M>) -> Self {
+        DeviceRef::new(dev.id(), dev.name())
+    }
+}
+
+/// A streaming single-range mapping as [`DmaDebug::map`] records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    /// Which map call (single, page, phys or resource).
+    pub kind: Kind,
+    /// The DMA address returned.
+    pub dma: DmaAddr,
+    /// The size mapped.
+    pub size: u64,
+    /// The direction.
+    pub dir: Direction,
+    /// The CPU (guest) address mapped.
+    pub cpu: GuestAddress,
+    /// The attributes of the call.
+    pub attrs: Attrs,
+    /// Whether `[cpu, cpu + size)` is guest RAM (checks 17 and 19).
+    pub is_ram: bool,
+}
+
+impl MapEntry {
+    /// An entry with no attributes, RAM unless `kind` is [`Kind::Resource`].
+    pub const fn new(
+        kind: Kind,
+        dma: DmaAddr,
+        size: u64,
+        dir: Direction,
+        cpu: GuestAddress,
+    ) -> Self {
+        MapEntry {
+            kind,
+            dma,
+            size,
+            dir,
+            cpu,
+            attrs: Attrs::empty(),
+            is_ram: !matches!(kind, Kind::Resource),
+        }
+    }
+
+    /// The same entry with `attrs`.
+    pub const fn with_attrs(mut self, attrs: Attrs) -> Self {
+        self.attrs = attrs;
+        self
+    }
+
+    /// The same entry with `is_ram`.
+    pub const fn with_ram(mut self, is_ram: bool) -> Self {
+        self.is_ram = is_ram;
+        self
+    }
+}
+
+/// One entry still live when its device was released.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeakedEntry {
+    /// How it was made.
+    pub kind: Kind,
+    /// DMA address.
+    pub dma: DmaAddr,
+    /// Size.
+    pub size: u64,
+    /// Direction.
+    pub dir: Direction,
+    /// CPU (guest) address.
+    pub cpu: GuestAddress,
+    /// `nents` of the map (sg only, else 0).
+    pub sg_call_ents: usize,
+    /// Mapped segments of the map (sg only, else 0).
+    pub sg_mapped_ents: usize,
+    /// Attributes of the call.
+    pub attrs: Attrs,
+    /// Where it was made.
+    pub mapped_at: &'static Location<'static>,
+}
+
+/// What [`DmaDebug::release_device`] found: every entry the device leaked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeakReport {
+    /// The device.
+    pub device: DeviceId,
+    /// Its live entries, in hash order.
+    pub entries: Vec<LeakedEntry>,
+}
+
+impl LeakReport {
+    /// Whether nothing leaked.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl fmt::Display for LeakReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (device {}): DMA-API: device driver has pending DMA allocations while \
+             released from device [count={}]",
+            self.device.name,
+            self.device.id,
+            self.entries.len()
+        )?;
+        for e in &self.entries {
+            write!(
+                f,
+                "\n  [device address={:#018x}] [size={} bytes] [mapped with {}] \
+                 [mapped as {}] [cpu address={:#x}] [mapped at {}]",
+                e.dma.0,
+                e.size,
+                dir_name(e.dir),
+                e.kind,
+                e.cpu.0,
+                e.mapped_at
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts and kept events (debugfs `error_count` and the logged errors).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebugReport {
+    /// Events per check, indexed by [`Check::index`].
+    pub counts: Vec<u64>,
+    /// The first [`DebugConfig::max_events`] events.
+    pub events: Vec<DebugEvent>,
+    /// All misuse events (every check but [`Check::OutOfEntries`]).
+    pub error_count: u64,
+    /// Live entries now.
+    pub live_entries: usize,
+    /// Whether dma-debug is still on.
+    pub enabled: bool,
+}
+
+impl DebugReport {
+    /// Events counted for `check`.
+    pub fn count(&self, check: Check) -> u64 {
+        self.counts.get(check.index()).copied().unwrap_or(0)
+    }
+}
+
+/// An event not yet stamped with device and call site.
+#[derive(Debug)]
+struct Pending {
+    check: Check,
+    details: Details,
+    mapped_at: Option<&'static Location<'static>>,
+}
+
+#[derive(Debug)]
+struct State {
+    tracker: Tracker,
+    names: HashMap<u32, Arc<str>>,
+    counts: Vec<u64>,
+    events: Vec<DebugEvent>,
+    error_count: u64,
+    full: bool,
+}
+
+/// The dma-debug tracker: shareable (`Send + Sync`, use it behind an `Arc`)
+/// by every device of a bus or by chosen devices. See the module docs.
+///
+/// ```
+/// use vm_dma::debug::{Check, DebugConfig, DebugMode, DeviceRef, DmaDebug, Kind, MapEntry};
+/// use vm_dma::{DmaAddr, Direction};
+/// use vm_memory::GuestAddress;
+///
+/// let debug = DmaDebug::new(DebugConfig { mode: DebugMode::Strict, ..DebugConfig::default() });
+/// let dev = DeviceRef::new(7, "disk");
+/// let e = MapEntry::new(Kind::Page, DmaAddr(0x8000), 4096, Direction::FromDevice, GuestAddress(0x8000));
+/// debug.map(dev, &e).unwrap();
+/// // Strict: the wrong direction fails and the mapping stays.
+/// let err = debug.unmap(dev, Kind::Page, DmaAddr(0x8000), 4096, Direction::ToDevice).unwrap_err();
+/// assert_eq!(err.check, Check::UnmapDirectionMismatch);
+/// assert_eq!(debug.live_entries(), 1);
+/// debug.unmap(dev, Kind::Page, DmaAddr(0x8000), 4096, Direction::FromDevice).unwrap();
+/// assert!(debug.release_device(dev).is_empty());
+/// ```
+#[derive(Debug)]
+pub struct DmaDebug {
+    enabled: AtomicBool,
+    config: DebugConfig,
+    state: Mutex<State>,
+}
+
+impl DmaDebug {
+    /// An enabled tracker.
+    pub fn new(config: DebugConfig) -> Self {
+        let line = config
+            .cache_line
+            .max(1)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 63);
+        DmaDebug {
+            enabled: AtomicBool::new(true),
+            state: Mutex::new(State {
+                tracker: Tracker::new(line.trailing_zeros()),
+                names: HashMap::new(),
+                counts: vec![0; Check::ALL.len()],
+                events: Vec::new(),
+                error_count: 0,
+                full: false,
+            }),
+            config,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DebugConfig {
+        &self.config
+    }
+
+    /// Whether the hooks do anything.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Turns dma-debug off for good (Linux cannot re-enable it either:
+    /// mappings made meanwhile would be unknown).
+    pub fn disable(&self) {
+        self.enabled.store(false, Ordering::Relaxed);
+    }
+
+    /// Live entries.
+    pub fn live_entries(&self) -> usize {
+        self.lock().tracker.live()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[inline(always)]
+    fn off(&self) -> bool {
+        !self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Runs one hook: `f` works on the tracker and collects events; in strict
+    /// mode misuse rolls the tracker back.
+    fn run(
+        &self,
+        dev: DeviceRef<'_>,
+        site: &'static Location<'static>,
+        f: impl FnOnce(&mut State, &DebugConfig, &mut Vec<Pending>),
+    ) -> Result<(), DebugEvent> {
+        let strict = self.config.mode == DebugMode::Strict;
+        let mut st = self.lock();
+        st.tracker.begin(strict);
+        let mut pending = Vec::new();
+        f(&mut st, &self.config, &mut pending);
+        let misuse = pending.iter().any(|p| p.check.is_misuse());
+        if strict && misuse {
+            st.tracker.rollback();
+        } else {
+            st.tracker.commit();
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if st.full {
+            self.enabled.store(false, Ordering::Relaxed);
+        }
+        let name: Arc<str> = Arc::from(dev.name);
+        let mut first = None;
+        for p in pending {
+            let event = DebugEvent {
+                check: p.check,
+                device: DeviceId {
+                    id: dev.id,
+                    name: Arc::clone(&name),
+                },
+                details: p.details,
+                site,
+                mapped_at: p.mapped_at,
+            };
+            if first.is_none() && event.check.is_misuse() {
+                first = Some(event.clone());
+            }
+            st.record(event, self.config.max_events);
+        }
+        match first {
+            Some(event) if strict => Err(event),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a streaming map of one range (Linux's `debug_dma_map_phys`,
+    /// with `debug_dma_map_single`'s area check): checks 17 and 19 from
+    /// `entry.is_ram` (see [`DmaDebug::check_map_source`]), then the entry,
+    /// with the cache line checks 22 and 23. An entry whose address is
+    /// [`DMA_MAPPING_ERROR`] is not recorded.
+    #[track_caller]
+    pub fn map(&self, dev: DeviceRef<'_>, entry: &MapEntry) -> Result<(), DebugEvent> {
+        if self.off() {
+            return Ok(());
+        }
+        let site = Location::caller();
+        self.run(dev, site, |st, cfg, p| {
+            source_checks(
+                entry.kind,
+                entry.attrs,
+                entry.cpu,
+                entry.size,
+                entry.is_ram,
+                p,
+            );
+            if entry.dma == DMA_MAPPING_ERROR {
+                return;
+            }
+            let map_err = if cfg.check_mapping_error && entry.kind.needs_error_check() {
+                MapErr::NotChecked
+            } else {
+                MapErr::NotApplicable
+            };
+            st.add_entry(
+                cfg,
+                dev,
+                Entry {
+                    dev: dev.id,
+                    kind: entry.kind,
+                    dma: entry.dma.0,
+                    size: entry.size,
+                    dir: entry.dir,
+                    sg_call_ents: 0,
+                    sg_mapped_ents: 0,
+                    cpu: entry.cpu.0,
+                    attrs: entry.attrs,
+                    map_err,
+                    mapped_at: site,
+                },
+                p,
+            );
+        })
+    }
+
+    /// Checks 17 (`map_single` of memory that is not RAM) and 19
+    /// (`map_resource`, or `map_phys` with `MMIO`, of RAM) without recording
+    /// anything: for a map refused before it has an address. Do not call it
+    /// as well as [`DmaDebug::map`] for one map (both would report).
+    #[track_caller]
+    pub fn check_map_source(
+        &self,
+        dev: DeviceRef<'_>,
+        kind: Kind,
+        attrs: Attrs,
+        cpu: GuestAddress,
+        len: u64,
+        is_ram: bool,
+    ) -> Result<(), DebugEvent> {
+        if self.off() {
+            return Ok(());
+        }
+        self.run(dev, Location::caller(), |_, _, p| {
+            source_checks(kind, attrs, cpu, len, is_ram, p)
+        })
+    }
+
+    /// Linux's `debug_dma_mapping_error`: marks the first unchecked entry of
+    /// `(dev, dma)` checked (check 8).
+    pub fn mapping_error(&self, dev: DeviceRef<'_>, dma: DmaAddr) {
+        if self.off() {
+            return;
+        }
+        self.lock().tracker.mark_checked(dev.id, dma.0);
+    }
+
+    /// Checks an unmap of a single-range streaming mapping (checks 1-4, 7, 8)
+    /// and removes the entry.
+    #[track_caller]
+    pub fn unmap(
+        &self,
+        dev: DeviceRef<'_>,
+        kind: Kind,
+        dma: DmaAddr,
+        size: u64,
+        dir: Direction,
+    ) -> Result<(), DebugEvent> {
+        if self.off() {
+            return Ok(());
+        }
+        let r = Ref {
+            dev: dev.id,
+            kind,
+            dma: dma.0,
+            size,
+            dir,
+            sg_call_ents: 0,
+            cpu: 0,
+        };
+        self.run(dev, Location::caller(), |st, _, p| st.check_unmap(&r, p))
+    }
+
+    /// Records a scatter-gather map (Linux's `debug_dma_map_sg`): `sg` is the
+    /// list passed (`nents = sg.len()`, CPU address and length of each entry),
+    /// `mapped` the segments it produced (`mapped_ents = mapped.len()`, DMA
+    /// address and length). For each mapped segment `i`: check 20 on the
+    /// length of `sg[i]`, check 21 on the segment, then one entry with the
+    /// CPU address of `sg[i]` (cache line checks 22 and 23). Segments beyond
+    /// `sg.len()` (which Linux cannot produce) are recorded with their DMA
+    /// address as CPU address and no length check.
+    #[track_caller]
+    pub fn map_sg(
+        &self,
+        dev: DeviceRef<'_>,
+        sg: &[(GuestAddress, u64)],
+        mapped: &[(DmaAddr, u64)],
+        dir: Direction,
+        attrs: Attrs,
+        parms: &DmaParms,
+    ) -> Result<(), DebugEvent> {
+        if self.off() {
+            return Ok(());
+        }
+        let site = Location::caller();
+        self.run(dev, site, |st, cfg, p| {
+            for (i, &(dma, dlen)) in mapped.iter().enumerate() {
+                let (cpu, len) = match sg.get(i) {
+                    Some(&(cpu, len)) => (cpu.0, Some(len)),
+                    None => (dma.0, None),
+                };
+                check_sg_segment(len, dma.0, dlen, parms, p);
+                st.add_entry(
+                    cfg,
+                    dev,
+                    Entry {
+                        dev: dev.id,
+                        kind: Kind::Sg,
+                        dma: dma.0,
+                        size: dlen,
+                        dir,
+                        sg_call_ents: sg.len(),
+                        sg_mapped_ents: mapped.len(),
+                        cpu,
+                        attrs,
+                        map_err: MapErr::NotApplicable,
+                        mapped_at: site,
+                    },
+                    p,
+                );
+            }
+        })
+    }
+
+    /// Checks an sg unmap (Linux's `debug_dma_unmap_sg`): `mapped` are the
+    /// list's mapped segments, `nents` the count passed to the unmap. The
+    /// first segment's entry gives `mapped_ents`; that many segments are
+    /// checked (checks 1-4, 6, 7) and removed.
+    #[track_caller]
+    pub fn unmap_sg(
+        &self,
+        dev: DeviceRef<'_>,
+        mapped: &[(DmaAddr, u64)],
+        nents: usize,
+        dir: Direction,
+    ) -> Result<(), DebugEvent> {
+        if self.off() {
+            return Ok(());
+        }
+        self.run(dev, Location::caller(), |st, _, p| {
+            let mut mapped_ents = 0;
+            for (i, &(dma, len)) in mapped.iter().take(nents).enumerate() {
+                if mapped_ents != 0 && i >= mapped_ents {
+                    break;
+                }
+                let r = Ref {
+                    dev: dev.id,
+                    kind: Kind::Sg,
+                    dma: dma.0,
+                    size: len,
+                    dir,
+                    sg_call_ents: nents,
+                    cpu: 0,
+                };
+                if i == 0 {
+                    mapped_ents = st.nr_mapped_entries(&r);
+                }
+                st.check_unmap(&r, p);
+            }
+        })
+    }
+
+    /// Checks a sync of `[dma, dma + size)` (checks 9-13), `to_cpu` for
+    /// `sync_for_cpu`. For `sync_single_range_*` pass `dma + offset`.
+    #[track_caller]
+    pub fn sync_single(
+        &self,
+        dev: DeviceRef<'_>,
+        dma: DmaAddr,
+        size: u64,
+        dir: Direction,
+        to_cpu: bool,
+    ) -> Result<(), DebugEvent> {
+        if self.off() {
+            return Ok(());
+        }
+        let r = Ref {
+            dev: dev.id,
+            kind: Kind::Single,
+            dma: dma.0,
+            size,
+            dir,
+            sg_call_ents: 0,
+            cpu: 0,
+        };
+        self.run(dev, Location::caller(), |st, _, p| {
+            st.check_sync(&r, to_cpu, p)
+        })
+    }
+
+    /// Checks an sg sync (Linux's `debug_dma_sync_sg_for_*`): the first
+    /// segment's entry gives `mapped_ents`, and that many segments are checked
+    /// (checks 9-14). If the first segment is unknown nothing is checked, as
+    /// in Linux.
+    #[track_caller]
+    pub fn sync_sg(
+        &self,
+        dev: DeviceRef<'_>,
+        mapped: &[(DmaAddr, u64)],
+        nents: usize,
+        dir: Direction,
+        to_cpu: bool,
+    ) -> Result<(), DebugEvent> {
+        if self.off() {
+            return Ok(());
+        }
+        self.run(dev, Location::caller(), |st, _, p| {
+            let mut mapped_ents = 0;
+            for (i, &(dma, len)) in mapped.iter().take(nents).enumerate() {
+                let r = Ref {
+                    dev: dev.id,
+                    kind: Kind::Sg,
+                    dma: dma.0,
+                    size: len,
+                    dir,
+                    sg_call_ents: nents,
+                    cpu: 0,
+                };
+                if i == 0 {
+                    mapped_ents = st.nr_mapped_entries(&r);
+                }
+                if i >= mapped_ents {
+                    break;
+                }
+                st.check_sync(&r, to_cpu, p);
+            }
+        })
+    }
+
+    /// Records a coherent allocation (tracked as `DMA_BIDIRECTIONAL`).
+    #[track_caller]
+    pub fn alloc_coherent(
+        &self,
+        dev: DeviceRef<'_>,
+        dma: DmaAddr,
+        size: u64,
+        cpu: GuestAddress,
+        attrs: Attrs,
+    ) -> Result<(), DebugEvent> {
+        self.alloc(
+            dev,
+            Kind::Coherent,
+            dma,
+            size,
+            cpu,
+            Direction::Bidirectional,
+            attrs,
+        )
+    }
+
+    /// Checks a coherent free (checks 1-5) and removes the entry.
+    #[track_caller]
+    pub fn free_coherent(
+        &self,
+        dev: DeviceRef<'_>,
+        dma: DmaAddr,
+        size: u64,
+        cpu: GuestAddress,
+    ) -> Result<(), DebugEvent> {
+        self.free(
+            dev,
+            Kind::Coherent,
+            dma,
+            size,
+            cpu,
+            Direction::Bidirectional,
+        )
+    }
+
+    /// Records a noncoherent allocation (`dma_alloc_pages`,
+    /// `dma_alloc_noncoherent`), which needs no map error check (Linux 6.17).
+    #[track_caller]
+    pub fn alloc_pages(
+        &self,
+        dev: DeviceRef<'_>,
+        dma: DmaAddr,
+        size: u64,
+        cpu: GuestAddress,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result<(), DebugEvent> {
+        self.alloc(dev, Kind::Noncoherent, dma, size, cpu, dir, attrs)
+    }
+
+    /// Checks a noncoherent free (checks 1-5, 7) and removes the entry.
+    #[track_caller]
+    pub fn free_pages(
+        &self,
+        dev: DeviceRef<'_>,
+        dma: DmaAddr,
+        size: u64,
+        cpu: GuestAddress,
+        dir: Direction,
+    ) -> Result<(), DebugEvent> {
+        self.free(dev, Kind::Noncoherent, dma, size, cpu, dir)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[track_caller]
+    fn alloc(
+        &self,
+        dev: DeviceRef<'_>,
+        kind: Kind,
+        dma: DmaAddr,
+        size: u64,
+        cpu: GuestAddress,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result<(), DebugEvent> {
+        if self.off() {
+            return Ok(());
+        }
+        let site = Location::caller();
+        self.run(dev, site, |st, cfg, p| {
+            st.add_entry(
+                cfg,
+                dev,
+                Entry {
+                    dev: dev.id,
+                    kind,
+                    dma: dma.0,
+                    size,
+                    dir,
+                    sg_call_ents: 0,
+                    sg_mapped_ents: 0,
+                    cpu: cpu.0,
+                    attrs,
+                    map_err: MapErr::NotApplicable,
+                    mapped_at: site,
+                },
+                p,
+            )
+        })
+    }
+
+    #[track_caller]
+    fn free(
+        &self,
+        dev: DeviceRef<'_>,
+        kind: Kind,
+        dma: DmaAddr,
+        size: u64,
+        cpu: GuestAddress,
+        dir: Direction,
+    ) -> Result<(), DebugEvent> {
+        if self.off() {
+            return Ok(());
+        }
+        let r = Ref {
+            dev: dev.id,
+            kind,
+            dma: dma.0,
+            size,
+            dir,
+            sg_call_ents: 0,
+            cpu: cpu.0,
+        };
+        self.run(dev, Location::caller(), |st, _, p| st.check_unmap(&r, p))
+    }
+
+    /// Reports a pool misuse the pool code detected (it has already refused
+    /// the call and changed nothing).
+    #[track_caller]
+    pub fn pool_event(&self, dev: DeviceRef<'_>, misuse: PoolMisuse) -> Result<(), DebugEvent> {
+        if self.off() {
+            return Ok(());
+        }
+        self.run(dev, Location::caller(), |_, _, p| {
+            p.push(Pending {
+                check: misuse.check(),
+                details: Details::Pool(misuse),
+                mapped_at: None,
+            })
+        })
+    }
+
+    /// Check 24: a device is released (driver unbind, device drop). Every
+    /// live entry of the device is removed and returned, and, if there is
+    /// any, one [`Check::Leak`] event names the count and the first entry.
+    #[track_caller]
+    pub fn release_device(&self, dev: DeviceRef<'_>) -> LeakReport {
+        let device = DeviceId {
+            id: dev.id,
+            name: Arc::from(dev.name),
+        };
+        if self.off() {
+            return LeakReport {
+                device,
+                entries: Vec::new(),
+            };
+        }
+        let site = Location::caller();
+        let mut st = self.lock();
+        let drained = st.tracker.drain_device(dev.id);
+        st.names.remove(&dev.id);
+        if let Some(first) = drained.first() {
+            let event = DebugEvent {
+                check: Check::Leak,
+                device: device.clone(),
+                details: Details::Leak {
+                    count: drained.len(),
+                    dma: DmaAddr(first.dma),
+                    size: first.size,
+                    dir: first.dir,
+                    kind: first.kind,
+                },
+                site,
+                mapped_at: Some(first.mapped_at),
+            };
+            st.record(event, self.config.max_events);
+        }
+        LeakReport {
+            device,
+            entries: drained
+                .into_iter()
+                .map(|e| LeakedEntry {
+                    kind: e.kind,
+                    dma: DmaAddr(e.dma),
+                    size: e.size,
+                    dir: e.dir,
+                    cpu: GuestAddress(e.cpu),
+                    sg_call_ents: e.sg_call_ents,
+                    sg_mapped_ents: e.sg_mapped_ents,
+                    attrs: e.attrs,
+                    mapped_at: e.mapped_at,
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts per check, the kept events and `error_count`.
+    pub fn report(&self) -> DebugReport {
+        let st = self.lock();
+        DebugReport {
+            counts: st.counts.clone(),
+            events: st.events.clone(),
+            error_count: st.error_count,
+            live_entries: st.tracker.live(),
+            enabled: self.is_enabled(),
+        }
+    }
+
+    /// One line per live entry, like debugfs `dma-api/dump`:
+    /// `<name> <id> <type> idx <bucket> P=<cpu> D=<dma> L=<size> <dir>
+    /// <map error state> [mapped at <file:line:col>]`.
+    pub fn dump(&self) -> String {
+        let st = self.lock();
+        let mut out = String::new();
+        for (idx, e) in st.tracker.entries() {
+            let name = st.names.get(&e.dev).map_or("?", |n| n);
+            let _ = writeln!(
+                out,
+                "{name} {} {} idx {idx} P={:#x} D={:x} L={:x} {} {} [mapped at {}]",
+                e.dev,
+                e.kind,
+                e.cpu,
+                e.dma,
+                e.size,
+                dir_name(e.dir),
+                e.map_err.name(),
+                e.mapped_at
+            );
+        }
+        out
+    }
+}
+
+/// Checks 17 and 19.
+fn source_checks(
+    kind: Kind,
+    attrs: Attrs,
+    cpu: GuestAddress,
+    len: u64,
+    is_ram: bool,
+    p: &mut Vec<Pending>,
+) {
+    let check = match kind {
+        Kind::Single if !is_ram => Check::InvalidArea,
+        Kind::Resource if is_ram => Check::ResourceIsRam,
+        Kind::Phys if is_ram && attrs.contains(Attrs::MMIO) => Check::ResourceIsRam,
+        _ => return,
+    };
+    p.push(Pending {
+        check,
+        details: Details::Area { cpu, len },
+        mapped_at: None,
+    });
+}
+
+/// Linux's `check_sg_segment`: `len` is the scatterlist entry's length,
+/// `(dma, dlen)` the mapped segment.
+fn check_sg_segment(len: Option<u64>, dma: u64, dlen: u64, parms: &DmaParms, p: &mut Vec<Pending>) {
+    let max = parms.max_segment_size;
+    if let Some(len) = len {
+        if len > u64::from(max) {
+            p.push(Pending {
+                check: Check::SegmentTooLong,
+                details: Details::SegmentLength { len, max },
+                mapped_at: None,
+            });
+        }
+    }
+    if dlen == 0 {
+        return;
+    }
+    let boundary = parms.segment_boundary;
+    // A segment that wraps the address space crosses any boundary.
+    let (end, wraps) = match dma.checked_add(dlen - 1) {
+        Some(end) => (end, false),
+        None => (u64::MAX, true),
+    };
+    if wraps || (dma ^ end) & !boundary != 0 {
+        p.push(Pending {
+            check: Check::SegmentBoundary,
+            details: Details::SegmentBoundary {
+                start: dma,
+                end,
+                boundary,
+            },
+            mapped_at: None,
+        });
+    }
+}
+
+impl State {
+    fn record(&mut self, event: DebugEvent, max_events: usize) {
+        if let Some(c) = self.counts.get_mut(event.check.index()) {
+            *c += 1;
+        }
+        if event.check.is_misuse() {
+            self.error_count += 1;
+        }
+        if self.events.len() < max_events {
+            log::warn!("{event}");
+            self.events.push(event);
+        }
+    }
+
+    /// Linux's `add_dma_entry`: insert, then cache line tracking.
+    fn add_entry(
+        &mut self,
+        cfg: &DebugConfig,
+        dev: DeviceRef<'_>,
+        entry: Entry,
+        p: &mut Vec<Pending>,
+    ) {
+        if self.full {
+            return;
+        }
+        if self.tracker.live() >= cfg.max_entries {
+            self.full = true;
+            p.push(Pending {
+                check: Check::OutOfEntries,
+                details: Details::OutOfEntries {
+                    limit: cfg.max_entries,
+                },
+                mapped_at: None,
+            });
+            return;
+        }
+        if !self.names.contains_key(&dev.id) {
+            self.names.insert(dev.id, Arc::from(dev.name));
+        }
+        let clean = entry.cache_clean();
+        let cacheline = self.tracker.cacheline_of(entry.cpu);
+        let inserted = self.tracker.cacheline_insert(&entry);
+        let (attrs, mapped_at) = (entry.attrs, entry.mapped_at);
+        self.tracker.insert(entry);
+        if let ClInsert::Exists {
+            overlap,
+            existing_clean,
+        } = inserted
+        {
+            if !clean && overlap > MAX_OVERLAP {
+                p.push(Pending {
+                    check: Check::CachelineOverlapLimit,
+                    details: Details::Cacheline {
+                        cacheline,
+                        overlaps: overlap,
+                    },
+                    mapped_at: Some(mapped_at),
+                });
+            }
+            if !attrs.contains(Attrs::SKIP_CPU_SYNC)
+                && !(clean && existing_clean)
+                && cfg.cache_alignment >= cfg.cache_line
+            {
+                p.push(Pending {
+                    check: Check::CachelineOverlap,
+                    details: Details::Cacheline {
+                        cacheline,
+                        overlaps: overlap,
+                    },
+                    mapped_at: Some(mapped_at),
+                });
+            }
+        }
+    }
+
+    /// Linux's `get_nr_mapped_entries`.
+    fn nr_mapped_entries(&self, r: &Ref) -> usize {
+        self.tracker
+            .find_exact(r)
+            .and_then(|(b, i)| self.tracker.get(b, i))
+            .map_or(0, |e| e.sg_mapped_ents)
+    }
+
+    /// Linux's `check_unmap`.
+    fn check_unmap(&mut self, r: &Ref, p: &mut Vec<Pending>) {
+        let found = self
+            .tracker
+            .find_exact(r)
+            .and_then(|(b, i)| self.tracker.get(b, i).map(|e| (b, i, *e)));
+        let Some((bucket, index, e)) = found else {
+            let (check, details) = if r.dma == DMA_MAPPING_ERROR.0 {
+                (Check::InvalidFree, Details::None)
+            } else {
+                (
+                    Check::NotAllocated,
+                    Details::Range {
+                        dma: DmaAddr(r.dma),
+                        size: r.size,
+                    },
+                )
+            };
+            p.push(Pending {
+                check,
+                details,
+                mapped_at: None,
+            });
+            return;
+        };
+        let dma = DmaAddr(r.dma);
+        let mut push = |check, details| {
+            p.push(Pending {
+                check,
+                details,
+                mapped_at: Some(e.mapped_at),
+            })
+        };
+        if r.size != e.size {
+            push(
+                Check::SizeMismatch,
+                Details::Size {
+                    dma,
+                    map_size: e.size,
+                    unmap_size: r.size,
+                },
+            );
+        }
+        if r.kind.family() != e.kind.family() {
+            push(
+                Check::WrongFunction,
+                Details::Function {
+                    dma,
+                    size: r.size,
+                    mapped: e.kind,
+                    unmapped: r.kind,
+                },
+            );
+        } else if matches!(e.kind, Kind::Coherent | Kind::Noncoherent) && r.cpu != e.cpu {
+            push(
+                Check::CpuAddressMismatch,
+                Details::CpuAddress {
+                    dma,
+                    size: r.size,
+                    alloc: GuestAddress(e.cpu),
+                    free: GuestAddress(r.cpu),
+                },
+            );
+        }
+        if r.sg_call_ents != 0 && r.kind == Kind::Sg && r.sg_call_ents != e.sg_call_ents {
+            push(
+                Check::UnmapNentsMismatch,
+                Details::Nents {
+                    map_count: e.sg_call_ents,
+                    call_count: r.sg_call_ents,
+                },
+            );
+        }
+        if r.dir != e.dir {
+            push(
+                Check::UnmapDirectionMismatch,
+                Details::Direction {
+                    dma,
+                    size: r.size,
+                    mapped: e.dir,
+                    requested: r.dir,
+                },
+            );
+        }
+        if e.map_err == MapErr::NotChecked {
+            push(
+                Check::MapErrorNotChecked,
+                Details::MapError {
+                    dma,
+                    size: r.size,
+                    kind: e.kind,
+                },
+            );
+        }
+        if let Some(removed) = self.tracker.remove(bucket, index) {
+            self.tracker.cacheline_remove(&removed);
+        }
+    }
+
+    /// Linux's `check_sync`.
+    fn check_sync(&mut self, r: &Ref, to_cpu: bool, p: &mut Vec<Pending>) {
+        let found = self
+            .tracker
+            .find_contain(r)
+            .and_then(|(b, i)| self.tracker.get(b, i).copied());
+        let Some(e) = found else {
+            p.push(Pending {
+                check: Check::SyncNotAllocated,
+                details: Details::Range {
+                    dma: DmaAddr(r.dma),
+                    size: r.size,
+                },
+                mapped_at: None,
+            });
+            return;
+        };
+        let mut push = |check, details| {
+            p.push(Pending {
+                check,
+                details,
+                mapped_at: Some(e.mapped_at),
+            })
+        };
+        if r.size > e.size {
+            push(
+                Check::SyncOutOfRange,
+                Details::SyncRange {
+                    dma: DmaAddr(e.dma),
+                    alloc_size: e.size,
+                    sync_size: r.size,
+                },
+            );
+        }
+        if e.dir == Direction::Bidirectional {
+            return;
+        }
+        let dirs = Details::Direction {
+            dma: DmaAddr(r.dma),
+            size: e.size,
+            mapped: e.dir,
+            requested: r.dir,
+        };
+        if r.dir != e.dir {
+            push(Check::SyncDirectionMismatch, dirs.clone());
+        }
+        if to_cpu && e.dir != Direction::FromDevice && r.dir != Direction::ToDevice {
+            push(Check::SyncReadOnlyForCpu, dirs.clone());
+        }
+        if !to_cpu && e.dir != Direction::ToDevice && r.dir != Direction::FromDevice {
+            push(Check::SyncWriteOnlyForDevice, dirs);
+        }
+        if r.sg_call_ents != 0 && r.kind == Kind::Sg && r.sg_call_ents != e.sg_call_ents {
+            push(
+                Check::SyncNentsMismatch,
+                Details::Nents {
+                    map_count: e.sg_call_ents,
+                    call_count: r.sg_call_ents,
+                },
+            );
+        }
+    }
+}
+
+impl From<DebugEvent> for Error {
+    fn from(event: DebugEvent) -> Self {
+        Error::Debug(Box::new(event))
+    }
+}
+
+/// What a device or bus holds: dma-debug off (`None`, the default; each hook
+/// is one branch) or a shared [`DmaDebug`]. Every hook of [`DmaDebug`] is here
+/// with the same signature, so wiring is one line per operation, for example
+/// `self.debug.unmap(dev.into(), Kind::Single, dma, size, dir)?;` (with
+/// `From<DebugEvent> for Error`).
+///
+/// ```
+/// use vm_dma::debug::{DebugHook, DeviceRef, Kind};
+/// use vm_dma::{DmaAddr, Direction};
+///
+/// let off = DebugHook::off();
+/// // Off: nothing is checked.
+/// assert!(off.unmap(DeviceRef::new(1, "d"), Kind::Single, DmaAddr(0x1000), 1, Direction::ToDevice).is_ok());
+/// assert!(!off.is_on());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct DebugHook(Option<Arc<DmaDebug>>);
+
+macro_rules! forward {
+    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $off:expr;)*) => {
+        $(
+            $(#[$doc])*
+            #[inline]
+            #[track_caller]
+            pub fn $name(&self, $($arg: $ty),*) -> $ret {
+                match &self.0 {
+                    Some(d) => d.$name($($arg),*),
+                    None => $off,
+                }
+            }
+        )*
+    };
+}
+
+impl DebugHook {
+    /// dma-debug off.
+    pub const fn off() -> Self {
+        DebugHook(None)
+    }
+
+    /// Hooks into `debug`.
+    pub fn new(debug: Arc<DmaDebug>) -> Self {
+        DebugHook(Some(debug))
+    }
+
+    /// The tracker, when on.
+    pub fn get(&self) -> Option<&Arc<DmaDebug>> {
+        self.0.as_ref()
+    }
+
+    /// Whether a tracker is attached and enabled.
+    #[inline]
+    pub fn is_on(&self) -> bool {
+        self.0.as_ref().is_some_and(|d| d.is_enabled())
+    }
+
+    forward! {
+        /// [`DmaDebug::map`].
+        fn map(dev: DeviceRef<'_>, entry: &MapEntry) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::check_map_source`].
+        fn check_map_source(dev: DeviceRef<'_>, kind: Kind, attrs: Attrs, cpu: GuestAddress, len: u64, is_ram: bool) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::mapping_error`].
+        fn mapping_error(dev: DeviceRef<'_>, dma: DmaAddr) -> () = ();
+        /// [`DmaDebug::unmap`].
+        fn unmap(dev: DeviceRef<'_>, kind: Kind, dma: DmaAddr, size: u64, dir: Direction) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::map_sg`].
+        fn map_sg(dev: DeviceRef<'_>, sg: &[(GuestAddress, u64)], mapped: &[(DmaAddr, u64)], dir: Direction, attrs: Attrs, parms: &DmaParms) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::unmap_sg`].
+        fn unmap_sg(dev: DeviceRef<'_>, mapped: &[(DmaAddr, u64)], nents: usize, dir: Direction) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::sync_single`].
+        fn sync_single(dev: DeviceRef<'_>, dma: DmaAddr, size: u64, dir: Direction, to_cpu: bool) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::sync_sg`].
+        fn sync_sg(dev: DeviceRef<'_>, mapped: &[(DmaAddr, u64)], nents: usize, dir: Direction, to_cpu: bool) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::alloc_coherent`].
+        fn alloc_coherent(dev: DeviceRef<'_>, dma: DmaAddr, size: u64, cpu: GuestAddress, attrs: Attrs) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::free_coherent`].
+        fn free_coherent(dev: DeviceRef<'_>, dma: DmaAddr, size: u64, cpu: GuestAddress) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::alloc_pages`].
+        fn alloc_pages(dev: DeviceRef<'_>, dma: DmaAddr, size: u64, cpu: GuestAddress, dir: Direction, attrs: Attrs) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::free_pages`].
+        fn free_pages(dev: DeviceRef<'_>, dma: DmaAddr, size: u64, cpu: GuestAddress, dir: Direction) -> Result<(), DebugEvent> = Ok(());
+        /// [`DmaDebug::pool_event`].
+        fn pool_event(dev: DeviceRef<'_>, misuse: PoolMisuse) -> Result<(), DebugEvent> = Ok(());
+    }
+
+    /// [`DmaDebug::release_device`]; `None` when off.
+    #[inline]
+    #[track_caller]
+    pub fn release_device(&self, dev: DeviceRef<'_>) -> Option<LeakReport> {
+        self.0.as_ref().map(|d| d.release_device(dev))
+    }
+}
