@@ -339,6 +339,48 @@ pub enum Error {
         /// The size asked for.
         size: u64,
     },
+    /// An IOVA domain or flush queue configuration that cannot be used.
+    #[error("invalid iova configuration: {reason}")]
+    InvalidIovaConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// No naturally aligned free IOVA range of `size` granules ends at or
+    /// below `limit` (Linux: `alloc_iova_fast` returns 0).
+    #[error("no free iova range of {size} granules at or below {limit:#x}")]
+    IovaExhausted {
+        /// Granules asked for.
+        size: u64,
+        /// Highest acceptable address of the last byte.
+        limit: u64,
+    },
+    /// A free of an address that is not a live IOVA (never allocated,
+    /// already freed, or queued for a lazy free).
+    #[error("iova {addr:#x} ({size} granules) is not allocated")]
+    IovaNotAllocated {
+        /// Address passed to the free.
+        addr: u64,
+        /// Granules passed to the free.
+        size: u64,
+    },
+    /// A free of a live IOVA with another size than its allocation's.
+    #[error("iova {addr:#x} was allocated with {allocated} granules, freed with {requested}")]
+    IovaSizeMismatch {
+        /// Address passed to the free.
+        addr: u64,
+        /// Granules passed to the alloc.
+        allocated: u64,
+        /// Granules passed to the free.
+        requested: u64,
+    },
+    /// A reserve of an IOVA range that overlaps a live IOVA.
+    #[error("iova range {addr:#x}+{size:#x} overlaps a live iova")]
+    IovaInUse {
+        /// Start of the range.
+        addr: u64,
+        /// Length in bytes.
+        size: u64,
+    },
     /// dma-debug in strict mode refused the call: the DMA API was misused
     /// (the event says how; see [`crate::debug`]).
     #[error("{0}")]

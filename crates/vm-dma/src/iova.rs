@@ -1,0 +1,943 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The IOVA allocator of an IOMMU DMA domain (Linux `drivers/iommu/iova.c`
+//! as used by `dma-iommu.c`).
+//!
+//! # Rules (Linux's)
+//!
+//! - The granule is a power of two; pfns count granules. The first pfn is at
+//!   least 1, so IOVA 0 is never handed out.
+//! - [`IovaDomain::alloc`] (`alloc_iova_fast`): sizes below 32 granules are
+//!   rounded up to a power of two; every IOVA is naturally aligned to
+//!   `roundup_pow_of_two(size)`; the search is top-down first fit below the
+//!   limit (clamped to the aperture end). The range cache is tried first;
+//!   if the tree has no room, the cache is flushed back to the tree and the
+//!   search retried once.
+//! - Linux's cached search positions are kept: a search whose limit is below
+//!   4 GiB starts below the last IOVA allocated below 4 GiB (`cached32_node`),
+//!   any other below the last one allocated above (`cached_node`), and on
+//!   failure retries once over the part above that position. Frees move the
+//!   positions up as `__cached_rbnode_delete_update` does. So a second
+//!   32-bit-limited allocation lands just below the previous one even when
+//!   its own limit is higher.
+//! - [`IovaDomain::reserve`] (`reserve_iova`): ranges never handed out
+//!   (MSI window, host-bridge windows); overlapping reserves merge.
+//! - [`IovaDomain::free`] (`free_iova_fast`) takes the size passed to alloc.
+//! - [`IovaDomain::alloc_32bit_first`]: dma-iommu's PCI 32-bit trick.
+//!
+//! # Structure and cost
+//!
+//! - The free space is a treap of maximal free gaps keyed by first pfn, each
+//!   subtree augmented with its longest gap and, for alignment orders 0 to
+//!   15, its longest aligned run. The top-down aligned fit below a limit is
+//!   one descent: `O(log n)` expected for sizes up to 2^15 granules, however
+//!   fragmented the space (Linux's rbtree walks every allocated range between
+//!   the cached position and the first hole: linear). For larger alignment
+//!   orders the order-15 bound prunes, and gaps that are long enough but
+//!   misaligned may be visited: `O(log n)` per such gap. Frees merge with
+//!   their neighbours in place, `O(log n)`.
+//! - In front of it, the range cache (Linux's rcache): for each of the six
+//!   size classes (1 to 32 granules), per shard a `loaded` and a `prev`
+//!   magazine of [`IOVA_MAG_SIZE`] pfns, and a bounded depot of full
+//!   magazines per class. A thread always uses the same shard (assigned
+//!   round-robin on first use), so steady-state alloc/free of a class is
+//!   `O(1)` (`O(127)` worst case for the limit scan), takes only the shard's
+//!   uncontended lock and allocates nothing.
+//! - A sharded hash map records the live IOVAs with the size the caller
+//!   passed, so a free of something not allocated, of something already
+//!   queued for a lazy free, or with another size, is a typed error that
+//!   changes nothing, on the cache path too.
+//! - The tree sits behind one `Mutex` (the slow path); the cache path never
+//!   takes it except to evict a full magazine when the depot is full (once
+//!   per 127 frees at most).
+//!
+//! # Divergences from Linux
+//!
+//! - Granules from 4 KiB to 64 KiB (Linux: any power of two up to
+//!   `PAGE_SIZE`).
+//! - The domain knows its aperture `[start, end]`: limits are clamped to its
+//!   end here (Linux clamps in `iommu_dma_alloc_iova`), and an aperture start
+//!   of 0 becomes pfn 1 (dma-iommu's `base_pfn = max(1, ...)`).
+//! - The limit is an inclusive byte address and the last byte of an IOVA is
+//!   never above it; Linux compares pfns (`limit >> shift`), which lets the
+//!   last granule pass a limit that is not of the form `k * granule - 1`.
+//! - Frees are checked (Linux trusts the caller: a wrong size corrupts the
+//!   rcache) and need exactly the size passed to alloc.
+//! - No `max32_alloc_size` fast-fail: the search is exact and cheap, so it
+//!   buys nothing, and in Linux it makes a 32-bit request fail after an
+//!   unrelated failure under a lower limit until something below 4 GiB is
+//!   freed.
+//! - The cache is sharded by thread, not per CPU; the depot is bounded
+//!   ([`IovaConfig::depot_magazines`] per class) and, when full, the loaded
+//!   magazine goes back to the tree at once instead of Linux's unbounded
+//!   depot trimmed by a 100 ms worker. Cached memory is bounded by
+//!   `(2 * shards + depot_magazines) * 127` IOVAs per class.
+//! - [`IovaDomain::reserve`] flushes the cache first and refuses (typed error,
+//!   no change) a range that overlaps a live IOVA; Linux merges the reserve
+//!   with the live node. Parts outside the aperture are ignored.
+//! - [`IovaDomain::alloc_32bit_first`] reports whether it fell back to the
+//!   full limit; switching the device to its full mask for good (and the
+//!   "Using %d-bit DMA addresses" message) is the caller's job.
+//! - No `alloc_iova` without size alignment: dma-iommu never uses it.
+//!
+//! ```
+//! use vm_dma::iova::IovaDomain;
+//! use vm_dma::DmaAddr;
+//!
+//! // 4 KiB granules, the whole 64-bit space as aperture.
+//! let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+//! // 3 granules are rounded up to 4 and aligned to 16 KiB, top-down below 4 GiB.
+//! let a = d.alloc(3, 0xffff_ffff).unwrap();
+//! assert_eq!(a.addr(), DmaAddr(0xffff_c000));
+//! assert_eq!(a.size(), 4);
+//! // Free with the size passed to alloc; the cache hands it out again.
+//! d.free(a.addr(), 3).unwrap();
+//! assert_eq!(d.alloc(3, 0xffff_ffff).unwrap(), a);
+//! ```
+
+mod gap_tree;
+mod rcache;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Mutex;
+
+use crate::error::{checked_last, Error, Result};
+use crate::types::DmaAddr;
+use gap_tree::GapTree;
+pub(crate) use rcache::{lock, thread_slot};
+use rcache::{Magazine, Rcache};
+pub use rcache::{IOVA_MAG_SIZE, IOVA_RANGE_CACHE_MAX_SIZE};
+
+/// The default granule: 4 KiB.
+pub const DEFAULT_GRANULE: u64 = 4096;
+/// The smallest granule accepted.
+pub const MIN_GRANULE: u64 = 4096;
+/// The largest granule accepted: 64 KiB.
+pub const MAX_GRANULE: u64 = 64 << 10;
+/// Last byte below 4 GiB: the limit of the first try of
+/// [`IovaDomain::alloc_32bit_first`].
+pub const DMA_32BIT_LIMIT: u64 = 0xffff_ffff;
+/// Sizes (in granules) below this are rounded up to a power of two, and
+/// sizes up to it are cached (Linux: `1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)`).
+pub const IOVA_RANGE_CACHE_MAX_GRANULES: u64 = 1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1);
+const LIVE_SHARDS: usize = 64;
+const MAX_AUTO_SHARDS: usize = 64;
+
+/// An allocated IOVA range: a naturally aligned run of granules.
+///
+/// ```
+/// use vm_dma::iova::IovaDomain;
+///
+/// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+/// let i = d.alloc(1, u64::MAX).unwrap();
+/// assert_eq!(i.addr().raw(), u64::MAX - 4095);
+/// assert_eq!(i.last(), u64::MAX);
+/// assert_eq!((i.size(), i.len(), i.granule()), (1, 4096, 4096));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Iova {
+    pfn: u64,
+    size: u64,
+    shift: u32,
+}
+
+impl Iova {
+    /// First byte.
+    pub const fn addr(self) -> DmaAddr {
+        DmaAddr(self.pfn << self.shift)
+    }
+
+    /// First granule number.
+    pub const fn pfn(self) -> u64 {
+        self.pfn
+    }
+
+    /// Granules allocated (the size asked for, rounded up to a power of two
+    /// below 32 granules).
+    pub const fn size(self) -> u64 {
+        self.size
+    }
+
+    /// The granule in bytes.
+    pub const fn granule(self) -> u64 {
+        1 << self.shift
+    }
+
+    /// Length in bytes (`u64::MAX` if it does not fit, which no IOVA of a
+    /// domain starting at pfn 1 reaches).
+    pub const fn len(self) -> u64 {
+        match self.size.checked_mul(1 << self.shift) {
+            Some(v) => v,
+            None => u64::MAX,
+        }
+    }
+
+    /// Always false: an IOVA has at least one granule.
+    pub const fn is_empty(self) -> bool {
+        self.size == 0
+    }
+
+    /// Last byte (inclusive); may be `u64::MAX`.
+    pub const fn last(self) -> u64 {
+        ((self.pfn + self.size - 1) << self.shift) | ((1 << self.shift) - 1)
+    }
+}
+
+/// Construction parameters of an [`IovaDomain`].
+///
+/// ```
+/// use vm_dma::iova::{IovaConfig, IovaDomain};
+///
+/// let cfg = IovaConfig {
+///     aperture_end: (1 << 48) - 1,
+///     cache: false,
+///     ..IovaConfig::default()
+/// };
+/// let d = IovaDomain::with_config(&cfg).unwrap();
+/// assert_eq!(d.alloc(1, u64::MAX).unwrap().last(), (1 << 48) - 1);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IovaConfig {
+    /// Granule in bytes: a power of two from [`MIN_GRANULE`] to [`MAX_GRANULE`].
+    pub granule: u64,
+    /// First byte of the aperture; rounded up to a granule, and to pfn 1 at least.
+    pub aperture_start: u64,
+    /// Last byte of the aperture (inclusive, may be `u64::MAX`); only whole
+    /// granules inside it are used.
+    pub aperture_end: u64,
+    /// Whether the range cache is used.
+    pub cache: bool,
+    /// Cache shards (0: one per available CPU, at most 64).
+    pub cache_shards: usize,
+    /// Full magazines kept per size class in the depot (0: as many as shards).
+    pub depot_magazines: usize,
+}
+
+impl Default for IovaConfig {
+    fn default() -> Self {
+        IovaConfig {
+            granule: DEFAULT_GRANULE,
+            aperture_start: 0,
+            aperture_end: u64::MAX,
+            cache: true,
+            cache_shards: 0,
+            depot_magazines: 0,
+        }
+    }
+}
+
+/// Counters of an [`IovaDomain`] (a snapshot, for tests and diagnostics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IovaStats {
+    /// IOVAs handed out and not freed (including queued ones).
+    pub live: usize,
+    /// Live IOVAs queued for a lazy free (see `flush_queue`).
+    pub queued: usize,
+    /// Freed IOVAs held in the range cache.
+    pub cached: usize,
+    /// Free granules in the tree.
+    pub free_granules: u64,
+    /// Free gaps in the tree.
+    pub gaps: usize,
+    /// Reserved ranges (after merging).
+    pub reserved: usize,
+}
+
+/// A multiplicative hash for pfn keys.
+#[derive(Clone, Copy, Debug, Default)]
+struct PfnHasher(u64);
+
+impl Hasher for PfnHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LiveEntry {
+    /// The size passed to alloc.
+    size: u64,
+    /// Handed to a flush queue: only the queue may free it.
+    queued: bool,
+}
+
+type LiveMap = HashMap<u64, LiveEntry, BuildHasherDefault<PfnHasher>>;
+
+/// The tree side: free gaps, reserved ranges and Linux's cached positions.
+#[derive(Debug)]
+struct Tree {
+    gaps: GapTree,
+    /// Reserved pfn ranges, merged: first -> last.
+    reserved: BTreeMap<u64, u64>,
+    /// First pfn of `cached_node` (`None`: the anchor, search from the top).
+    cached: Option<u64>,
+    /// First pfn of `cached32_node`.
+    cached32: Option<u64>,
+    start_pfn: u64,
+    end_pfn: u64,
+    dma32_pfn: u64,
+}
+
+impl Tree {
+    /// `__alloc_and_insert_iova_range` with `size_aligned`; `limit_pfn`
+    /// inclusive, already clamped to the aperture.
+    fn alloc(&mut self, size: u64, order: u32, limit_pfn: u64) -> Option<u64> {
+        let is32 = limit_pfn < self.dma32_pfn;
+        let cached = if is32 { self.cached32 } else { self.cached };
+        // Below the cached position first...
+        let first_hi = match cached {
+            None => Some(limit_pfn),
+            Some(c) => c.checked_sub(1).map(|h| h.min(limit_pfn)),
+        };
+        let mut found =
+            first_hi.and_then(|h| self.gaps.highest_fit(self.start_pfn, h, size, order));
+        // ...then once over the part above it that was skipped.
+        if found.is_none() {
+            if let Some(c) = cached {
+                if c <= limit_pfn {
+                    found = c.checked_add(1).and_then(|lo| {
+                        self.gaps
+                            .highest_fit(lo.max(self.start_pfn), limit_pfn, size, order)
+                    });
+                }
+            }
+        }
+        let pfn = found?;
+        if !self.carve(pfn, size) {
+            return None;
+        }
+        // __cached_rbnode_insert_update
+        if pfn + (size - 1) < self.dma32_pfn {
+            self.cached32 = Some(pfn);
+        } else {
+            self.cached = Some(pfn);
+        }
+        Some(pfn)
+    }
+
+    /// Removes the free range `[pfn, pfn + size - 1]` from its gap.
+    fn carve(&mut self, pfn: u64, size: u64) -> bool {
+        let end = pfn + (size - 1);
+        let Some((glo, ghi)) = self.gaps.containing(pfn) else {
+            return false;
+        };
+        if ghi < end {
+            return false;
+        }
+        match (glo == pfn, ghi == end) {
+            (true, true) => self.gaps.remove(glo).is_some(),
+            (true, false) => self.gaps.modify(glo, end + 1, ghi),
+            (false, true) => self.gaps.modify(glo, glo, pfn - 1),
+            (false, false) => {
+                if !self.gaps.can_insert() {
+                    return false;
+                }
+                self.gaps.modify(glo, glo, pfn - 1) && self.gaps.insert(end + 1, ghi)
+            }
+        }
+    }
+
+    /// Returns `[pfn, pfn + size - 1]` (not free, not reserved) to the free
+    /// space, moving the cached positions as Linux does.
+    fn free(&mut self, pfn: u64, size: u64) {
+        let lo = pfn;
+        let hi = pfn + (size - 1);
+        // rb_next(free): the first non-free pfn above, or the anchor.
+        let next = match hi.checked_add(1) {
+            Some(n) if n <= self.end_pfn => match self.gaps.get(n) {
+                Some((_, ghi)) => ghi.checked_add(1).filter(|&p| p <= self.end_pfn),
+                None => Some(n),
+            },
+            _ => None,
+        };
+        // __cached_rbnode_delete_update
+        if let Some(c32) = self.cached32 {
+            if lo == c32 || (hi < self.dma32_pfn && lo >= c32) {
+                self.cached32 = next;
+            }
+        }
+        if let Some(c) = self.cached {
+            if lo >= c {
+                self.cached = next;
+            }
+        }
+        let below = lo
+            .checked_sub(1)
+            .and_then(|b| self.gaps.containing(b))
+            .filter(|g| g.1 + 1 == lo);
+        let above = hi.checked_add(1).and_then(|a| self.gaps.get(a));
+        let ok = match (below, above) {
+            (Some(b), Some(a)) => {
+                self.gaps.remove(a.0).is_some() && self.gaps.modify(b.0, b.0, a.1)
+            }
+            (Some(b), None) => self.gaps.modify(b.0, b.0, hi),
+            (None, Some(a)) => self.gaps.modify(a.0, lo, a.1),
+            (None, None) => self.gaps.insert(lo, hi),
+        };
+        if !ok {
+            // Only when the gap arena (2^32 nodes) is full: the range stays
+            // allocated forever, which is safe.
+            log::error!("iova: cannot record free range {lo:#x}..={hi:#x}; leaked");
+        }
+    }
+}
+
+/// An IOVA space: Linux's `struct iova_domain` with its rcache.
+///
+/// `Send + Sync`: share it (for example in an `Arc`) between the threads
+/// that map and unmap for the devices of one IOMMU domain.
+///
+/// ```
+/// use vm_dma::iova::IovaDomain;
+///
+/// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+/// // The MSI window is never handed out.
+/// d.reserve(0xfee0_0000, 0x10_0000).unwrap();
+/// let i = d.alloc(1, 0xfeef_ffff).unwrap();
+/// assert_eq!(i.last(), 0xfedf_ffff);
+/// ```
+#[derive(Debug)]
+pub struct IovaDomain {
+    shift: u32,
+    start_pfn: u64,
+    end_pfn: u64,
+    aperture_end: u64,
+    tree: Mutex<Tree>,
+    rcache: Option<Rcache>,
+    live: Box<[Mutex<LiveMap>]>,
+}
+
+fn order_of(size: u64) -> u32 {
+    if size <= 1 {
+        0
+    } else {
+        64 - (size - 1).leading_zeros()
+    }
+}
+
+fn live_shard(pfn: u64) -> usize {
+    (pfn.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % LIVE_SHARDS
+}
+
+impl IovaDomain {
+    /// A domain with the default cache over the aperture
+    /// `[aperture_start, aperture_end]` (inclusive; bytes).
+    ///
+    /// Errors: [`Error::InvalidIovaConfig`] for a granule that is not a power
+    /// of two in 4 KiB..=64 KiB, or an aperture without a whole granule at
+    /// pfn 1 or above.
+    ///
+    /// ```
+    /// use vm_dma::iova::IovaDomain;
+    ///
+    /// assert!(IovaDomain::new(4096, 0, u64::MAX).is_ok());
+    /// assert!(IovaDomain::new(3000, 0, u64::MAX).is_err());
+    /// assert!(IovaDomain::new(4096, 0, 4095).is_err()); // only pfn 0
+    /// ```
+    pub fn new(granule: u64, aperture_start: u64, aperture_end: u64) -> Result<IovaDomain> {
+        IovaDomain::with_config(&IovaConfig {
+            granule,
+            aperture_start,
+            aperture_end,
+            ..IovaConfig::default()
+        })
+    }
+
+    /// A domain from a full configuration (same errors as [`IovaDomain::new`]).
+    pub fn with_config(cfg: &IovaConfig) -> Result<IovaDomain> {
+        let g = cfg.granule;
+        if !g.is_power_of_two() || !(MIN_GRANULE..=MAX_GRANULE).contains(&g) {
+            return Err(Error::InvalidIovaConfig {
+                reason: "granule must be a power of two from 4 KiB to 64 KiB",
+            });
+        }
+        let shift = g.trailing_zeros();
+        let start_pfn =
+            ((cfg.aperture_start >> shift) + u64::from(cfg.aperture_start & (g - 1) != 0)).max(1);
+        let end_pfn = if cfg.aperture_end & (g - 1) == g - 1 {
+            Some(cfg.aperture_end >> shift)
+        } else {
+            (cfg.aperture_end >> shift).checked_sub(1)
+        };
+        let end_pfn = match end_pfn {
+            Some(e) if e >= start_pfn => e,
+            _ => {
+                return Err(Error::InvalidIovaConfig {
+                    reason: "the aperture holds no whole granule at pfn 1 or above",
+                })
+            }
+        };
+        let mut gaps = GapTree::new();
+        if !gaps.insert(start_pfn, end_pfn) {
+            return Err(Error::InvalidIovaConfig {
+                reason: "cannot record the free space",
+            });
+        }
+        let rcache = cfg.cache.then(|| {
+            let shards = if cfg.cache_shards == 0 {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .min(MAX_AUTO_SHARDS)
+            } else {
+                cfg.cache_shards
+            };
+            let depot = if cfg.depot_magazines == 0 {
+                shards
+            } else {
+                cfg.depot_magazines
+            };
+            Rcache::new(shards, depot)
+        });
+        Ok(IovaDomain {
+            shift,
+            start_pfn,
+            end_pfn,
+            aperture_end: ((end_pfn << shift) | (g - 1)),
+            tree: Mutex::new(Tree {
+                gaps,
+                reserved: BTreeMap::new(),
+                cached: None,
+                cached32: None,
+                start_pfn,
+                end_pfn,
+                dma32_pfn: 1u64 << (32 - shift),
+            }),
+            rcache,
+            live: (0..LIVE_SHARDS)
+                .map(|_| Mutex::new(LiveMap::default()))
+                .collect(),
+        })
+    }
+
+    /// The granule in bytes.
+    pub fn granule(&self) -> u64 {
+        1 << self.shift
+    }
+
+    /// log2 of the granule.
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// First pfn that can be handed out (at least 1).
+    pub fn start_pfn(&self) -> u64 {
+        self.start_pfn
+    }
+
+    /// Last pfn that can be handed out.
+    pub fn end_pfn(&self) -> u64 {
+        self.end_pfn
+    }
+
+    /// Last byte of the usable aperture (of its last whole granule).
+    pub fn aperture_end(&self) -> u64 {
+        self.aperture_end
+    }
+
+    /// Whether the range cache is enabled; with how many shards.
+    pub fn cache_shards(&self) -> Option<usize> {
+        self.rcache.as_ref().map(Rcache::shards)
+    }
+
+    /// The most IOVAs the cache holds per size class.
+    pub fn cache_capacity_per_class(&self) -> usize {
+        self.rcache.as_ref().map_or(0, Rcache::capacity_per_class)
+    }
+
+    /// Granules covering `len` bytes (Linux `iova_align(len) >> shift`).
+    ///
+    /// ```
+    /// # use vm_dma::iova::IovaDomain;
+    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+    /// assert_eq!(d.granules(1).unwrap(), 1);
+    /// assert_eq!(d.granules(8192).unwrap(), 2);
+    /// assert_eq!(d.granules(u64::MAX).unwrap(), 1 << 52);
+    /// ```
+    pub fn granules(&self, len: u64) -> Result<u64> {
+        if len == 0 {
+            return Err(Error::ZeroSize);
+        }
+        Ok((len >> self.shift) + u64::from(len & (self.granule() - 1) != 0))
+    }
+
+    /// The allocated size for a request (rounded below 32 granules).
+    fn alloc_size(size: u64) -> u64 {
+        if size < IOVA_RANGE_CACHE_MAX_GRANULES {
+            size.next_power_of_two()
+        } else {
+            size
+        }
+    }
+
+    /// The cache class of an allocated size, if cached.
+    fn class(&self, alloc_size: u64) -> Option<usize> {
+        (self.rcache.is_some() && alloc_size <= IOVA_RANGE_CACHE_MAX_GRANULES)
+            .then(|| order_of(alloc_size) as usize)
+    }
+
+    /// The last pfn whose last byte is `<= limit`, clamped to the aperture.
+    fn limit_pfn(&self, limit: u64) -> Option<u64> {
+        let mask = self.granule() - 1;
+        let p = if limit & mask == mask {
+            limit >> self.shift
+        } else {
+            (limit >> self.shift).checked_sub(1)?
+        };
+        let p = p.min(self.end_pfn);
+        (p >= self.start_pfn).then_some(p)
+    }
+
+    fn iova(&self, pfn: u64, size: u64) -> Iova {
+        Iova {
+            pfn,
+            size,
+            shift: self.shift,
+        }
+    }
+
+    /// Allocates `size` granules whose last byte is at most `limit`
+    /// (Linux `alloc_iova_fast(.., flush_rcache = true)`).
+    ///
+    /// Errors: [`Error::ZeroSize`]; [`Error::IovaExhausted`] if no naturally
+    /// aligned range fits below the limit, even after the cache was flushed.
+    ///
+    /// ```
+    /// use vm_dma::iova::IovaDomain;
+    ///
+    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+    /// // 40 granules: not rounded, but aligned to 64 granules.
+    /// let a = d.alloc(40, 0xffff_ffff).unwrap();
+    /// assert_eq!((a.size(), a.pfn() % 64), (40, 0));
+    /// assert!(a.last() <= 0xffff_ffff);
+    /// // Nothing fits below the first granule.
+    /// assert!(d.alloc(1, 0x1fff).is_ok());
+    /// assert!(d.alloc(1, 0x1fff).is_err());
+    /// ```
+    pub fn alloc(&self, size: u64, limit: u64) -> Result<Iova> {
+        self.alloc_fast(size, limit, true)
+    }
+
+    /// [`IovaDomain::alloc`] with Linux's `flush_rcache` choice: without it a
+    /// full tree fails at once instead of flushing the cache and retrying.
+    pub fn alloc_fast(&self, size: u64, limit: u64, flush_rcache: bool) -> Result<Iova> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let exhausted = Error::IovaExhausted { size, limit };
+        if size > self.end_pfn - self.start_pfn + 1 {
+            return Err(exhausted);
+        }
+        let asize = Self::alloc_size(size);
+        let order = order_of(asize);
+        let Some(limit_pfn) = self.limit_pfn(limit) else {
+            return Err(exhausted);
+        };
+        if let (Some(rc), Some(class)) = (&self.rcache, self.class(asize)) {
+            if let Some(max_pfn) = (limit_pfn + 1).checked_sub(asize) {
+                if let Some(pfn) = rc.get(class, max_pfn) {
+                    self.insert_live(pfn, size);
+                    return Ok(self.iova(pfn, asize));
+                }
+            }
+        }
+        let mut pfn = lock(&self.tree).alloc(asize, order, limit_pfn);
+        if pfn.is_none() && flush_rcache && self.rcache.is_some() {
+            self.flush_cache();
+            pfn = lock(&self.tree).alloc(asize, order, limit_pfn);
+        }
+        let pfn = pfn.ok_or(exhausted)?;
+        self.insert_live(pfn, size);
+        Ok(self.iova(pfn, asize))
+    }
+
+    /// dma-iommu's PCI 32-bit trick: for a limit above 4 GiB, first try below
+    /// 4 GiB without flushing the cache, then the full limit. Returns the IOVA
+    /// and whether it fell back to the full limit (Linux then switches the
+    /// device to its full mask for good; that state is the caller's).
+    ///
+    /// ```
+    /// use vm_dma::iova::IovaDomain;
+    ///
+    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+    /// let (i, fell_back) = d.alloc_32bit_first(1, u64::MAX).unwrap();
+    /// assert!(i.last() <= 0xffff_ffff && !fell_back);
+    /// ```
+    pub fn alloc_32bit_first(&self, size: u64, limit: u64) -> Result<(Iova, bool)> {
+        let clamped = limit.min(self.aperture_end);
+        if clamped > DMA_32BIT_LIMIT {
+            if let Ok(i) = self.alloc_fast(size, DMA_32BIT_LIMIT, false) {
+                return Ok((i, false));
+            }
+            return self.alloc(size, limit).map(|i| (i, true));
+        }
+        self.alloc(size, limit).map(|i| (i, false))
+    }
+
+    fn insert_live(&self, pfn: u64, size: u64) {
+        let prev = lock(&self.live[live_shard(pfn)]).insert(
+            pfn,
+            LiveEntry {
+                size,
+                queued: false,
+            },
+        );
+        debug_assert!(prev.is_none(), "iova {pfn:#x} handed out twice");
+    }
+
+    /// Checks that `addr` is live with `size`, and applies `f` to its entry
+    /// (with the shard locked); returns what `f` returns.
+    fn with_live<T>(
+        &self,
+        addr: DmaAddr,
+        size: u64,
+        f: impl FnOnce(&mut LiveMap, u64) -> T,
+    ) -> Result<T> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let a = addr.raw();
+        let not_allocated = Error::IovaNotAllocated { addr: a, size };
+        if a & (self.granule() - 1) != 0 {
+            return Err(not_allocated);
+        }
+        let pfn = a >> self.shift;
+        let mut live = lock(&self.live[live_shard(pfn)]);
+        match live.get(&pfn) {
+            None => Err(not_allocated),
+            Some(e) if e.queued => Err(not_allocated),
+            Some(e) if e.size != size => Err(Error::IovaSizeMismatch {
+                addr: a,
+                allocated: e.size,
+                requested: size,
+            }),
+            Some(_) => Ok(f(&mut live, pfn)),
+        }
+    }
+
+    /// Frees an IOVA: `addr` from [`Iova::addr`] and the `size` passed to
+    /// alloc (Linux `free_iova_fast`). Cached sizes go to the cache.
+    ///
+    /// Errors (nothing changes): [`Error::ZeroSize`];
+    /// [`Error::IovaNotAllocated`] if `addr` is not a live IOVA (never
+    /// allocated, already freed, or queued for a lazy free);
+    /// [`Error::IovaSizeMismatch`] for another size.
+    ///
+    /// ```
+    /// use vm_dma::iova::IovaDomain;
+    /// use vm_dma::Error;
+    ///
+    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+    /// let i = d.alloc(3, u64::MAX).unwrap();
+    /// assert!(matches!(d.free(i.addr(), 4), Err(Error::IovaSizeMismatch { .. })));
+    /// d.free(i.addr(), 3).unwrap();
+    /// assert!(matches!(d.free(i.addr(), 3), Err(Error::IovaNotAllocated { .. })));
+    /// ```
+    pub fn free(&self, addr: DmaAddr, size: u64) -> Result<()> {
+        let pfn = self.with_live(addr, size, |live, pfn| {
+            live.remove(&pfn);
+            pfn
+        })?;
+        self.release(pfn, size);
+        Ok(())
+    }
+
+    /// Marks a live IOVA as queued for a lazy free (flush queue).
+    pub(crate) fn mark_queued(&self, addr: DmaAddr, size: u64) -> Result<u64> {
+        self.with_live(addr, size, |live, pfn| {
+            if let Some(e) = live.get_mut(&pfn) {
+                e.queued = true;
+            }
+            pfn
+        })
+    }
+
+    /// Undoes [`IovaDomain::mark_queued`].
+    pub(crate) fn unmark_queued(&self, pfn: u64) {
+        if let Some(e) = lock(&self.live[live_shard(pfn)]).get_mut(&pfn) {
+            e.queued = false;
+        }
+    }
+
+    /// Frees an IOVA that [`IovaDomain::mark_queued`] accepted.
+    pub(crate) fn free_queued(&self, pfn: u64, size: u64) {
+        let removed = {
+            let mut live = lock(&self.live[live_shard(pfn)]);
+            match live.get(&pfn) {
+                Some(e) if e.queued && e.size == size => live.remove(&pfn).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.release(pfn, size);
+        } else {
+            log::error!("iova: queued free of {pfn:#x} ({size} granules) is not queued");
+        }
+    }
+
+    /// Returns a range that is no longer live to the cache or the tree.
+    fn release(&self, pfn: u64, size: u64) {
+        let asize = Self::alloc_size(size);
+        if let (Some(rc), Some(class)) = (&self.rcache, self.class(asize)) {
+            let cached = rc.insert(class, pfn, |mag| self.free_magazine(class, mag));
+            if cached {
+                return;
+            }
+        }
+        lock(&self.tree).free(pfn, asize);
+    }
+
+    fn free_magazine(&self, class: usize, mag: &mut Magazine) {
+        let mut tree = lock(&self.tree);
+        for pfn in mag.drain() {
+            tree.free(pfn, 1 << class);
+        }
+    }
+
+    /// Returns every cached IOVA to the tree (Linux `free_cpu_cached_iovas`
+    /// for every CPU plus `free_global_cached_iovas`).
+    pub fn flush_cache(&self) {
+        if let Some(rc) = &self.rcache {
+            rc.drain_all(|class, mag| self.free_magazine(class, mag));
+        }
+    }
+
+    /// Reserves `[addr, addr + size - 1]` (the granules it touches; the part
+    /// inside the aperture): never handed out (Linux `reserve_iova`).
+    /// Overlapping reserves merge. Flushes the cache first.
+    ///
+    /// Errors (nothing changes): [`Error::ZeroSize`], [`Error::Overflow`] for
+    /// a range past 2^64 - 1, [`Error::IovaInUse`] if a live IOVA overlaps.
+    ///
+    /// ```
+    /// use vm_dma::iova::IovaDomain;
+    ///
+    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+    /// d.reserve(0xffff_ffff_ffff_f000, 0x1000).unwrap();
+    /// assert_eq!(d.alloc(1, u64::MAX).unwrap().last(), 0xffff_ffff_ffff_efff);
+    /// ```
+    pub fn reserve(&self, addr: u64, size: u64) -> Result<()> {
+        let last = checked_last(addr, size)?;
+        let lo = (addr >> self.shift).max(self.start_pfn);
+        let hi = (last >> self.shift).min(self.end_pfn);
+        if lo > hi {
+            return Ok(());
+        }
+        self.flush_cache();
+        let mut t = lock(&self.tree);
+        // Everything in [lo, hi] must be free or reserved already.
+        let mut cur = lo;
+        loop {
+            let next = if let Some((_, ghi)) = t.gaps.containing(cur) {
+                ghi.checked_add(1)
+            } else if let Some((_, &rhi)) = t.reserved.range(..=cur).next_back() {
+                if rhi < cur {
+                    return Err(Error::IovaInUse { addr, size });
+                }
+                rhi.checked_add(1)
+            } else {
+                return Err(Error::IovaInUse { addr, size });
+            };
+            match next {
+                Some(n) if n <= hi => cur = n,
+                _ => break,
+            }
+        }
+        if let Some((glo, ghi)) = t.gaps.containing(lo) {
+            if glo < lo && ghi > hi && !t.gaps.can_insert() {
+                return Err(Error::IovaExhausted {
+                    size: 1,
+                    limit: addr,
+                });
+            }
+        }
+        // Carve every gap that meets [lo, hi].
+        let mut cur = lo;
+        while cur <= hi {
+            let Some((glo, ghi)) = t.gaps.containing(cur).or_else(|| t.gaps.ceil(cur)) else {
+                break;
+            };
+            if glo > hi {
+                break;
+            }
+            match (glo < lo, ghi > hi) {
+                (true, true) => {
+                    t.gaps.modify(glo, glo, lo - 1);
+                    t.gaps.insert(hi + 1, ghi);
+                }
+                (true, false) => {
+                    t.gaps.modify(glo, glo, lo - 1);
+                }
+                (false, true) => {
+                    t.gaps.modify(glo, hi + 1, ghi);
+                }
+                (false, false) => {
+                    t.gaps.remove(glo);
+                }
+            }
+            match ghi.checked_add(1) {
+                Some(n) => cur = n,
+                None => break,
+            }
+        }
+        // Merge with overlapping reserves.
+        let overlapping: Vec<(u64, u64)> = t
+            .reserved
+            .range(..=hi)
+            .rev()
+            .take_while(|(_, &rhi)| rhi >= lo)
+            .map(|(&a, &b)| (a, b))
+            .collect();
+        let (mut nlo, mut nhi) = (lo, hi);
+        for (rlo, rhi) in overlapping {
+            t.reserved.remove(&rlo);
+            nlo = nlo.min(rlo);
+            nhi = nhi.max(rhi);
+        }
+        t.reserved.insert(nlo, nhi);
+        Ok(())
+    }
+
+    /// The reserved ranges (after merging) as inclusive byte ranges.
+    pub fn reserved(&self) -> Vec<(u64, u64)> {
+        let g = self.granule();
+        lock(&self.tree)
+            .reserved
+            .iter()
+            .map(|(&lo, &hi)| (lo << self.shift, (hi << self.shift) | (g - 1)))
+            .collect()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> IovaStats {
+        let (mut live, mut queued) = (0, 0);
+        for shard in self.live.iter() {
+            let shard = lock(shard);
+            live += shard.len();
+            queued += shard.values().filter(|e| e.queued).count();
+        }
+        let cached = self.rcache.as_ref().map_or(0, Rcache::cached);
+        let t = lock(&self.tree);
+        IovaStats {
+            live,
+            queued,
+            cached,
+            free_granules: t.gaps.free_granules(),
+            gaps: t.gaps.len(),
+            reserved: t.reserved.len(),
+        }
+    }
+}

@@ -1,0 +1,486 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The free space of an IOVA domain: a treap of maximal free gaps, keyed by
+//! their first pfn and augmented with, per subtree, the longest gap and the
+//! longest naturally aligned run for each of the first [`EXACT_ORDERS`]
+//! alignment orders.
+//!
+//! "Highest position `p`, aligned to `2^order`, with `[p, p + size - 1]` free
+//! and inside `[lo, hi]`" is answered by one descent that visits the right
+//! subtree first and prunes every subtree whose augmentation shows that no
+//! gap in it can hold the request. For `order < EXACT_ORDERS` the pruning is
+//! exact for subtrees that lie inside `[lo, hi]`, so only the two boundary
+//! paths can fail: `O(depth)`. For larger orders the bound of order
+//! `EXACT_ORDERS - 1` is used, which may visit gaps that are long enough but
+//! misaligned; see the module documentation of `iova`.
+//!
+//! Gaps are never adjacent and never overlap (a free merges with its
+//! neighbours), so changing the first pfn of a gap within the space it
+//! already covers keeps the search-tree order: most updates are in place
+//! along one root-to-node path, without rotations.
+
+/// Alignment orders tracked exactly by the augmentation (1 to 2^15 granules).
+pub(super) const EXACT_ORDERS: usize = 16;
+
+const NIL: u32 = u32::MAX;
+/// Largest number of gap nodes (the arena is indexed by `u32`).
+const MAX_NODES: usize = (u32::MAX - 1) as usize;
+
+#[derive(Clone, Debug)]
+struct Node {
+    lo: u64,
+    hi: u64,
+    left: u32,
+    right: u32,
+    prio: u32,
+    /// Longest gap in the subtree.
+    max_len: u64,
+    /// Per order `k`: the longest run starting `2^k`-aligned in one gap of
+    /// the subtree, saturated at `u32::MAX`.
+    fit: [u32; EXACT_ORDERS],
+}
+
+/// The longest run in `[lo, hi]` that starts on a multiple of `2^order`.
+fn aligned_run(lo: u64, hi: u64, order: usize) -> u64 {
+    let mask = (1u64 << order) - 1;
+    match lo.checked_add(mask) {
+        Some(v) => {
+            let start = v & !mask;
+            if start > hi {
+                0
+            } else {
+                (hi - start).saturating_add(1)
+            }
+        }
+        None => 0,
+    }
+}
+
+/// Highest `p` aligned to `2^order` with `lo <= p` and `p + size - 1 <= hi`.
+pub(super) fn fit_in(lo: u64, hi: u64, size: u64, order: u32) -> Option<u64> {
+    if size == 0 || lo > hi {
+        return None;
+    }
+    let top = hi.checked_sub(size - 1)?;
+    if top < lo {
+        return None;
+    }
+    let mask = 1u64.checked_shl(order)?.wrapping_sub(1);
+    let p = top & !mask;
+    (p >= lo).then_some(p)
+}
+
+/// The free gaps of a domain (inclusive pfn ranges).
+#[derive(Debug)]
+pub(super) struct GapTree {
+    nodes: Vec<Node>,
+    free_slots: Vec<u32>,
+    root: u32,
+    count: usize,
+    free_granules: u64,
+    rng: u64,
+}
+
+impl GapTree {
+    /// An empty tree.
+    pub(super) fn new() -> Self {
+        GapTree {
+            nodes: Vec::new(),
+            free_slots: Vec::new(),
+            root: NIL,
+            count: 0,
+            free_granules: 0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// Number of gaps.
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Total free granules.
+    pub(super) fn free_granules(&self) -> u64 {
+        self.free_granules
+    }
+
+    /// Whether one more gap can be stored.
+    pub(super) fn can_insert(&self) -> bool {
+        !self.free_slots.is_empty() || self.nodes.len() < MAX_NODES
+    }
+
+    fn n(&self, t: u32) -> &Node {
+        &self.nodes[t as usize]
+    }
+
+    fn n_mut(&mut self, t: u32) -> &mut Node {
+        &mut self.nodes[t as usize]
+    }
+
+    fn next_prio(&mut self) -> u32 {
+        // xorshift64*: priorities only need to be unpredictable enough to
+        // keep the treap balanced in expectation.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+
+    fn update(&mut self, t: u32) {
+        let (lo, hi, left, right) = {
+            let n = self.n(t);
+            (n.lo, n.hi, n.left, n.right)
+        };
+        let mut max_len = (hi - lo).saturating_add(1);
+        let mut fit = [0u32; EXACT_ORDERS];
+        for (k, f) in fit.iter_mut().enumerate() {
+            *f = u32::try_from(aligned_run(lo, hi, k)).unwrap_or(u32::MAX);
+        }
+        for c in [left, right] {
+            if c != NIL {
+                let cn = self.n(c);
+                max_len = max_len.max(cn.max_len);
+                for (f, cf) in fit.iter_mut().zip(cn.fit.iter()) {
+                    *f = (*f).max(*cf);
+                }
+            }
+        }
+        let n = self.n_mut(t);
+        n.max_len = max_len;
+        n.fit = fit;
+    }
+
+    fn new_node(&mut self, lo: u64, hi: u64) -> Option<u32> {
+        let prio = self.next_prio();
+        let node = Node {
+            lo,
+            hi,
+            left: NIL,
+            right: NIL,
+            prio,
+            max_len: 0,
+            fit: [0; EXACT_ORDERS],
+        };
+        let t = if let Some(t) = self.free_slots.pop() {
+            self.nodes[t as usize] = node;
+            t
+        } else {
+            if self.nodes.len() >= MAX_NODES {
+                return None;
+            }
+            self.nodes.push(node);
+            u32::try_from(self.nodes.len() - 1).ok()?
+        };
+        self.update(t);
+        Some(t)
+    }
+
+    /// Splits `t` into (gaps with `lo < key`, gaps with `lo >= key`).
+    fn split(&mut self, t: u32, key: u64) -> (u32, u32) {
+        if t == NIL {
+            return (NIL, NIL);
+        }
+        if self.n(t).lo < key {
+            let (a, b) = self.split(self.n(t).right, key);
+            self.n_mut(t).right = a;
+            self.update(t);
+            (t, b)
+        } else {
+            let (a, b) = self.split(self.n(t).left, key);
+            self.n_mut(t).left = b;
+            self.update(t);
+            (a, t)
+        }
+    }
+
+    /// Joins two treaps, every key of `a` below every key of `b`.
+    fn merge(&mut self, a: u32, b: u32) -> u32 {
+        if a == NIL {
+            return b;
+        }
+        if b == NIL {
+            return a;
+        }
+        if self.n(a).prio > self.n(b).prio {
+            let r = self.merge(self.n(a).right, b);
+            self.n_mut(a).right = r;
+            self.update(a);
+            a
+        } else {
+            let l = self.merge(a, self.n(b).left);
+            self.n_mut(b).left = l;
+            self.update(b);
+            b
+        }
+    }
+
+    /// Inserts the gap `[lo, hi]`, which must not touch another gap.
+    /// Returns false (and changes nothing) if the arena is full.
+    pub(super) fn insert(&mut self, lo: u64, hi: u64) -> bool {
+        let Some(node) = self.new_node(lo, hi) else {
+            return false;
+        };
+        let (l, r) = self.split(self.root, lo);
+        let l = self.merge(l, node);
+        self.root = self.merge(l, r);
+        self.count += 1;
+        self.free_granules = self
+            .free_granules
+            .saturating_add((hi - lo).saturating_add(1));
+        true
+    }
+
+    /// Removes the gap that starts at `lo`; returns it.
+    pub(super) fn remove(&mut self, lo: u64) -> Option<(u64, u64)> {
+        let (l, r) = self.split(self.root, lo);
+        let (m, r2) = self.split(r, lo.saturating_add(1));
+        let removed = if m != NIL {
+            let n = self.n(m);
+            debug_assert!(n.left == NIL && n.right == NIL);
+            let range = (n.lo, n.hi);
+            self.free_slots.push(m);
+            self.count -= 1;
+            self.free_granules = self
+                .free_granules
+                .saturating_sub((range.1 - range.0).saturating_add(1));
+            Some(range)
+        } else {
+            None
+        };
+        self.root = self.merge(l, r2);
+        removed
+    }
+
+    fn modify_rec(&mut self, t: u32, key: u64, lo: u64, hi: u64) -> bool {
+        if t == NIL {
+            return false;
+        }
+        let tk = self.n(t).lo;
+        let found = if key == tk {
+            let n = self.n_mut(t);
+            n.lo = lo;
+            n.hi = hi;
+            true
+        } else if key < tk {
+            self.modify_rec(self.n(t).left, key, lo, hi)
+        } else {
+            self.modify_rec(self.n(t).right, key, lo, hi)
+        };
+        if found {
+            self.update(t);
+        }
+        found
+    }
+
+    /// Changes the gap that starts at `key` to `[lo, hi]` in place. The new
+    /// range must not reach into or touch another gap.
+    pub(super) fn modify(&mut self, key: u64, lo: u64, hi: u64) -> bool {
+        let Some((olo, ohi)) = self.get(key) else {
+            return false;
+        };
+        let found = self.modify_rec(self.root, key, lo, hi);
+        if found {
+            self.free_granules = self
+                .free_granules
+                .saturating_sub((ohi - olo).saturating_add(1))
+                .saturating_add((hi - lo).saturating_add(1));
+        }
+        found
+    }
+
+    /// The gap starting exactly at `lo`.
+    pub(super) fn get(&self, lo: u64) -> Option<(u64, u64)> {
+        let mut t = self.root;
+        while t != NIL {
+            let n = self.n(t);
+            if lo == n.lo {
+                return Some((n.lo, n.hi));
+            }
+            t = if lo < n.lo { n.left } else { n.right };
+        }
+        None
+    }
+
+    /// The gap with the greatest start `<= pfn`.
+    pub(super) fn floor(&self, pfn: u64) -> Option<(u64, u64)> {
+        let mut t = self.root;
+        let mut best = None;
+        while t != NIL {
+            let n = self.n(t);
+            if n.lo <= pfn {
+                best = Some((n.lo, n.hi));
+                t = n.right;
+            } else {
+                t = n.left;
+            }
+        }
+        best
+    }
+
+    /// The gap with the smallest start `>= pfn`.
+    pub(super) fn ceil(&self, pfn: u64) -> Option<(u64, u64)> {
+        let mut t = self.root;
+        let mut best = None;
+        while t != NIL {
+            let n = self.n(t);
+            if n.lo >= pfn {
+                best = Some((n.lo, n.hi));
+                t = n.left;
+            } else {
+                t = n.right;
+            }
+        }
+        best
+    }
+
+    /// The gap containing `pfn`.
+    pub(super) fn containing(&self, pfn: u64) -> Option<(u64, u64)> {
+        self.floor(pfn).filter(|&(_, hi)| hi >= pfn)
+    }
+
+    /// Highest `p` aligned to `2^order` such that `[p, p + size - 1]` is free
+    /// and inside `[lo, hi]`.
+    pub(super) fn highest_fit(&self, lo: u64, hi: u64, size: u64, order: u32) -> Option<u64> {
+        if lo > hi || size == 0 {
+            return None;
+        }
+        self.query(self.root, lo, hi, size, order)
+    }
+
+    fn query(&self, t: u32, lo: u64, hi: u64, size: u64, order: u32) -> Option<u64> {
+        if t == NIL {
+            return None;
+        }
+        let n = self.n(t);
+        if n.max_len < size {
+            return None;
+        }
+        let k = (order as usize).min(EXACT_ORDERS - 1);
+        if size < u64::from(u32::MAX) && u64::from(n.fit[k]) < size {
+            return None;
+        }
+        // The right subtree holds gaps starting above n.lo.
+        if n.lo < hi {
+            if let Some(p) = self.query(n.right, lo, hi, size, order) {
+                return Some(p);
+            }
+        }
+        if n.lo <= hi && n.hi >= lo {
+            if let Some(p) = fit_in(n.lo.max(lo), n.hi.min(hi), size, order) {
+                return Some(p);
+            }
+        }
+        // The left subtree holds gaps ending below n.lo.
+        if n.lo > lo {
+            return self.query(n.left, lo, hi, size, order);
+        }
+        None
+    }
+
+    /// Every gap, lowest first (tests and consistency checks).
+    #[cfg(test)]
+    pub(super) fn gaps(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut next = 0u64;
+        while let Some(g) = self.ceil(next) {
+            out.push(g);
+            match g.1.checked_add(1) {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute force over a list of gaps.
+    fn brute(gaps: &[(u64, u64)], lo: u64, hi: u64, size: u64, order: u32) -> Option<u64> {
+        gaps.iter()
+            .rev()
+            .filter(|g| g.0 <= hi && g.1 >= lo)
+            .find_map(|g| fit_in(g.0.max(lo), g.1.min(hi), size, order))
+    }
+
+    #[test]
+    fn fit_in_rules() {
+        assert_eq!(fit_in(1, 100, 4, 2), Some(96));
+        assert_eq!(fit_in(1, 3, 4, 2), None);
+        assert_eq!(fit_in(4, 7, 4, 2), Some(4));
+        assert_eq!(fit_in(5, 11, 4, 2), Some(8));
+        assert_eq!(fit_in(5, 10, 4, 2), None);
+        assert_eq!(fit_in(0, u64::MAX, 1, 0), Some(u64::MAX));
+        assert_eq!(fit_in(0, u64::MAX, 2, 1), Some(u64::MAX - 1));
+    }
+
+    #[test]
+    fn matches_brute_force() {
+        let mut t = GapTree::new();
+        let mut gaps = Vec::new();
+        // Gaps of varied length and alignment.
+        let mut x = 3u64;
+        let mut pos = 1u64;
+        for _ in 0..300 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = 1 + (x >> 33) % 40;
+            let skip = 1 + (x >> 50) % 7;
+            assert!(t.insert(pos, pos + len - 1));
+            gaps.push((pos, pos + len - 1));
+            pos += len + skip;
+        }
+        assert_eq!(t.gaps(), gaps);
+        for size in [1u64, 2, 3, 4, 7, 8, 16, 32, 33] {
+            let order = 64 - (size - 1).leading_zeros();
+            for (lo, hi) in [(1, pos), (100, 2000), (37, 38), (500, 9000), (0, 5)] {
+                assert_eq!(
+                    t.highest_fit(lo, hi, size, order),
+                    brute(&gaps, lo, hi, size, order),
+                    "size {size} range {lo}..={hi}"
+                );
+            }
+        }
+        // Remove and modify, then compare again.
+        for g in gaps.iter().step_by(3) {
+            assert_eq!(t.remove(g.0), Some(*g));
+        }
+        let rest: Vec<_> = gaps.iter().copied().skip(1).step_by(3).collect();
+        for g in &rest {
+            assert!(t.modify(g.0, g.0, g.0));
+        }
+        let expect: Vec<_> = gaps
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0)
+            .map(|(i, g)| if i % 3 == 1 { (g.0, g.0) } else { *g })
+            .collect();
+        assert_eq!(t.gaps(), expect);
+        assert_eq!(t.len(), expect.len());
+        let total: u64 = expect.iter().map(|g| g.1 - g.0 + 1).sum();
+        assert_eq!(t.free_granules(), total);
+        for size in [1u64, 2, 4, 8] {
+            let order = 64 - (size - 1).leading_zeros();
+            assert_eq!(
+                t.highest_fit(1, pos, size, order),
+                brute(&expect, 1, pos, size, order)
+            );
+        }
+    }
+
+    #[test]
+    fn top_of_the_space() {
+        let mut t = GapTree::new();
+        assert!(t.insert(1, u64::MAX >> 12));
+        assert_eq!(t.highest_fit(1, u64::MAX >> 12, 1, 0), Some(u64::MAX >> 12));
+        assert_eq!(t.containing(5), Some((1, u64::MAX >> 12)));
+        assert_eq!(t.remove(1), Some((1, u64::MAX >> 12)));
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.highest_fit(1, 100, 1, 0), None);
+    }
+}

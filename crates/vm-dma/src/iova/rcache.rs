@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The IOVA range cache: Linux's per-CPU magazines (Bonwick/Adams), as a
+//! fixed set of shards picked by thread, plus one bounded depot per size
+//! class. Nothing here allocates after construction: magazines are inline
+//! arrays, and the depots are vectors with their full capacity reserved.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Size classes: orders 0..=5, i.e. 1 to 32 granules (Linux
+/// `IOVA_RANGE_CACHE_MAX_SIZE`).
+pub const IOVA_RANGE_CACHE_MAX_SIZE: usize = 6;
+/// PFNs per magazine (Linux `IOVA_MAG_SIZE`: the struct is 1 KiB).
+pub const IOVA_MAG_SIZE: usize = 127;
+
+/// Locks a mutex, recovering the data of a poisoned one: every structure
+/// behind these locks is consistent between statements that can panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// A small number stable for the calling thread, handed out round-robin, so
+/// that the first `n` threads get `n` different shards.
+pub(crate) fn thread_slot() -> usize {
+    THREAD_SLOT.with(|c| {
+        let v = c.get();
+        if v != usize::MAX {
+            return v;
+        }
+        let v = NEXT_THREAD_SLOT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+        c.set(v);
+        v
+    })
+}
+
+/// A stack of PFNs of one size class.
+#[derive(Clone, Copy)]
+pub(super) struct Magazine {
+    len: usize,
+    pfns: [u64; IOVA_MAG_SIZE],
+}
+
+impl fmt::Debug for Magazine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Magazine").field("len", &self.len).finish()
+    }
+}
+
+impl Magazine {
+    const EMPTY: Magazine = Magazine {
+        len: 0,
+        pfns: [0; IOVA_MAG_SIZE],
+    };
+
+    fn is_full(&self) -> bool {
+        self.len == IOVA_MAG_SIZE
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, pfn: u64) {
+        if let Some(slot) = self.pfns.get_mut(self.len) {
+            *slot = pfn;
+            self.len += 1;
+        }
+    }
+
+    /// Linux `iova_magazine_pop`: the topmost PFN `<= max_pfn`, which is
+    /// replaced by the top of the stack.
+    fn pop_le(&mut self, max_pfn: u64) -> Option<u64> {
+        let live = &mut self.pfns[..self.len];
+        let i = live.iter().rposition(|&p| p <= max_pfn)?;
+        let pfn = live[i];
+        let last = live.len() - 1;
+        live[i] = live[last];
+        self.len = last;
+        Some(pfn)
+    }
+
+    /// Takes every PFN out.
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = u64> + '_ {
+        let n = std::mem::replace(&mut self.len, 0);
+        self.pfns[..n].iter().copied()
+    }
+}
+
+#[derive(Debug)]
+struct CpuRcache {
+    loaded: Magazine,
+    prev: Magazine,
+}
+
+#[derive(Debug)]
+struct Shard {
+    classes: [CpuRcache; IOVA_RANGE_CACHE_MAX_SIZE],
+}
+
+/// Per-thread-shard magazines and per-class depots.
+#[derive(Debug)]
+pub(super) struct Rcache {
+    shards: Box<[Mutex<Shard>]>,
+    depots: [Mutex<Vec<Magazine>>; IOVA_RANGE_CACHE_MAX_SIZE],
+    depot_max: usize,
+}
+
+impl Rcache {
+    pub(super) fn new(shards: usize, depot_max: usize) -> Rcache {
+        let shards = shards.max(1);
+        Rcache {
+            shards: (0..shards)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        classes: std::array::from_fn(|_| CpuRcache {
+                            loaded: Magazine::EMPTY,
+                            prev: Magazine::EMPTY,
+                        }),
+                    })
+                })
+                .collect(),
+            depots: std::array::from_fn(|_| Mutex::new(Vec::with_capacity(depot_max))),
+            depot_max,
+        }
+    }
+
+    pub(super) fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Most PFNs the cache can hold per class.
+    pub(super) fn capacity_per_class(&self) -> usize {
+        (self.shards.len() * 2 + self.depot_max) * IOVA_MAG_SIZE
+    }
+
+    fn shard_index(&self) -> usize {
+        thread_slot() % self.shards.len()
+    }
+
+    /// Linux `__iova_rcache_get`: a cached PFN `<= max_pfn` of `class`.
+    pub(super) fn get(&self, class: usize, max_pfn: u64) -> Option<u64> {
+        let mut shard = lock(&self.shards[self.shard_index()]);
+        let cpu = shard.classes.get_mut(class)?;
+        if cpu.loaded.is_empty() {
+            if !cpu.prev.is_empty() {
+                std::mem::swap(&mut cpu.loaded, &mut cpu.prev);
+            } else {
+                let mut depot = lock(&self.depots[class]);
+                match depot.pop() {
+                    Some(full) => cpu.loaded = full,
+                    None => return None,
+                }
+            }
+        }
+        cpu.loaded.pop_le(max_pfn)
+    }
+
+    /// Linux `__iova_rcache_insert`. Returns false if `class` is not cached.
+    ///
+    /// When the loaded and previous magazines are full and the depot of the
+    /// class is full too, `evict` is called (with the shard locked) to return
+    /// the full loaded magazine to the tree; it must drain it.
+    pub(super) fn insert(&self, class: usize, pfn: u64, evict: impl FnOnce(&mut Magazine)) -> bool {
+        let mut shard = lock(&self.shards[self.shard_index()]);
+        let Some(cpu) = shard.classes.get_mut(class) else {
+            return false;
+        };
+        if !cpu.loaded.is_full() {
+            cpu.loaded.push(pfn);
+            return true;
+        }
+        if !cpu.prev.is_full() {
+            std::mem::swap(&mut cpu.loaded, &mut cpu.prev);
+            cpu.loaded.push(pfn);
+            return true;
+        }
+        let mut depot = lock(&self.depots[class]);
+        if depot.len() < self.depot_max {
+            depot.push(cpu.loaded);
+            drop(depot);
+        } else {
+            drop(depot);
+            evict(&mut cpu.loaded);
+        }
+        cpu.loaded = Magazine::EMPTY;
+        cpu.loaded.push(pfn);
+        true
+    }
+
+    /// Empties every magazine and depot, calling `f(class, magazine)` for
+    /// each non-empty magazine with the lock of its shard or depot held;
+    /// `f` must drain the magazine.
+    pub(super) fn drain_all(&self, mut f: impl FnMut(usize, &mut Magazine)) {
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            for (class, cpu) in shard.classes.iter_mut().enumerate() {
+                for mag in [&mut cpu.loaded, &mut cpu.prev] {
+                    if !mag.is_empty() {
+                        f(class, mag);
+                        mag.len = 0;
+                    }
+                }
+            }
+        }
+        for (class, depot) in self.depots.iter().enumerate() {
+            let mut depot = lock(depot);
+            for mut mag in depot.drain(..) {
+                f(class, &mut mag);
+            }
+        }
+    }
+
+    /// Number of cached PFNs.
+    pub(super) fn cached(&self) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            n += shard
+                .classes
+                .iter()
+                .map(|c| c.loaded.len + c.prev.len)
+                .sum::<usize>();
+        }
+        for depot in self.depots.iter() {
+            n += lock(depot).iter().map(|m| m.len).sum::<usize>();
+        }
+        n
+    }
+}
