@@ -420,7 +420,7 @@ fn run_pool(bits: u32, geometry: (u64, u64, u64), ops: Vec<PoolOp>) {
                 }
                 let blk = handles.swap_remove(i % handles.len());
                 let (cpu, dma) = (blk.cpu_addr(), blk.dma_addr());
-                std::mem::forget(blk);
+                let _ = blk;
                 pool.free_raw(cpu, dma).unwrap();
                 m.live.remove(&cpu.0);
                 m.free.push(cpu.0);
@@ -437,7 +437,7 @@ fn run_pool(bits: u32, geometry: (u64, u64, u64), ops: Vec<PoolOp>) {
                     // The handle of that block is now stale: drop it from
                     // the driver's list without freeing.
                     let i = handles.iter().position(|b| b.cpu_addr().0 == addr).unwrap();
-                    std::mem::forget(handles.swap_remove(i));
+                    let _ = handles.swap_remove(i);
                     m.live.remove(&addr);
                     m.free.push(addr);
                 } else if m.is_block(addr) {

@@ -279,7 +279,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// let dev = DmaDevice::new(&DmaBus::new(mem).unwrap(), "d");
     /// let buf = dev.alloc_coherent(100).unwrap();
     /// let (cpu, dma) = (buf.cpu_addr(), buf.dma_addr());
-    /// std::mem::forget(buf); // a C-style driver keeps only the raw values
+    /// let _ = buf; // a C-style driver keeps only the raw values
     /// // The size must be the allocated one, exactly.
     /// assert!(matches!(
     ///     dev.free_coherent_raw(4096, cpu, dma),
@@ -646,7 +646,7 @@ mod tests {
         assert!(b.pages().is_allocated(cpu, 0));
         dev.free_attrs_raw(100, cpu, dma, Attrs::WRITE_COMBINE)
             .unwrap();
-        std::mem::forget(buf);
+        let _ = buf;
         assert_eq!(b.pages().free_pages(), free + 1);
     }
 

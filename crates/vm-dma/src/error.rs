@@ -160,7 +160,7 @@ pub enum Error {
         alloc_dma: u64,
     },
     /// `dma_pool_destroy` of a pool with blocks still allocated: Linux logs
-    /// "dma_pool_destroy <name> busy" and leaks the pool's pages.
+    /// `dma_pool_destroy <name> busy` and leaks the pool's pages.
     #[error("dma_pool_destroy {name} busy: {active} blocks still allocated")]
     PoolBusy {
         /// Name of the pool.

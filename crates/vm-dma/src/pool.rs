@@ -467,7 +467,7 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
     /// let pool = DmaPool::create("p", &dev, 64, 0, 0).unwrap();
     /// let b = pool.alloc().unwrap();
     /// let (cpu, dma) = (b.cpu_addr(), b.dma_addr());
-    /// std::mem::forget(b); // a C-style driver keeps only the raw values
+    /// let _ = b; // a C-style driver keeps only the raw values
     /// assert!(matches!(
     ///     pool.free_raw(GuestAddress(cpu.0 + 8), DmaAddr(dma.0 + 8)),
     ///     Err(Error::NotPoolBlock { .. })
@@ -544,7 +544,7 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
 
     /// Linux's `dma_pool_destroy()`: frees every page of the pool.
     ///
-    /// If blocks are still allocated, logs "dma_pool_destroy <name> busy",
+    /// If blocks are still allocated, logs `dma_pool_destroy <name> busy`,
     /// returns [`Error::PoolBusy`] and leaks the pool's pages exactly as
     /// Linux does: they stay allocated in the page allocator, because a
     /// device may still be using the live blocks. Dropping a pool without
