@@ -224,20 +224,26 @@ fn translate(c: &mut Criterion) {
     for n in [1u64, 1000, 1_000_000] {
         let iommu = iommu_with(n);
         let ep = iommu.endpoint(1).unwrap();
-        // 1024 probes spread over all mappings, visited in turn.
-        let probes: Vec<u64> = (0..1024u64)
+        // "hot": 16 probes among the first mappings (the same addresses for every n),
+        // so only the number of mappings changes. "spread": 1024 probes spread over
+        // all mappings, visited in turn (cache misses grow with the table's size).
+        let hot: Vec<u64> = (0..16u64).map(|k| IOVA_BASE + (k % n) * PAGE).collect();
+        let spread: Vec<u64> = (0..1024u64)
             .map(|k| IOVA_BASE + ((k * n) / 1024) * PAGE)
             .collect();
-        let mut k = 0usize;
-        c.bench_function(&format!("iommu/translate_4k/{n}"), |b| {
-            b.iter(|| {
-                k = (k + 1) & 1023;
-                let t = ep
-                    .translate(black_box(probes[k]), PAGE, Permissions::Read)
-                    .unwrap();
-                black_box(t.single().unwrap().gpa)
-            })
-        });
+        for (name, probes) in [("hot", hot), ("spread", spread)] {
+            let mask = probes.len() - 1;
+            let mut k = 0usize;
+            c.bench_function(&format!("iommu/translate_4k/{name}/{n}"), |b| {
+                b.iter(|| {
+                    k = (k + 1) & mask;
+                    let t = ep
+                        .translate(black_box(probes[k]), PAGE, Permissions::Read)
+                        .unwrap();
+                    black_box(t.single().unwrap().gpa)
+                })
+            });
+        }
     }
 }
 

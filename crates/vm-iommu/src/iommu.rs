@@ -86,8 +86,9 @@ pub(crate) struct EndpointState {
     pub(crate) id: u32,
     /// 0 when unattached, else domain slot index + 1.
     domain: AtomicU32,
-    /// Reserved IOVA regions (writer side only).
-    reserved: Mutex<Vec<RangeInclusive<u64>>>,
+    /// Reserved IOVA regions (writer side only; padded away from `domain`, which every
+    /// translation reads).
+    reserved: CachePadded<Mutex<Vec<RangeInclusive<u64>>>>,
 }
 
 /// Lock-free endpoint lookup: open addressing over `OnceLock`s, insert-only.
@@ -219,7 +220,7 @@ impl Inner {
         let ep = Arc::new(EndpointState {
             id,
             domain: AtomicU32::new(0),
-            reserved: Mutex::new(Vec::new()),
+            reserved: CachePadded(Mutex::new(Vec::new())),
         });
         self.endpoints.insert(Arc::clone(&ep));
         ctl.endpoints += 1;

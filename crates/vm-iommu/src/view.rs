@@ -8,8 +8,8 @@ use vm_memory::bitmap::{BS, MS};
 use vm_memory::iommu::{Error as IotlbError, IovaRange};
 use vm_memory::guest_memory::{GuestMemoryBackendSliceIterator, GuestMemorySliceIterator};
 use vm_memory::{
-    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
-    GuestMemoryResult, Permissions, VolatileSlice,
+    Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError,
+    GuestMemoryRegion, GuestMemoryResult, Permissions, VolatileSlice,
 };
 
 use crate::error::Error;
@@ -144,6 +144,7 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
         if count == 0 {
             return Ok(ViewSlices {
                 mem: &self.mem,
+                slice: None,
                 current: None,
                 rest: None,
             });
@@ -179,8 +180,27 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
         }
         // `first.len <= count`, so it fits in usize.
         let len = usize::try_from(first.len).unwrap_or(count);
+        // Common case: the first piece lies in one region; hand out its slice directly.
+        if let Some((region, offset)) = self.mem.to_region_addr(first.gpa) {
+            let fits = region
+                .len()
+                .checked_sub(offset.raw_value())
+                .is_some_and(|cap| first.len <= cap);
+            if fits {
+                let slice = region.get_slice(offset, len)?;
+                return Ok(ViewSlices {
+                    mem: &self.mem,
+                    slice: Some(slice),
+                    current: None,
+                    rest,
+                });
+            }
+        } else {
+            return Err(GuestMemoryError::InvalidGuestAddress(first.gpa));
+        }
         Ok(ViewSlices {
             mem: &self.mem,
+            slice: None,
             current: Some(self.mem.get_slices(first.gpa, len)),
             rest,
         })
@@ -195,12 +215,15 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
 /// [`get_slices`](GuestMemory::get_slices).
 struct ViewSlices<'a, M: GuestMemoryBackend> {
     mem: &'a M,
+    /// The first slice, when it was computed up front.
+    slice: Option<VolatileSlice<'a, MS<'a, M>>>,
     current: Option<GuestMemoryBackendSliceIterator<'a, M>>,
     rest: Option<Rest<'a>>,
 }
 
 impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
     fn stop(&mut self) {
+        self.slice = None;
         self.rest = None;
         self.current = None;
     }
@@ -211,6 +234,9 @@ impl<'a, M: GuestMemoryBackend> Iterator for ViewSlices<'a, M> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(slice) = self.slice.take() {
+            return Some(Ok(slice));
+        }
         loop {
             if let Some(cur) = self.current.as_mut() {
                 match cur.next() {
