@@ -238,6 +238,8 @@ pub struct IovaStats {
     pub queued: usize,
     /// Freed IOVAs held in the range cache.
     pub cached: usize,
+    /// Granules those cached IOVAs cover.
+    pub cached_granules: u64,
     /// Free granules in the tree.
     pub free_granules: u64,
     /// Free gaps in the tree.
@@ -929,12 +931,13 @@ impl IovaDomain {
             live += shard.len();
             queued += shard.values().filter(|e| e.queued).count();
         }
-        let cached = self.rcache.as_ref().map_or(0, Rcache::cached);
+        let (cached, cached_granules) = self.rcache.as_ref().map_or((0, 0), Rcache::cached);
         let t = lock(&self.tree);
         IovaStats {
             live,
             queued,
             cached,
+            cached_granules,
             free_granules: t.gaps.free_granules(),
             gaps: t.gaps.len(),
             reserved: t.reserved.len(),

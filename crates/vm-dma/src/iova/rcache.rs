@@ -219,20 +219,24 @@ impl Rcache {
         }
     }
 
-    /// Number of cached PFNs.
-    pub(super) fn cached(&self) -> usize {
-        let mut n = 0;
+    /// Number of cached PFNs, and the granules they cover.
+    pub(super) fn cached(&self) -> (usize, u64) {
+        let (mut n, mut granules) = (0usize, 0u64);
+        let mut add = |class: usize, len: usize| {
+            n += len;
+            granules += (len as u64) << class;
+        };
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            n += shard
-                .classes
-                .iter()
-                .map(|c| c.loaded.len + c.prev.len)
-                .sum::<usize>();
+            for (class, c) in shard.classes.iter().enumerate() {
+                add(class, c.loaded.len + c.prev.len);
+            }
         }
-        for depot in self.depots.iter() {
-            n += lock(depot).iter().map(|m| m.len).sum::<usize>();
+        for (class, depot) in self.depots.iter().enumerate() {
+            for m in lock(depot).iter() {
+                add(class, m.len);
+            }
         }
-        n
+        (n, granules)
     }
 }
