@@ -214,9 +214,11 @@ fn view_of_a_32_bit_device_stops_exactly_at_4_gib() {
     ));
 }
 
-/// Pops one chain from `q` over `mem` and returns its descriptors as
-/// `(addr, len, write_only)`.
-fn pop_chain<M: GuestMemory>(q: &mut Queue, mem: &M) -> Option<(u16, Vec<(u64, u32, bool)>)> {
+/// One descriptor as `(addr, len, write_only)`.
+type Desc = (u64, u32, bool);
+
+/// Pops one chain from `q` over `mem`: its head index and descriptors.
+fn pop_chain<M: GuestMemory>(q: &mut Queue, mem: &M) -> Option<(u16, Vec<Desc>)> {
     let chain = q.pop_descriptor_chain(mem)?;
     let head = chain.head_index();
     Some((

@@ -989,12 +989,7 @@ mod tests {
             Err(Error::NotGuestMemory { .. })
         ));
         assert!(matches!(
-            dev.map_page(
-                GuestAddress(u64::MAX & !0xfff),
-                u64::MAX,
-                1,
-                Direction::ToDevice
-            ),
+            dev.map_page(GuestAddress(!0xfff), u64::MAX, 1, Direction::ToDevice),
             Err(Error::Overflow { .. })
         ));
     }
