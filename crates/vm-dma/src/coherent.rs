@@ -25,6 +25,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
 use crate::device::DmaDevice;
 use crate::error::{Error, Result};
+use crate::map::Rejected;
 use crate::page_alloc::MAX_ORDER;
 use crate::types::{get_order, Attrs, DmaAddr, PAGE_SIZE};
 
@@ -253,19 +254,37 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Linux's `dma_free_coherent()` / `dma_free_attrs()` for a handle.
     ///
     /// A buffer allocated by another device is refused with
-    /// [`Error::WrongDevice`] and nothing changes: its memory stays allocated
-    /// (the handle is consumed, so the memory leaks as in Linux; copy the
-    /// addresses first if the owner should free it with
-    /// [`DmaDevice::free_coherent_raw`]).
-    pub fn free_coherent(&self, buf: CoherentBuffer) -> Result<()> {
-        if buf.bus != self.bus_key() {
-            return Err(Error::WrongDevice {
+    /// [`Error::WrongDevice`] and nothing changes: the handle comes back
+    /// unchanged in the [`Rejected`], to be freed on its own device. The
+    /// `Rejected` converts into [`Error`], so `?` works in functions that
+    /// return [`crate::Result`].
+    ///
+    /// ```
+    /// use vm_dma::{DmaBus, DmaDevice, Error};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let bus = DmaBus::new(mem).unwrap();
+    /// let (a, b) = (DmaDevice::new(&bus, "a"), DmaDevice::new(&bus, "b"));
+    /// let buf = a.alloc_coherent(4096).unwrap();
+    /// let rejected = b.free_coherent(buf).unwrap_err();
+    /// assert!(matches!(rejected.error, Error::WrongDevice { .. }));
+    /// a.free_coherent(rejected.handle).unwrap();
+    /// ```
+    pub fn free_coherent(
+        &self,
+        buf: CoherentBuffer,
+    ) -> std::result::Result<(), Rejected<CoherentBuffer>> {
+        let res = if buf.bus != self.bus_key() {
+            Err(Error::WrongDevice {
                 owner: buf.owner,
                 device: self.id(),
-            });
-        }
-        self.check_owner(buf.owner)?;
-        self.free_block(buf.size, buf.cpu, buf.dma, Kind::Coherent)
+            })
+        } else {
+            self.check_owner(buf.owner)
+                .and_then(|()| self.free_block(buf.size, buf.cpu, buf.dma, Kind::Coherent))
+        };
+        res.map_err(|e| Rejected::new(e, buf))
     }
 
     /// Linux's `dma_free_coherent(dev, size, cpu_addr, dma_handle)` with raw
@@ -581,14 +600,20 @@ mod tests {
         let buf = a.alloc_coherent(4096).unwrap();
         let (cpu, dma) = (buf.cpu_addr(), buf.dma_addr());
         let free = b.pages().free_pages();
+        let rejected = other.free_coherent(buf).unwrap_err();
         assert!(matches!(
-            other.free_coherent(buf),
-            Err(Error::WrongDevice { owner, device }) if owner == a.id() && device == other.id()
+            rejected.error,
+            Error::WrongDevice { owner, device } if owner == a.id() && device == other.id()
         ));
         assert_eq!(b.pages().free_pages(), free);
         assert!(b.pages().is_allocated(cpu, 0));
-        // The owner can still free it by its raw values.
-        a.free_coherent_raw(4096, cpu, dma).unwrap();
+        // The handle came back unchanged; the owner frees it.
+        assert_eq!(
+            (rejected.handle.cpu_addr(), rejected.handle.dma_addr()),
+            (cpu, dma)
+        );
+        a.free_coherent(rejected.handle).unwrap();
+        assert_eq!(b.pages().free_pages(), free + 1);
     }
 
     #[test]
@@ -601,11 +626,13 @@ mod tests {
         let held = d2.alloc_coherent(4096).unwrap();
         assert_eq!(buf.cpu_addr(), held.cpu_addr());
         let free2 = b2.pages().free_pages();
-        assert!(matches!(
-            d2.free_coherent(buf),
-            Err(Error::WrongDevice { .. })
-        ));
+        let rejected = d2.free_coherent(buf).unwrap_err();
+        assert!(matches!(rejected.error, Error::WrongDevice { .. }));
         assert_eq!(b2.pages().free_pages(), free2);
+        assert!(b2.pages().is_allocated(held.cpu_addr(), 0));
+        let free1 = b1.pages().free_pages();
+        d1.free_coherent(rejected.handle).unwrap();
+        assert_eq!(b1.pages().free_pages(), free1 + 1);
         d2.free_coherent(held).unwrap();
     }
 

@@ -35,6 +35,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 use crate::coherent::{zero_guest, Kind, MAX_COHERENT_SIZE};
 use crate::device::DmaDevice;
 use crate::error::{Error, Result};
+use crate::map::Rejected;
 use crate::types::{get_order, DmaAddr, PAGE_SIZE};
 
 /// The smallest block: Linux's `sizeof(struct dma_block)` on 64-bit.
@@ -429,21 +430,28 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
         self.alloc_inner(true)
     }
 
-    /// Linux's `dma_pool_free()` for a handle. A block of another pool is
-    /// refused with [`Error::WrongPool`] and nothing changes (the handle is
-    /// consumed; its block stays allocated in its pool).
-    pub fn free(&self, block: PoolBlock) -> Result<()> {
+    /// Linux's `dma_pool_free()` for a handle. O(1), allocation-free.
+    ///
+    /// A block of another pool is refused with [`Error::WrongPool`] and
+    /// nothing changes: the handle comes back unchanged in the [`Rejected`],
+    /// to be freed to its own pool. The `Rejected` converts into [`Error`],
+    /// so `?` works in functions that return [`crate::Result`].
+    pub fn free(&self, block: PoolBlock) -> std::result::Result<(), Rejected<PoolBlock>> {
         if block.pool != self.id {
-            return Err(Error::WrongPool {
+            let error = Error::WrongPool {
                 pool: self.name.clone(),
-            });
+            };
+            return Err(Rejected::new(error, block));
         }
         let mut st = self.lock();
         if !st.is_used(block.index) {
-            return Err(Error::PoolBlockFree {
+            // Cannot happen: a handle is not Clone and is consumed by free.
+            drop(st);
+            let error = Error::PoolBlockFree {
                 pool: self.name.clone(),
                 dma: block.dma.0,
-            });
+            };
+            return Err(Rejected::new(error, block));
         }
         st.push(block.index);
         Ok(())

@@ -48,7 +48,8 @@ fn page_blocks(pool: &DmaPool<GuestMemoryMmap>) -> Vec<PoolBlock> {
 fn create_rounds_size_align_and_boundary_like_linux() {
     let d = dev();
     // (size, align, boundary) -> (size, align, boundary, allocation)
-    let table: &[((u64, u64, u64), (u64, u64, u64, u64))] = &[
+    type Row = ((u64, u64, u64), (u64, u64, u64, u64));
+    let table: &[Row] = &[
         ((1, 0, 0), (16, 1, 4096, 4096)),
         ((16, 16, 0), (16, 16, 4096, 4096)),
         ((17, 0, 0), (17, 1, 4096, 4096)),
@@ -459,10 +460,21 @@ fn handle_of_another_pool_is_refused_and_changes_nothing() {
     let mine = p.alloc().unwrap();
     let theirs = q.alloc().unwrap();
     let (cpu, dma) = (theirs.cpu_addr(), theirs.dma_addr());
-    assert!(matches!(p.free(theirs), Err(Error::WrongPool { ref pool }) if pool == "p"));
+    let rejected = p.free(theirs).unwrap_err();
+    assert!(matches!(rejected.error, Error::WrongPool { ref pool } if pool == "p"));
     assert_eq!(q.nr_active(), 1);
     assert_eq!(p.nr_active(), 1);
-    q.free_raw(cpu, dma).unwrap();
+    // The handle came back unchanged and frees in its own pool.
+    assert_eq!(
+        (rejected.handle.cpu_addr(), rejected.handle.dma_addr()),
+        (cpu, dma)
+    );
+    q.free(rejected.handle).unwrap();
+    assert_eq!(q.nr_active(), 0);
+    assert!(matches!(
+        q.free_raw(cpu, dma),
+        Err(Error::PoolBlockFree { .. })
+    ));
     p.free(mine).unwrap();
 }
 
