@@ -11,10 +11,10 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion};
+use virtio_bindings_shim::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT, Reader, Writer};
-use virtio_bindings_shim::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_iommu::{Config, DeviceView, Iommu};
 use vm_memory::iommu::{Error as IotlbError, IotlbIterator, IovaRange};
 use vm_memory::{
@@ -64,10 +64,7 @@ impl vm_memory::Iommu for IotlbIommu {
     ) -> Result<IotlbIterator<Self::IotlbGuard<'_>>, IotlbError> {
         Iotlb::lookup(self.iotlb.read().unwrap(), iova, length, access).map_err(|_| {
             IotlbError::CannotResolve {
-                iova_range: IovaRange {
-                    base: iova,
-                    length,
-                },
+                iova_range: IovaRange { base: iova, length },
                 reason: "miss".into(),
             }
         })
@@ -289,7 +286,9 @@ fn contended(c: &mut Criterion) {
     let probe = IOVA_BASE + 100 * PAGE;
     c.bench_function("iommu/translate_contended/idle", |b| {
         b.iter(|| {
-            let t = ep.translate(black_box(probe), PAGE, Permissions::Read).unwrap();
+            let t = ep
+                .translate(black_box(probe), PAGE, Permissions::Read)
+                .unwrap();
             black_box(t.single().unwrap().gpa)
         })
     });
@@ -302,7 +301,8 @@ fn contended(c: &mut Criterion) {
             while !stop.load(Ordering::Relaxed) {
                 // Map and unmap a page in another 2 MiB region of the same domain.
                 let iova = IOVA_BASE + (8192 + (ops % 512)) * PAGE;
-                d.map(iova, 0x10_0000, PAGE, Permissions::ReadWrite).unwrap();
+                d.map(iova, 0x10_0000, PAGE, Permissions::ReadWrite)
+                    .unwrap();
                 d.unmap(iova, PAGE).unwrap();
                 ops += 1;
             }
@@ -311,7 +311,9 @@ fn contended(c: &mut Criterion) {
     };
     c.bench_function("iommu/translate_contended/busy", |b| {
         b.iter(|| {
-            let t = ep.translate(black_box(probe), PAGE, Permissions::Read).unwrap();
+            let t = ep
+                .translate(black_box(probe), PAGE, Permissions::Read)
+                .unwrap();
             black_box(t.single().unwrap().gpa)
         })
     });
@@ -335,7 +337,8 @@ fn contended_paced(c: &mut Criterion) {
             let mut ops = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let iova = IOVA_BASE + (8192 + (ops % 512)) * PAGE;
-                d.map(iova, 0x10_0000, PAGE, Permissions::ReadWrite).unwrap();
+                d.map(iova, 0x10_0000, PAGE, Permissions::ReadWrite)
+                    .unwrap();
                 d.unmap(iova, PAGE).unwrap();
                 ops += 1;
                 std::thread::sleep(Duration::from_micros(20));
@@ -345,7 +348,9 @@ fn contended_paced(c: &mut Criterion) {
     };
     c.bench_function("iommu/translate_contended/paced", |b| {
         b.iter(|| {
-            let t = ep.translate(black_box(probe), PAGE, Permissions::Read).unwrap();
+            let t = ep
+                .translate(black_box(probe), PAGE, Permissions::Read)
+                .unwrap();
             black_box(t.single().unwrap().gpa)
         })
     });

@@ -10,7 +10,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vm_memory::iommu::{Error as IotlbError, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Iotlb, Permissions};
 
-use crate::iommu::Endpoint;
+use crate::domain::Endpoint;
 
 /// Entries the adapter's IOTLB may hold before it is flushed (the vm-memory `Iotlb`
 /// itself has no cap).
@@ -117,15 +117,17 @@ impl vm_memory::Iommu for IommuAdapter {
             return Err(cannot_resolve(
                 iova,
                 length,
-                format!("range {:#x}+{length:#x} wraps around the address space", iova.0),
+                format!(
+                    "range {:#x}+{length:#x} wraps around the address space",
+                    iova.0
+                ),
             ));
         }
         let len = len.unwrap_or(0);
         if len == 0 {
             // An empty range translates to nothing (vm-memory's `GuestMemory` contract).
-            return Iotlb::lookup(IotlbGuard(self.read()), iova, 0, access).map_err(|_| {
-                cannot_resolve(iova, 0, "empty range".into())
-            });
+            return Iotlb::lookup(IotlbGuard(self.read()), iova, 0, access)
+                .map_err(|_| cannot_resolve(iova, 0, "empty range".into()));
         }
         let inner = &self.endpoint.inner;
         for _ in 0..MAX_RETRIES {

@@ -110,6 +110,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::reversed_empty_ranges)] // an inverted range is the point
     fn test_config_rejects_bad_geometry() {
         let bad = [
             Config {

@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use vm_memory::{GuestMemoryBackend, Permissions};
 
 use crate::config::{Config, PAGE_SIZE_4K};
-use crate::error::{checked_last, Error, Fault, Result};
+use crate::domain::{Domain, Endpoint};
+use crate::error::{Error, Fault, Result};
 use crate::fault::FaultLog;
-use crate::table::{self, Child, LeafCache, Level, Root, END, START, VALID};
+use crate::table::{Child, LeafCache, Level, Root};
 use crate::translate::{self, Translation};
 use crate::view::DeviceView;
 
@@ -40,23 +41,23 @@ impl<T> std::ops::Deref for CachePadded<T> {
 #[derive(Debug)]
 pub(crate) struct DomainState {
     /// Domain id while the slot is in use.
-    id: u32,
+    pub(crate) id: u32,
     /// Non-zero while in use; distinguishes successive domains in one slot.
-    instance: u64,
+    pub(crate) instance: u64,
     /// Number of mappings.
-    mappings: usize,
+    pub(crate) mappings: usize,
     /// Page tables allocated in this slot (kept across domains using the slot).
-    tables: usize,
+    pub(crate) tables: usize,
     /// Endpoints attached to the domain.
-    endpoints: Vec<Arc<EndpointState>>,
+    pub(crate) endpoints: Vec<Arc<EndpointState>>,
 }
 
 /// One domain slot. Slots are allocated once, up to `max_domains`, and reused.
 pub(crate) struct DomainSlot {
-    root: Child<Root>,
-    bypass: AtomicBool,
+    pub(crate) root: Child<Root>,
+    pub(crate) bypass: AtomicBool,
     /// Written by every map/unmap: padded away from the read-mostly fields above.
-    state: CachePadded<Mutex<DomainState>>,
+    pub(crate) state: CachePadded<Mutex<DomainState>>,
 }
 
 impl std::fmt::Debug for DomainSlot {
@@ -88,7 +89,7 @@ pub(crate) struct EndpointState {
     domain: AtomicU32,
     /// Reserved IOVA regions (writer side only; padded away from `domain`, which every
     /// translation reads).
-    reserved: CachePadded<Mutex<Vec<RangeInclusive<u64>>>>,
+    pub(crate) reserved: CachePadded<Mutex<Vec<RangeInclusive<u64>>>>,
 }
 
 /// Lock-free endpoint lookup: open addressing over `OnceLock`s, insert-only.
@@ -149,16 +150,16 @@ struct Control {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) input_range: (u64, u64),
-    page_size_mask: u64,
-    max_endpoints: usize,
-    max_mappings: usize,
-    max_tables: usize,
-    max_reserved: usize,
-    max_domains: usize,
-    domains: Box<[DomainSlot]>,
+    pub(crate) page_size_mask: u64,
+    pub(crate) max_endpoints: usize,
+    pub(crate) max_mappings: usize,
+    pub(crate) max_tables: usize,
+    pub(crate) max_reserved: usize,
+    pub(crate) max_domains: usize,
+    pub(crate) domains: Box<[DomainSlot]>,
     endpoints: EndpointTable,
     control: Mutex<Control>,
-    bypass_unattached: AtomicBool,
+    pub(crate) bypass_unattached: AtomicBool,
     pub(crate) faults: FaultLog,
     /// Bumped after every change that removes or alters translations (unmap, detach,
     /// attach, destroy). Caches compare it to decide whether they are still valid.
@@ -190,11 +191,11 @@ impl Inner {
         self.bypass_unattached.load(Ordering::Acquire)
     }
 
-    fn invalidated(&self) {
+    pub(crate) fn invalidated(&self) {
         self.invalidation.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn check_in_range(&self, iova: u64, len: u64, last: u64) -> Result<()> {
+    pub(crate) fn check_in_range(&self, iova: u64, len: u64, last: u64) -> Result<()> {
         let (first, in_last) = self.input_range;
         if iova < first || last > in_last {
             return Err(Error::OutOfInputRange {
@@ -291,26 +292,6 @@ pub struct Iommu {
     inner: Arc<Inner>,
 }
 
-/// A handle on one domain's IO page table (see [`Iommu::domain`]). Operations through a
-/// handle skip the domain-id lookup; they fail with [`Error::UnknownDomain`] once the
-/// domain is destroyed.
-#[derive(Clone, Debug)]
-pub struct Domain {
-    inner: Arc<Inner>,
-    slot: usize,
-    id: u32,
-    instance: u64,
-}
-
-/// A handle on one endpoint, for lock-free translation (see [`Iommu::endpoint`]).
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    pub(crate) inner: Arc<Inner>,
-    pub(crate) state: Arc<EndpointState>,
-    /// INVARIANT: holds only tables of `inner`.
-    pub(crate) cache: LeafCache,
-}
-
 impl Iommu {
     /// Create an IOMMU with the given geometry and caps.
     pub fn new(config: Config) -> Result<Self> {
@@ -372,7 +353,9 @@ impl Iommu {
     /// Turning it off is final like an unmap: translations that start afterwards fault.
     pub fn set_bypass_unattached(&self, bypass: bool) {
         let _ctl = lock(&self.inner.control);
-        self.inner.bypass_unattached.store(bypass, Ordering::Release);
+        self.inner
+            .bypass_unattached
+            .store(bypass, Ordering::Release);
         self.inner.invalidated();
     }
 
@@ -647,192 +630,6 @@ impl Iommu {
     /// translations taken while it had value `g` is valid only while it still reads `g`.
     pub fn invalidation_generation(&self) -> u64 {
         self.inner.invalidation.load(Ordering::Acquire)
-    }
-}
-
-impl Domain {
-    /// The domain id.
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
-    fn lock_state(&self) -> Result<(&DomainSlot, MutexGuard<'_, DomainState>)> {
-        let ds = &self.inner.domains[self.slot];
-        let st = lock(&ds.state);
-        if st.instance != self.instance {
-            return Err(Error::UnknownDomain(self.id));
-        }
-        if ds.is_bypass() {
-            return Err(Error::BypassDomain(self.id));
-        }
-        Ok((ds, st))
-    }
-
-    /// Number of mappings in the domain.
-    pub fn mapping_count(&self) -> Result<usize> {
-        let ds = &self.inner.domains[self.slot];
-        let st = lock(&ds.state);
-        if st.instance != self.instance {
-            return Err(Error::UnknownDomain(self.id));
-        }
-        Ok(st.mappings)
-    }
-
-    /// Map `iova..iova+len` to `gpa..gpa+len` with `perm`.
-    ///
-    /// `iova`, `gpa` and `len` must be multiples of 4 KiB; 2 MiB and 1 GiB leaves are
-    /// used where the page size mask, alignment and length allow. The range must be
-    /// inside the input range, must not overlap an existing mapping or a reserved
-    /// region of an attached endpoint, and must fit the caps. On error nothing changes.
-    ///
-    /// ```
-    /// use vm_iommu::{Config, Error, Iommu};
-    /// use vm_memory::Permissions;
-    ///
-    /// let iommu = Iommu::new(Config::default()).unwrap();
-    /// let d = iommu.create_domain(1, false).unwrap();
-    /// d.map(0x20_0000, 0x4000_0000, 0x20_0000, Permissions::ReadWrite).unwrap();
-    /// assert!(matches!(
-    ///     d.map(0x20_1000, 0, 0x1000, Permissions::Read),
-    ///     Err(Error::Overlap { existing: 0x20_1000, .. })
-    /// ));
-    /// ```
-    pub fn map(&self, iova: u64, gpa: u64, len: u64, perm: Permissions) -> Result<()> {
-        let last = checked_last(iova, len)?;
-        checked_last(gpa, len)?;
-        if (iova | gpa | len) & (PAGE_SIZE_4K - 1) != 0 {
-            return Err(Error::Unaligned {
-                iova,
-                gpa,
-                len,
-                granule: PAGE_SIZE_4K,
-            });
-        }
-        if perm == Permissions::No {
-            return Err(Error::NoPermissions { iova, len });
-        }
-        self.inner.check_in_range(iova, len, last)?;
-        let (ds, mut st) = self.lock_state()?;
-        let Some(root) = ds.root() else {
-            return Err(Error::UnknownDomain(self.id));
-        };
-        if let Some(existing) = root.first_valid(iova, last) {
-            return Err(Error::Overlap {
-                iova,
-                len,
-                existing,
-            });
-        }
-        for ep in &st.endpoints {
-            for r in lock(&ep.reserved).iter() {
-                if *r.start() <= last && iova <= *r.end() {
-                    return Err(Error::Reserved {
-                        iova,
-                        len,
-                        endpoint: ep.id,
-                        first: *r.start(),
-                        last: *r.end(),
-                    });
-                }
-            }
-        }
-        if st.mappings >= self.inner.max_mappings {
-            return Err(Error::TooManyMappings {
-                domain: self.id,
-                max: self.inner.max_mappings,
-            });
-        }
-        let available = self.inner.max_tables.saturating_sub(st.tables);
-        let needed = table::tables_needed(root, iova, last, gpa, self.inner.page_size_mask, available);
-        if needed > available {
-            return Err(Error::TooManyPageTables {
-                domain: self.id,
-                needed,
-                available,
-            });
-        }
-        // `slot < max_domains <= u32::MAX - 1`.
-        let tag = table::slot_tag(self.slot as u32 + 1);
-        st.tables += table::write_mapping(
-            root,
-            iova,
-            last,
-            gpa,
-            perm,
-            self.inner.page_size_mask,
-            tag,
-        );
-        st.mappings += 1;
-        Ok(())
-    }
-
-    /// Unmap every mapping inside `iova..iova+len`; returns how many were removed.
-    ///
-    /// Only whole mappings are removed: if the range starts or ends inside a mapping
-    /// the call fails with [`Error::WouldSplit`] and removes nothing (virtio-iommu
-    /// semantics). Parts of the range that are not mapped are ignored.
-    ///
-    /// When this returns, the invalidation is final: no translation that starts
-    /// afterwards (on any thread that synchronizes with the return, e.g. through the
-    /// guest's used ring or a channel) yields the old mapping.
-    pub fn unmap(&self, iova: u64, len: u64) -> Result<usize> {
-        let last = checked_last(iova, len)?;
-        self.inner.check_in_range(iova, len, last)?;
-        let (ds, mut st) = self.lock_state()?;
-        let Some(root) = ds.root() else {
-            return Ok(0);
-        };
-        let (raw, shift) = root.lookup(iova);
-        let leaf_base = iova & !((1u64 << shift) - 1);
-        if raw & VALID != 0 && (raw & START == 0 || leaf_base != iova) {
-            return Err(Error::WouldSplit {
-                iova,
-                len,
-                split_at: iova,
-            });
-        }
-        let (raw, shift) = root.lookup(last);
-        let leaf_last = last | ((1u64 << shift) - 1);
-        if raw & VALID != 0 && (raw & END == 0 || leaf_last != last) {
-            return Err(Error::WouldSplit {
-                iova,
-                len,
-                split_at: last,
-            });
-        }
-        let removed = root.clear(iova, last);
-        st.mappings -= removed.min(st.mappings);
-        drop(st);
-        if removed > 0 {
-            self.inner.invalidated();
-        }
-        Ok(removed)
-    }
-}
-
-impl Endpoint {
-    /// The endpoint id.
-    pub fn id(&self) -> u32 {
-        self.state.id
-    }
-
-    /// Translate `iova..iova+len` for `access`, lock-free. Failures are typed
-    /// ([`Error::Fault`], [`Error::ZeroLength`]) and faults are recorded in the log.
-    ///
-    /// ```
-    /// use vm_iommu::{Config, Error, FaultReason, Iommu};
-    /// use vm_memory::Permissions;
-    ///
-    /// let iommu = Iommu::new(Config::default()).unwrap();
-    /// let ep = iommu.endpoint(3).unwrap();
-    /// match ep.translate(0x1000, 4, Permissions::Read) {
-    ///     Err(Error::Fault(f)) => assert_eq!(f.reason, FaultReason::NoDomain),
-    ///     other => panic!("{other:?}"),
-    /// }
-    /// ```
-    #[inline]
-    pub fn translate(&self, iova: u64, len: u64, access: Permissions) -> Result<Translation<'_>> {
-        translate::translate(&self.inner, &self.state, Some(&self.cache), iova, len, access)
     }
 }
 

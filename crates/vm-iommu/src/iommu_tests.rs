@@ -25,7 +25,13 @@ fn attached() -> (Iommu, Domain) {
     (iommu, d)
 }
 
-fn frags(iommu: &Iommu, ep: u32, iova: u64, len: u64, access: Permissions) -> Result<Vec<Fragment>> {
+fn frags(
+    iommu: &Iommu,
+    ep: u32,
+    iova: u64,
+    len: u64,
+    access: Permissions,
+) -> Result<Vec<Fragment>> {
     iommu.translate(ep, iova, len, access)?.collect()
 }
 
@@ -52,7 +58,8 @@ fn test_translate_splits_at_discontiguous_pages() {
     let (iommu, d) = attached();
     for i in 0..6u64 {
         // Reverse order in guest memory: no two pages are contiguous.
-        d.map(0x1000 * (i + 1), 0x10_0000 - 0x1000 * i, 0x1000, RW).unwrap();
+        d.map(0x1000 * (i + 1), 0x10_0000 - 0x1000 * i, 0x1000, RW)
+            .unwrap();
     }
     let f = frags(&iommu, 1, 0x1800, 0x5000, R).unwrap();
     assert_eq!(f.len(), 6);
@@ -67,7 +74,10 @@ fn test_translate_fault_names_first_unmapped_iova() {
     let (iommu, d) = attached();
     d.map(0x1000, 0x1000, 0x1000, RW).unwrap();
     let f = fault_of(frags(&iommu, 1, 0x1800, 0x1000, W));
-    assert_eq!((f.iova, f.reason, f.access), (0x2000, FaultReason::Unmapped, W));
+    assert_eq!(
+        (f.iova, f.reason, f.access),
+        (0x2000, FaultReason::Unmapped, W)
+    );
     assert_eq!(iommu.drain_faults(8), vec![f]);
 }
 
@@ -77,7 +87,10 @@ fn test_translate_permission_fault_on_read_only_mapping() {
     d.map(0x1000, 0x1000, 0x1000, R).unwrap();
     d.map(0x2000, 0x2000, 0x1000, W).unwrap();
     assert!(frags(&iommu, 1, 0x1000, 0x1000, R).is_ok());
-    assert_eq!(fault_of(frags(&iommu, 1, 0x1000, 8, W)).reason, FaultReason::Permission);
+    assert_eq!(
+        fault_of(frags(&iommu, 1, 0x1000, 8, W)).reason,
+        FaultReason::Permission
+    );
     assert_eq!(fault_of(frags(&iommu, 1, 0x1ff0, 0x20, R)).iova, 0x2000);
     assert_eq!(fault_of(frags(&iommu, 1, 0x1000, 0x2000, RW)).iova, 0x1000);
 }
@@ -118,7 +131,10 @@ fn test_translate_unknown_endpoint_is_an_error() {
 fn test_unattached_endpoint_faults_unless_bypass_switch_is_on() {
     let iommu = iommu();
     iommu.endpoint(4).unwrap();
-    assert_eq!(fault_of(frags(&iommu, 4, 0x1234, 4, R)).reason, FaultReason::NoDomain);
+    assert_eq!(
+        fault_of(frags(&iommu, 4, 0x1234, 4, R)).reason,
+        FaultReason::NoDomain
+    );
     iommu.set_bypass_unattached(true);
     let f = frags(&iommu, 4, 0x1234, 4, R).unwrap();
     assert_eq!(f[0].gpa, GuestAddress(0x1234));
@@ -143,12 +159,24 @@ fn test_attach_moves_endpoint_between_domains() {
     let d2 = iommu.create_domain(2, false).unwrap();
     d1.map(0x1000, 0xa000, 0x1000, RW).unwrap();
     d2.map(0x1000, 0xb000, 0x1000, RW).unwrap();
-    assert_eq!(frags(&iommu, 1, 0x1000, 1, R).unwrap()[0].gpa, GuestAddress(0xa000));
+    assert_eq!(
+        frags(&iommu, 1, 0x1000, 1, R).unwrap()[0].gpa,
+        GuestAddress(0xa000)
+    );
     iommu.attach(1, 2).unwrap();
     assert_eq!(iommu.attached_domain(1), Ok(Some(2)));
-    assert_eq!(frags(&iommu, 1, 0x1000, 1, R).unwrap()[0].gpa, GuestAddress(0xb000));
+    assert_eq!(
+        frags(&iommu, 1, 0x1000, 1, R).unwrap()[0].gpa,
+        GuestAddress(0xb000)
+    );
     // The old domain no longer lists the endpoint: detaching from it fails.
-    assert_eq!(iommu.detach(1, 1), Err(Error::NotAttached { endpoint: 1, domain: 1 }));
+    assert_eq!(
+        iommu.detach(1, 1),
+        Err(Error::NotAttached {
+            endpoint: 1,
+            domain: 1
+        })
+    );
 }
 
 #[test]
@@ -156,7 +184,10 @@ fn test_detach_removes_translation() {
     let (iommu, d) = attached();
     d.map(0x1000, 0xa000, 0x1000, RW).unwrap();
     iommu.detach(1, 1).unwrap();
-    assert_eq!(fault_of(frags(&iommu, 1, 0x1000, 1, R)).reason, FaultReason::NoDomain);
+    assert_eq!(
+        fault_of(frags(&iommu, 1, 0x1000, 1, R)).reason,
+        FaultReason::NoDomain
+    );
     assert_eq!(iommu.attached_domain(1), Ok(None));
 }
 
@@ -172,7 +203,10 @@ fn test_detach_unknown_ids_are_typed_errors() {
 #[test]
 fn test_create_domain_twice_fails() {
     let (iommu, _d) = attached();
-    assert_eq!(iommu.create_domain(1, false).unwrap_err(), Error::DomainExists(1));
+    assert_eq!(
+        iommu.create_domain(1, false).unwrap_err(),
+        Error::DomainExists(1)
+    );
 }
 
 #[test]
@@ -234,25 +268,52 @@ fn test_map_rejects_bad_input_without_change() {
         ((0x1000, 0, 0, RW), Error::ZeroLength { iova: 0x1000 }),
         (
             (u64::MAX - 0xfff, 0, 0x2000, RW),
-            Error::RangeOverflow { start: u64::MAX - 0xfff, len: 0x2000 },
+            Error::RangeOverflow {
+                start: u64::MAX - 0xfff,
+                len: 0x2000,
+            },
         ),
         (
             (0x1000, u64::MAX - 0xfff, 0x2000, RW),
-            Error::RangeOverflow { start: u64::MAX - 0xfff, len: 0x2000 },
+            Error::RangeOverflow {
+                start: u64::MAX - 0xfff,
+                len: 0x2000,
+            },
         ),
         (
             (0x1800, 0, 0x1000, RW),
-            Error::Unaligned { iova: 0x1800, gpa: 0, len: 0x1000, granule: 0x1000 },
+            Error::Unaligned {
+                iova: 0x1800,
+                gpa: 0,
+                len: 0x1000,
+                granule: 0x1000,
+            },
         ),
         (
             (0x1000, 0x10, 0x1000, RW),
-            Error::Unaligned { iova: 0x1000, gpa: 0x10, len: 0x1000, granule: 0x1000 },
+            Error::Unaligned {
+                iova: 0x1000,
+                gpa: 0x10,
+                len: 0x1000,
+                granule: 0x1000,
+            },
         ),
         (
             (0x1000, 0, 0x1001, RW),
-            Error::Unaligned { iova: 0x1000, gpa: 0, len: 0x1001, granule: 0x1000 },
+            Error::Unaligned {
+                iova: 0x1000,
+                gpa: 0,
+                len: 0x1001,
+                granule: 0x1000,
+            },
         ),
-        ((0x1000, 0, 0x1000, Permissions::No), Error::NoPermissions { iova: 0x1000, len: 0x1000 }),
+        (
+            (0x1000, 0, 0x1000, Permissions::No),
+            Error::NoPermissions {
+                iova: 0x1000,
+                len: 0x1000,
+            },
+        ),
         (
             (u64::MAX - 0xfff, 0, 0x1000, RW),
             Error::OutOfInputRange {
@@ -273,7 +334,11 @@ fn test_map_rejects_bad_input_without_change() {
         ),
         (
             (0xf_f000, 0, 0x2000, RW),
-            Error::Overlap { iova: 0xf_f000, len: 0x2000, existing: 0x10_0000 },
+            Error::Overlap {
+                iova: 0xf_f000,
+                len: 0x2000,
+                existing: 0x10_0000,
+            },
         ),
     ];
     for ((iova, gpa, len, perm), want) in cases {
@@ -281,13 +346,17 @@ fn test_map_rejects_bad_input_without_change() {
         assert_eq!(d.mapping_count(), Ok(1));
         assert!(frags(&iommu, 1, 0xf_f000, 0x1000, R).is_err());
     }
-    assert_eq!(frags(&iommu, 1, 0x10_0000, 0x1000, RW).unwrap()[0].gpa, GuestAddress(0x10_0000));
+    assert_eq!(
+        frags(&iommu, 1, 0x10_0000, 0x1000, RW).unwrap()[0].gpa,
+        GuestAddress(0x10_0000)
+    );
 }
 
 #[test]
 fn test_map_at_top_of_input_range_is_accepted() {
     let (iommu, d) = attached();
-    d.map(MAX_INPUT_ADDRESS - 0xfff, 0x1000, 0x1000, RW).unwrap();
+    d.map(MAX_INPUT_ADDRESS - 0xfff, 0x1000, 0x1000, RW)
+        .unwrap();
     assert!(frags(&iommu, 1, MAX_INPUT_ADDRESS, 1, R).is_ok());
 }
 
@@ -299,10 +368,16 @@ fn test_map_honours_a_narrow_input_range() {
     })
     .unwrap();
     let d = iommu.create_domain(1, false).unwrap();
-    assert!(matches!(d.map(0, 0, 0x1000, RW), Err(Error::OutOfInputRange { .. })));
+    assert!(matches!(
+        d.map(0, 0, 0x1000, RW),
+        Err(Error::OutOfInputRange { .. })
+    ));
     d.map(0x1_f000, 0, 0x1000, RW).unwrap();
     iommu.attach(1, 1).unwrap();
-    assert_eq!(fault_of(frags(&iommu, 1, 0x0, 1, R)).reason, FaultReason::OutOfRange);
+    assert_eq!(
+        fault_of(frags(&iommu, 1, 0x0, 1, R)).reason,
+        FaultReason::OutOfRange
+    );
 }
 
 #[test]
@@ -336,7 +411,11 @@ fn test_page_table_cap_is_an_error_without_change() {
     // Another 2 MiB region needs another leaf table.
     assert_eq!(
         d.map(0x40_0000, 0, 0x1000, RW),
-        Err(Error::TooManyPageTables { domain: 1, needed: 1, available: 0 })
+        Err(Error::TooManyPageTables {
+            domain: 1,
+            needed: 1,
+            available: 0
+        })
     );
     assert_eq!(d.mapping_count(), Ok(1));
     // The same leaf table still has room.
@@ -352,15 +431,27 @@ fn test_unmap_removes_whole_mappings_only() {
     d.map(0x3000, 0xc000, 0x1000, RW).unwrap();
     assert_eq!(
         d.unmap(0x2000, 0x2000),
-        Err(Error::WouldSplit { iova: 0x2000, len: 0x2000, split_at: 0x2000 })
+        Err(Error::WouldSplit {
+            iova: 0x2000,
+            len: 0x2000,
+            split_at: 0x2000
+        })
     );
     assert_eq!(
         d.unmap(0x1000, 0x1000),
-        Err(Error::WouldSplit { iova: 0x1000, len: 0x1000, split_at: 0x1fff })
+        Err(Error::WouldSplit {
+            iova: 0x1000,
+            len: 0x1000,
+            split_at: 0x1fff
+        })
     );
     assert_eq!(
         d.unmap(0x1800, 0x2800),
-        Err(Error::WouldSplit { iova: 0x1800, len: 0x2800, split_at: 0x1800 })
+        Err(Error::WouldSplit {
+            iova: 0x1800,
+            len: 0x2800,
+            split_at: 0x1800
+        })
     );
     assert_eq!(d.mapping_count(), Ok(2));
     assert!(frags(&iommu, 1, 0x1000, 0x3000, R).is_ok());
@@ -376,8 +467,14 @@ fn test_unmap_removes_whole_mappings_only() {
 fn test_unmap_splitting_a_block_leaf_fails() {
     let (iommu, d) = attached();
     d.map(0x20_0000, 0x40_0000, 0x40_0000, RW).unwrap();
-    assert!(matches!(d.unmap(0x20_0000, 0x20_0000), Err(Error::WouldSplit { .. })));
-    assert!(matches!(d.unmap(0x30_0000, 0x30_0000), Err(Error::WouldSplit { .. })));
+    assert!(matches!(
+        d.unmap(0x20_0000, 0x20_0000),
+        Err(Error::WouldSplit { .. })
+    ));
+    assert!(matches!(
+        d.unmap(0x30_0000, 0x30_0000),
+        Err(Error::WouldSplit { .. })
+    ));
     assert_eq!(d.unmap(0x20_0000, 0x40_0000), Ok(1));
     assert!(frags(&iommu, 1, 0x20_0000, 1, R).is_err());
 }
@@ -388,9 +485,15 @@ fn test_unmap_rejects_bad_ranges() {
     assert_eq!(d.unmap(0x1000, 0), Err(Error::ZeroLength { iova: 0x1000 }));
     assert_eq!(
         d.unmap(u64::MAX, 2),
-        Err(Error::RangeOverflow { start: u64::MAX, len: 2 })
+        Err(Error::RangeOverflow {
+            start: u64::MAX,
+            len: 2
+        })
     );
-    assert!(matches!(d.unmap(u64::MAX, 1), Err(Error::OutOfInputRange { .. })));
+    assert!(matches!(
+        d.unmap(u64::MAX, 1),
+        Err(Error::OutOfInputRange { .. })
+    ));
 }
 
 #[test]
@@ -406,7 +509,9 @@ fn test_large_aligned_mapping_uses_few_entries_and_translates_fast_path() {
 #[test]
 fn test_reserved_region_cannot_be_mapped() {
     let (iommu, d) = attached();
-    iommu.set_reserved_regions(1, &[0xfee0_0000..=0xfeef_ffff]).unwrap();
+    iommu
+        .set_reserved_regions(1, &[0xfee0_0000..=0xfeef_ffff])
+        .unwrap();
     assert_eq!(
         d.map(0xfee0_0000, 0, 0x1000, RW),
         Err(Error::Reserved {
@@ -426,11 +531,15 @@ fn test_reserved_region_blocks_attach_to_domain_mapping_it() {
     let d = iommu.create_domain(1, false).unwrap();
     d.map(0x8000, 0, 0x1000, RW).unwrap();
     iommu.set_reserved_regions(2, &[0x8000..=0x8fff]).unwrap();
-    assert!(matches!(iommu.attach(2, 1), Err(Error::Reserved { endpoint: 2, .. })));
+    assert!(matches!(
+        iommu.attach(2, 1),
+        Err(Error::Reserved { endpoint: 2, .. })
+    ));
     assert_eq!(iommu.attached_domain(2), Ok(None));
 }
 
 #[test]
+#[allow(clippy::reversed_empty_ranges)] // an inverted range is the point
 fn test_reserved_regions_conflicting_with_current_domain_are_rejected() {
     let (iommu, d) = attached();
     d.map(0x8000, 0, 0x1000, RW).unwrap();
@@ -440,7 +549,10 @@ fn test_reserved_regions_conflicting_with_current_domain_are_rejected() {
     ));
     assert_eq!(
         iommu.set_reserved_regions(1, &[0x9000..=0x8000]),
-        Err(Error::InvertedRange { first: 0x9000, last: 0x8000 })
+        Err(Error::InvertedRange {
+            first: 0x9000,
+            last: 0x8000
+        })
     );
     let many = vec![0..=0; 17];
     assert!(matches!(
@@ -448,7 +560,9 @@ fn test_reserved_regions_conflicting_with_current_domain_are_rejected() {
         Err(Error::TooManyReservedRegions { .. })
     ));
     // The regions end at 2^64-1: representable, and never mappable.
-    iommu.set_reserved_regions(1, &[0xffff_0000_0000..=u64::MAX]).unwrap();
+    iommu
+        .set_reserved_regions(1, &[0xffff_0000_0000..=u64::MAX])
+        .unwrap();
 }
 
 #[test]
@@ -465,7 +579,10 @@ fn test_fault_log_is_bounded() {
     assert_eq!(iommu.pending_faults(), 3);
     assert_eq!(iommu.dropped_faults(), 7);
     let f = iommu.drain_faults(usize::MAX);
-    assert_eq!(f.iter().map(|f| f.iova).collect::<Vec<_>>(), vec![0, 0x1000, 0x2000]);
+    assert_eq!(
+        f.iter().map(|f| f.iova).collect::<Vec<_>>(),
+        vec![0, 0x1000, 0x2000]
+    );
 }
 
 #[test]
@@ -473,7 +590,8 @@ fn test_long_translation_walks_tail_fragments() {
     let (iommu, d) = attached();
     let n = 12;
     for i in 0..n {
-        d.map(0x1000 * (i + 1), 0x100_0000 + 0x2000 * i, 0x1000, RW).unwrap();
+        d.map(0x1000 * (i + 1), 0x100_0000 + 0x2000 * i, 0x1000, RW)
+            .unwrap();
     }
     let f = frags(&iommu, 1, 0x1000, 0x1000 * n, R).unwrap();
     assert_eq!(f.len() as u64, n);

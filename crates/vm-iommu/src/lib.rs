@@ -69,6 +69,7 @@
 
 mod adapter;
 mod config;
+mod domain;
 mod error;
 mod fault;
 mod iommu;
@@ -78,7 +79,8 @@ mod view;
 
 pub use adapter::{IommuAdapter, IotlbGuard};
 pub use config::{Config, MAX_INPUT_ADDRESS, PAGE_SIZE_1G, PAGE_SIZE_2M, PAGE_SIZE_4K};
+pub use domain::{Domain, Endpoint};
 pub use error::{Error, Fault, FaultReason, Result};
-pub use iommu::{Domain, Endpoint, Iommu};
+pub use iommu::Iommu;
 pub use translate::{Fragment, Translation};
 pub use view::DeviceView;

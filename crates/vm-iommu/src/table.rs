@@ -419,10 +419,7 @@ impl<C: Level> Level for Dir<C> {
 pub(crate) fn chunk_shift(iova: u64, gpa: u64, last: u64, page_size_mask: u64) -> u32 {
     for shift in [30u32, 21] {
         let size = 1u64 << shift;
-        if page_size_mask & size != 0
-            && (iova | gpa) & (size - 1) == 0
-            && last - iova >= size - 1
-        {
+        if page_size_mask & size != 0 && (iova | gpa) & (size - 1) == 0 && last - iova >= size - 1 {
             return shift;
         }
     }

@@ -5,15 +5,15 @@
 use std::iter::FusedIterator;
 
 use vm_memory::bitmap::{BS, MS};
-use vm_memory::iommu::{Error as IotlbError, IovaRange};
 use vm_memory::guest_memory::{GuestMemoryBackendSliceIterator, GuestMemorySliceIterator};
+use vm_memory::iommu::{Error as IotlbError, IovaRange};
 use vm_memory::{
-    Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError,
-    GuestMemoryRegion, GuestMemoryResult, Permissions, VolatileSlice,
+    Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
+    GuestMemoryResult, Permissions, VolatileSlice,
 };
 
+use crate::domain::Endpoint;
 use crate::error::Error;
-use crate::iommu::Endpoint;
 use crate::translate::{self, Fragment, Rest};
 
 /// Memory as one endpoint (device) sees it: every address is an IOVA, translated by the
@@ -114,8 +114,7 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
             addr.0,
             count as u64,
             access,
-        )
-        else {
+        ) else {
             return false;
         };
         if !self.backed(&first) {
@@ -150,16 +149,15 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
             });
         }
         let ep = &self.endpoint;
-        let (first, rest) =
-            translate::check_recorded(
-                &ep.inner,
-                &ep.state,
-                Some(&ep.cache),
-                addr.0,
-                count as u64,
-                access,
-            )
-                .map_err(|e| to_memory_error(e, addr, count))?;
+        let (first, rest) = translate::check_recorded(
+            &ep.inner,
+            &ep.state,
+            Some(&ep.cache),
+            addr.0,
+            count as u64,
+            access,
+        )
+        .map_err(|e| to_memory_error(e, addr, count))?;
         if let Some(mut more) = rest {
             // Several pieces: check that guest memory backs all of them before the first
             // byte moves (a single piece fails on its first slice anyway).

@@ -2,9 +2,14 @@
 
 //! The `vm_memory::Iommu` adapter under `vm_memory::IommuMemory`.
 
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use vm_iommu::{Config, Iommu, IommuAdapter};
 use vm_memory::iommu::Iommu as _;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory, Iotlb, Permissions};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory, Iotlb, Permissions,
+};
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -15,8 +20,12 @@ fn setup() -> (Iommu, Mem, IommuMemory<Mem, IommuAdapter>) {
     let iommu = Iommu::new(Config::default()).unwrap();
     iommu.create_domain(1, false).unwrap();
     iommu.attach(9, 1).unwrap();
-    iommu.map(1, IOVA, 0x4000, 0x1000, Permissions::ReadWrite).unwrap();
-    iommu.map(1, IOVA + 0x1000, 0x2000, 0x1000, Permissions::Read).unwrap();
+    iommu
+        .map(1, IOVA, 0x4000, 0x1000, Permissions::ReadWrite)
+        .unwrap();
+    iommu
+        .map(1, IOVA + 0x1000, 0x2000, 0x1000, Permissions::Read)
+        .unwrap();
     let adapter = IommuAdapter::new(iommu.endpoint(9).unwrap());
     let io = IommuMemory::new(mem.clone(), adapter, true, ());
     (iommu, mem, io)
@@ -25,8 +34,12 @@ fn setup() -> (Iommu, Mem, IommuMemory<Mem, IommuAdapter>) {
 #[test]
 fn test_adapter_translates_through_iommu_memory() {
     let (_iommu, mem, io) = setup();
-    io.write_obj(0x1122_3344_u32, GuestAddress(IOVA + 0xffc)).unwrap();
-    assert_eq!(mem.read_obj::<u32>(GuestAddress(0x4ffc)).unwrap(), 0x1122_3344);
+    io.write_obj(0x1122_3344_u32, GuestAddress(IOVA + 0xffc))
+        .unwrap();
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(0x4ffc)).unwrap(),
+        0x1122_3344
+    );
     mem.write_obj(0x55_u8, GuestAddress(0x2000)).unwrap();
     // Read across both pages (two fragments).
     let mut buf = [0u8; 8];
@@ -51,9 +64,16 @@ fn test_adapter_iotlb_is_flushed_by_unmap() {
     iommu.unmap(1, IOVA, 0x1000).unwrap();
     assert!(io.read_obj::<u64>(GuestAddress(IOVA)).is_err());
     // A new mapping at the same IOVA is picked up.
-    iommu.map(1, IOVA, 0x8000, 0x1000, Permissions::ReadWrite).unwrap();
+    iommu
+        .map(1, IOVA, 0x8000, 0x1000, Permissions::ReadWrite)
+        .unwrap();
     io.write_obj(7u64, GuestAddress(IOVA)).unwrap();
-    assert_eq!(io.get_backend().read_obj::<u64>(GuestAddress(0x8000)).unwrap(), 7);
+    assert_eq!(
+        io.get_backend()
+            .read_obj::<u64>(GuestAddress(0x8000))
+            .unwrap(),
+        7
+    );
 }
 
 #[test]
@@ -79,7 +99,12 @@ fn test_adapter_rejects_wrapping_ranges_before_they_reach_vm_memory() {
             0x2000,
             Permissions::Read,
         );
-        let _ = Iotlb::lookup(&tlb, GuestAddress(u64::MAX - 0xfff), 0x2000, Permissions::Read);
+        let _ = Iotlb::lookup(
+            &tlb,
+            GuestAddress(u64::MAX - 0xfff),
+            0x2000,
+            Permissions::Read,
+        );
     });
     assert!(raw.is_err(), "vm-memory's Iotlb accepted a wrapping range");
 
@@ -92,7 +117,9 @@ fn test_adapter_rejects_wrapping_ranges_before_they_reach_vm_memory() {
         (u64::MAX - 7, 8), // ends exactly at 2^64 - 1: `iova + len` overflows
         (1, usize::MAX),
     ] {
-        assert!(adapter.translate(GuestAddress(iova), len, Permissions::Read).is_err());
+        assert!(adapter
+            .translate(GuestAddress(iova), len, Permissions::Read)
+            .is_err());
     }
     assert!(io.read_obj::<u64>(GuestAddress(u64::MAX - 7)).is_err());
     assert!(io.write_obj(0u64, GuestAddress(u64::MAX - 3)).is_err());
@@ -102,6 +129,9 @@ fn test_adapter_rejects_wrapping_ranges_before_they_reach_vm_memory() {
 #[test]
 fn test_adapter_zero_length_translation_is_empty() {
     let (_iommu, _mem, io) = setup();
-    let it = io.iommu().translate(GuestAddress(IOVA), 0, Permissions::Read).unwrap();
+    let it = io
+        .iommu()
+        .translate(GuestAddress(IOVA), 0, Permissions::Read)
+        .unwrap();
     assert_eq!(it.count(), 0);
 }

@@ -6,6 +6,9 @@
 //! after every step a sweep of probes must translate identically; failed operations
 //! therefore leave both unchanged.
 
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 
@@ -71,7 +74,10 @@ impl Model {
             return Err(Error::DomainExists(id));
         }
         if self.domains.len() >= MAX_DOMAINS {
-            return Err(Error::TooManyDomains { id, max: MAX_DOMAINS });
+            return Err(Error::TooManyDomains {
+                id,
+                max: MAX_DOMAINS,
+            });
         }
         self.domains.insert(
             id,
@@ -91,7 +97,12 @@ impl Model {
         Ok(())
     }
 
-    fn first_mapped_in_reserved(&self, d: &MDomain, regions: &[RangeInclusive<u64>], ep: u32) -> Result<(), Error> {
+    fn first_mapped_in_reserved(
+        &self,
+        d: &MDomain,
+        regions: &[RangeInclusive<u64>],
+        ep: u32,
+    ) -> Result<(), Error> {
         if d.bypass {
             return Ok(());
         }
@@ -117,7 +128,10 @@ impl Model {
     fn attach(&mut self, ep: u32, dom: u32) -> Result<(), Error> {
         let d = self.domains.get(&dom).ok_or(Error::UnknownDomain(dom))?;
         let Some(e) = self.eps.get(&ep) else {
-            return Err(Error::TooManyEndpoints { id: ep, max: ENDPOINTS as usize });
+            return Err(Error::TooManyEndpoints {
+                id: ep,
+                max: ENDPOINTS as usize,
+            });
         };
         if e.domain == Some(dom) {
             return Ok(());
@@ -137,7 +151,10 @@ impl Model {
             return Err(Error::UnknownDomain(dom));
         }
         if e.domain != Some(dom) {
-            return Err(Error::NotAttached { endpoint: ep, domain: dom });
+            return Err(Error::NotAttached {
+                endpoint: ep,
+                domain: dom,
+            });
         }
         self.domains.get_mut(&dom).unwrap().eps.retain(|&x| x != ep);
         self.eps.get_mut(&ep).unwrap().domain = None;
@@ -147,7 +164,10 @@ impl Model {
     fn reserve(&mut self, ep: u32, regions: &[RangeInclusive<u64>]) -> Result<(), Error> {
         for r in regions {
             if r.start() > r.end() {
-                return Err(Error::InvertedRange { first: *r.start(), last: *r.end() });
+                return Err(Error::InvertedRange {
+                    first: *r.start(),
+                    last: *r.end(),
+                });
             }
         }
         if regions.len() > MAX_RESERVED {
@@ -158,7 +178,10 @@ impl Model {
             });
         }
         let Some(e) = self.eps.get(&ep) else {
-            return Err(Error::TooManyEndpoints { id: ep, max: ENDPOINTS as usize });
+            return Err(Error::TooManyEndpoints {
+                id: ep,
+                max: ENDPOINTS as usize,
+            });
         };
         if let Some(d) = e.domain {
             self.first_mapped_in_reserved(&self.domains[&d], regions, ep)?;
@@ -167,24 +190,45 @@ impl Model {
         Ok(())
     }
 
-    fn map(&mut self, dom: u32, iova: u64, gpa: u64, len: u64, perm: Permissions) -> Result<(), Error> {
+    fn map(
+        &mut self,
+        dom: u32,
+        iova: u64,
+        gpa: u64,
+        len: u64,
+        perm: Permissions,
+    ) -> Result<(), Error> {
         let d = self.domains.get(&dom).ok_or(Error::UnknownDomain(dom))?;
         let last = last_of(iova, len)?;
         last_of(gpa, len)?;
         if (iova | gpa | len) % PAGE != 0 {
-            return Err(Error::Unaligned { iova, gpa, len, granule: PAGE });
+            return Err(Error::Unaligned {
+                iova,
+                gpa,
+                len,
+                granule: PAGE,
+            });
         }
         if perm == Permissions::No {
             return Err(Error::NoPermissions { iova, len });
         }
         if last > MAX_INPUT_ADDRESS {
-            return Err(Error::OutOfInputRange { iova, len, first: 0, last: MAX_INPUT_ADDRESS });
+            return Err(Error::OutOfInputRange {
+                iova,
+                len,
+                first: 0,
+                last: MAX_INPUT_ADDRESS,
+            });
         }
         if d.bypass {
             return Err(Error::BypassDomain(dom));
         }
         if let Some(existing) = self.overlapping(d, iova, last) {
-            return Err(Error::Overlap { iova, len, existing });
+            return Err(Error::Overlap {
+                iova,
+                len,
+                existing,
+            });
         }
         for ep in &d.eps {
             for r in &self.eps[ep].reserved {
@@ -200,7 +244,10 @@ impl Model {
             }
         }
         if d.maps.len() >= MAX_MAPPINGS {
-            return Err(Error::TooManyMappings { domain: dom, max: MAX_MAPPINGS });
+            return Err(Error::TooManyMappings {
+                domain: dom,
+                max: MAX_MAPPINGS,
+            });
         }
         self.domains
             .get_mut(&dom)
@@ -214,19 +261,32 @@ impl Model {
         let d = self.domains.get(&dom).ok_or(Error::UnknownDomain(dom))?;
         let last = last_of(iova, len)?;
         if last > MAX_INPUT_ADDRESS {
-            return Err(Error::OutOfInputRange { iova, len, first: 0, last: MAX_INPUT_ADDRESS });
+            return Err(Error::OutOfInputRange {
+                iova,
+                len,
+                first: 0,
+                last: MAX_INPUT_ADDRESS,
+            });
         }
         if d.bypass {
             return Err(Error::BypassDomain(dom));
         }
         for (&s, m) in &d.maps {
             if s < iova && iova <= m.last {
-                return Err(Error::WouldSplit { iova, len, split_at: iova });
+                return Err(Error::WouldSplit {
+                    iova,
+                    len,
+                    split_at: iova,
+                });
             }
         }
         for (&s, m) in &d.maps {
             if s <= last && last < m.last {
-                return Err(Error::WouldSplit { iova, len, split_at: last });
+                return Err(Error::WouldSplit {
+                    iova,
+                    len,
+                    split_at: last,
+                });
             }
         }
         let d = self.domains.get_mut(&dom).unwrap();
@@ -237,14 +297,31 @@ impl Model {
         Ok(gone.len())
     }
 
-    fn translate(&self, ep: u32, iova: u64, len: u64, access: Permissions) -> Result<Vec<Fragment>, Error> {
+    fn translate(
+        &self,
+        ep: u32,
+        iova: u64,
+        len: u64,
+        access: Permissions,
+    ) -> Result<Vec<Fragment>, Error> {
         let e = self.eps.get(&ep).ok_or(Error::UnknownEndpoint(ep))?;
         if len == 0 {
             return Err(Error::ZeroLength { iova });
         }
-        let fault = |iova, reason| Err(Error::Fault(Fault { endpoint: ep, iova, access, reason }));
+        let fault = |iova, reason| {
+            Err(Error::Fault(Fault {
+                endpoint: ep,
+                iova,
+                access,
+                reason,
+            }))
+        };
         let Some(last) = iova.checked_add(len - 1) else {
-            let at = if iova <= MAX_INPUT_ADDRESS { MAX_INPUT_ADDRESS + 1 } else { iova };
+            let at = if iova <= MAX_INPUT_ADDRESS {
+                MAX_INPUT_ADDRESS + 1
+            } else {
+                iova
+            };
             return fault(at, FaultReason::OutOfRange);
         };
         let Some(dom) = e.domain else {
@@ -252,7 +329,12 @@ impl Model {
         };
         let d = &self.domains[&dom];
         if d.bypass {
-            return Ok(vec![Fragment { iova, gpa: GuestAddress(iova), len, perm: Permissions::ReadWrite }]);
+            return Ok(vec![Fragment {
+                iova,
+                gpa: GuestAddress(iova),
+                len,
+                perm: Permissions::ReadWrite,
+            }]);
         }
         if iova > MAX_INPUT_ADDRESS {
             return fault(iova, FaultReason::OutOfRange);
@@ -263,7 +345,12 @@ impl Model {
         let mut out: Vec<Fragment> = Vec::new();
         let mut cur = iova;
         loop {
-            let Some((&s, m)) = d.maps.range(..=cur).next_back().filter(|(_, m)| m.last >= cur) else {
+            let Some((&s, m)) = d
+                .maps
+                .range(..=cur)
+                .next_back()
+                .filter(|(_, m)| m.last >= cur)
+            else {
                 return fault(cur, FaultReason::Unmapped);
             };
             if !m.perm.allow(access) {
@@ -273,7 +360,12 @@ impl Model {
             let gpa = m.gpa + (cur - s);
             match out.last_mut() {
                 Some(p) if p.gpa.0 + p.len == gpa && p.perm == m.perm => p.len += end - cur + 1,
-                _ => out.push(Fragment { iova: cur, gpa: GuestAddress(gpa), len: end - cur + 1, perm: m.perm }),
+                _ => out.push(Fragment {
+                    iova: cur,
+                    gpa: GuestAddress(gpa),
+                    len: end - cur + 1,
+                    perm: m.perm,
+                }),
             }
             if end == last {
                 return Ok(out);
@@ -360,7 +452,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn sut_translate(iommu: &Iommu, ep: u32, iova: u64, len: u64, access: Permissions) -> Result<Vec<Fragment>, Error> {
+fn sut_translate(
+    iommu: &Iommu,
+    ep: u32,
+    iova: u64,
+    len: u64,
+    access: Permissions,
+) -> Result<Vec<Fragment>, Error> {
     iommu.translate(ep, iova, len, access)?.collect()
 }
 
@@ -371,7 +469,12 @@ fn probes() -> Vec<(u64, u64)> {
     v.extend((0..10u64).map(|p| (p * PAGE + 0x800, PAGE)));
     v.extend((0..9u64).map(|p| (p * PAGE, 3 * PAGE)));
     v.extend((0..3u64).map(|m| (m * MB2 + 0x800, 3 * PAGE)));
-    v.extend([(MB2 - PAGE, 2 * PAGE), (0, 6 * MB2), (MAX_INPUT_ADDRESS - 0xfff, PAGE), (0x1800, 0x2000)]);
+    v.extend([
+        (MB2 - PAGE, 2 * PAGE),
+        (0, 6 * MB2),
+        (MAX_INPUT_ADDRESS - 0xfff, PAGE),
+        (0x1800, 0x2000),
+    ]);
     v
 }
 

@@ -4,6 +4,9 @@
 //! another thread maps and unmaps. Checks the ordering guarantee: once `unmap` has
 //! returned, no translation that starts afterwards yields the old mapping.
 
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -148,7 +151,11 @@ fn test_stress_attach_switch_yields_one_of_the_two_domains() {
     iommu.attach(1, 2).unwrap();
     // After the last attach (to domain 2) returned, translations see domain 2 only.
     let ep = iommu.endpoint(1).unwrap();
-    let f = ep.translate(IOVA, 1, Permissions::Read).unwrap().single().unwrap();
+    let f = ep
+        .translate(IOVA, 1, Permissions::Read)
+        .unwrap()
+        .single()
+        .unwrap();
     assert_eq!(f.gpa.0, 0xb000);
     done.store(true, Ordering::Relaxed);
     let total: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();

@@ -3,6 +3,9 @@
 //! virtio-queue 0.18 over a translated device view: rings and buffers behind IOVA
 //! mappings, processed with the unchanged `Queue`, `Reader` and `Writer`.
 
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -66,9 +69,18 @@ fn test_queue_over_view_processes_chains_through_iova_mappings() {
     assert!(q.pop_descriptor_chain(&view).is_none());
 
     // The write crossed from IOVA page 8 into page 9: both guest pages got their part.
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(gpa_of(8) + 0xf80)).unwrap(), 0x5a);
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(gpa_of(9) + 0x7f)).unwrap(), 0x5a);
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(gpa_of(9) + 0x80)).unwrap(), 0);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(gpa_of(8) + 0xf80)).unwrap(),
+        0x5a
+    );
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(gpa_of(9) + 0x7f)).unwrap(),
+        0x5a
+    );
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(gpa_of(9) + 0x80)).unwrap(),
+        0
+    );
     // The used ring (behind IOVA page 0/1) records the chain.
     assert_eq!(mq.used().idx().load(), 1);
 }
@@ -78,7 +90,9 @@ fn test_queue_over_view_rejects_descriptor_to_unmapped_iova() {
     let (iommu, _mem, view) = setup(8);
     let mq = MockSplitQueue::create(&view, GuestAddress(IOVA), 16);
     let unmapped = IOVA + 100 * PAGE;
-    let descs = [RawDescriptor::from(SplitDescriptor::new(unmapped, 64, 0, 0))];
+    let descs = [RawDescriptor::from(SplitDescriptor::new(
+        unmapped, 64, 0, 0,
+    ))];
     mq.add_desc_chains(&descs, 0).unwrap();
     let mut q: Queue = mq.create_queue().unwrap();
     let chain = q.pop_descriptor_chain(&view).unwrap();
@@ -94,9 +108,16 @@ fn test_queue_over_view_rejects_descriptor_to_unmapped_iova() {
 fn test_queue_over_view_rejects_write_to_read_only_buffer() {
     let (iommu, _mem, view) = setup(8);
     let ro = IOVA + 20 * PAGE;
-    iommu.map(1, ro, 0x10_0000, PAGE, Permissions::Read).unwrap();
+    iommu
+        .map(1, ro, 0x10_0000, PAGE, Permissions::Read)
+        .unwrap();
     let mq = MockSplitQueue::create(&view, GuestAddress(IOVA), 16);
-    let descs = [RawDescriptor::from(SplitDescriptor::new(ro, 64, VRING_DESC_F_WRITE, 0))];
+    let descs = [RawDescriptor::from(SplitDescriptor::new(
+        ro,
+        64,
+        VRING_DESC_F_WRITE,
+        0,
+    ))];
     mq.add_desc_chains(&descs, 0).unwrap();
     let mut q: Queue = mq.create_queue().unwrap();
     let chain = q.pop_descriptor_chain(&view).unwrap();
@@ -123,10 +144,15 @@ fn test_view_checks_permissions_over_whole_range_before_any_byte_moves() {
         .unwrap();
     let r = view.write_slice(&[0xff; 0x20], GuestAddress(IOVA + 2 * PAGE - 0x10));
     assert!(r.is_err());
-    assert_eq!(mem.read_obj::<u128>(GuestAddress(gpa_of(1) + PAGE - 0x10)).unwrap(), 0);
+    assert_eq!(
+        mem.read_obj::<u128>(GuestAddress(gpa_of(1) + PAGE - 0x10))
+            .unwrap(),
+        0
+    );
     // Reading the same range is fine.
     let mut buf = [0u8; 0x20];
-    view.read_slice(&mut buf, GuestAddress(IOVA + 2 * PAGE - 0x10)).unwrap();
+    view.read_slice(&mut buf, GuestAddress(IOVA + 2 * PAGE - 0x10))
+        .unwrap();
 }
 
 #[test]
@@ -134,20 +160,35 @@ fn test_view_rejects_mapping_to_unbacked_memory_before_any_byte_moves() {
     let (iommu, mem, view) = setup(2);
     // Page 2 maps beyond the end of guest memory.
     iommu
-        .map(1, IOVA + 2 * PAGE, 0x1_0000_0000, PAGE, Permissions::ReadWrite)
+        .map(
+            1,
+            IOVA + 2 * PAGE,
+            0x1_0000_0000,
+            PAGE,
+            Permissions::ReadWrite,
+        )
         .unwrap();
     let start = GuestAddress(IOVA + 2 * PAGE - 0x10);
     assert!(view.write_slice(&[0xff; 0x20], start).is_err());
     assert!(!view.check_range(start, 0x20, Permissions::Write));
     assert!(view.check_range(start, 0x10, Permissions::Write));
-    assert_eq!(mem.read_obj::<u128>(GuestAddress(gpa_of(1) + PAGE - 0x10)).unwrap(), 0);
+    assert_eq!(
+        mem.read_obj::<u128>(GuestAddress(gpa_of(1) + PAGE - 0x10))
+            .unwrap(),
+        0
+    );
 }
 
 #[test]
 fn test_view_zero_length_access_is_empty() {
     let (_iommu, _mem, view) = setup(1);
     assert!(view.check_range(GuestAddress(u64::MAX), 0, Permissions::Write));
-    assert_eq!(view.get_slices(GuestAddress(0), 0, Permissions::Read).unwrap().count(), 0);
+    assert_eq!(
+        view.get_slices(GuestAddress(0), 0, Permissions::Read)
+            .unwrap()
+            .count(),
+        0
+    );
     assert_eq!(view.write(&[], GuestAddress(0)).unwrap(), 0);
 }
 

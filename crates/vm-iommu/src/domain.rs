@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Domain and endpoint handles: map/unmap on a domain's IO page table, and lock-free
+//! translation for an endpoint.
+
+use std::sync::{Arc, MutexGuard};
+
+use vm_memory::Permissions;
+
+use crate::config::PAGE_SIZE_4K;
+use crate::error::{checked_last, Error, Result};
+use crate::iommu::{lock, DomainSlot, DomainState, EndpointState, Inner};
+use crate::table::{self, LeafCache, Level, END, START, VALID};
+use crate::translate::{self, Translation};
+
+/// A handle on one domain's IO page table (see [`Iommu::domain`](crate::Iommu::domain)). Operations through a
+/// handle skip the domain-id lookup; they fail with [`Error::UnknownDomain`] once the
+/// domain is destroyed.
+#[derive(Clone, Debug)]
+pub struct Domain {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) slot: usize,
+    pub(crate) id: u32,
+    pub(crate) instance: u64,
+}
+
+/// A handle on one endpoint, for lock-free translation (see [`Iommu::endpoint`](crate::Iommu::endpoint)).
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) state: Arc<EndpointState>,
+    /// INVARIANT: holds only tables of `inner`.
+    pub(crate) cache: LeafCache,
+}
+
+impl Domain {
+    /// The domain id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn lock_state(&self) -> Result<(&DomainSlot, MutexGuard<'_, DomainState>)> {
+        let ds = &self.inner.domains[self.slot];
+        let st = lock(&ds.state);
+        if st.instance != self.instance {
+            return Err(Error::UnknownDomain(self.id));
+        }
+        if ds.is_bypass() {
+            return Err(Error::BypassDomain(self.id));
+        }
+        Ok((ds, st))
+    }
+
+    /// Number of mappings in the domain.
+    pub fn mapping_count(&self) -> Result<usize> {
+        let ds = &self.inner.domains[self.slot];
+        let st = lock(&ds.state);
+        if st.instance != self.instance {
+            return Err(Error::UnknownDomain(self.id));
+        }
+        Ok(st.mappings)
+    }
+
+    /// Map `iova..iova+len` to `gpa..gpa+len` with `perm`.
+    ///
+    /// `iova`, `gpa` and `len` must be multiples of 4 KiB; 2 MiB and 1 GiB leaves are
+    /// used where the page size mask, alignment and length allow. The range must be
+    /// inside the input range, must not overlap an existing mapping or a reserved
+    /// region of an attached endpoint, and must fit the caps. On error nothing changes.
+    ///
+    /// ```
+    /// use vm_iommu::{Config, Error, Iommu};
+    /// use vm_memory::Permissions;
+    ///
+    /// let iommu = Iommu::new(Config::default()).unwrap();
+    /// let d = iommu.create_domain(1, false).unwrap();
+    /// d.map(0x20_0000, 0x4000_0000, 0x20_0000, Permissions::ReadWrite).unwrap();
+    /// assert!(matches!(
+    ///     d.map(0x20_1000, 0, 0x1000, Permissions::Read),
+    ///     Err(Error::Overlap { existing: 0x20_1000, .. })
+    /// ));
+    /// ```
+    pub fn map(&self, iova: u64, gpa: u64, len: u64, perm: Permissions) -> Result<()> {
+        let last = checked_last(iova, len)?;
+        checked_last(gpa, len)?;
+        if (iova | gpa | len) & (PAGE_SIZE_4K - 1) != 0 {
+            return Err(Error::Unaligned {
+                iova,
+                gpa,
+                len,
+                granule: PAGE_SIZE_4K,
+            });
+        }
+        if perm == Permissions::No {
+            return Err(Error::NoPermissions { iova, len });
+        }
+        self.inner.check_in_range(iova, len, last)?;
+        let (ds, mut st) = self.lock_state()?;
+        let Some(root) = ds.root() else {
+            return Err(Error::UnknownDomain(self.id));
+        };
+        if let Some(existing) = root.first_valid(iova, last) {
+            return Err(Error::Overlap {
+                iova,
+                len,
+                existing,
+            });
+        }
+        for ep in &st.endpoints {
+            for r in lock(&ep.reserved).iter() {
+                if *r.start() <= last && iova <= *r.end() {
+                    return Err(Error::Reserved {
+                        iova,
+                        len,
+                        endpoint: ep.id,
+                        first: *r.start(),
+                        last: *r.end(),
+                    });
+                }
+            }
+        }
+        if st.mappings >= self.inner.max_mappings {
+            return Err(Error::TooManyMappings {
+                domain: self.id,
+                max: self.inner.max_mappings,
+            });
+        }
+        let available = self.inner.max_tables.saturating_sub(st.tables);
+        let needed =
+            table::tables_needed(root, iova, last, gpa, self.inner.page_size_mask, available);
+        if needed > available {
+            return Err(Error::TooManyPageTables {
+                domain: self.id,
+                needed,
+                available,
+            });
+        }
+        // `slot < max_domains <= u32::MAX - 1`.
+        let tag = table::slot_tag(self.slot as u32 + 1);
+        st.tables +=
+            table::write_mapping(root, iova, last, gpa, perm, self.inner.page_size_mask, tag);
+        st.mappings += 1;
+        Ok(())
+    }
+
+    /// Unmap every mapping inside `iova..iova+len`; returns how many were removed.
+    ///
+    /// Only whole mappings are removed: if the range starts or ends inside a mapping
+    /// the call fails with [`Error::WouldSplit`] and removes nothing (virtio-iommu
+    /// semantics). Parts of the range that are not mapped are ignored.
+    ///
+    /// When this returns, the invalidation is final: no translation that starts
+    /// afterwards (on any thread that synchronizes with the return, e.g. through the
+    /// guest's used ring or a channel) yields the old mapping.
+    pub fn unmap(&self, iova: u64, len: u64) -> Result<usize> {
+        let last = checked_last(iova, len)?;
+        self.inner.check_in_range(iova, len, last)?;
+        let (ds, mut st) = self.lock_state()?;
+        let Some(root) = ds.root() else {
+            return Ok(0);
+        };
+        let (raw, shift) = root.lookup(iova);
+        let leaf_base = iova & !((1u64 << shift) - 1);
+        if raw & VALID != 0 && (raw & START == 0 || leaf_base != iova) {
+            return Err(Error::WouldSplit {
+                iova,
+                len,
+                split_at: iova,
+            });
+        }
+        let (raw, shift) = root.lookup(last);
+        let leaf_last = last | ((1u64 << shift) - 1);
+        if raw & VALID != 0 && (raw & END == 0 || leaf_last != last) {
+            return Err(Error::WouldSplit {
+                iova,
+                len,
+                split_at: last,
+            });
+        }
+        let removed = root.clear(iova, last);
+        st.mappings -= removed.min(st.mappings);
+        drop(st);
+        if removed > 0 {
+            self.inner.invalidated();
+        }
+        Ok(removed)
+    }
+}
+
+impl Endpoint {
+    /// The endpoint id.
+    pub fn id(&self) -> u32 {
+        self.state.id
+    }
+
+    /// Translate `iova..iova+len` for `access`, lock-free. Failures are typed
+    /// ([`Error::Fault`], [`Error::ZeroLength`]) and faults are recorded in the log.
+    ///
+    /// ```
+    /// use vm_iommu::{Config, Error, FaultReason, Iommu};
+    /// use vm_memory::Permissions;
+    ///
+    /// let iommu = Iommu::new(Config::default()).unwrap();
+    /// let ep = iommu.endpoint(3).unwrap();
+    /// match ep.translate(0x1000, 4, Permissions::Read) {
+    ///     Err(Error::Fault(f)) => assert_eq!(f.reason, FaultReason::NoDomain),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
+    #[inline]
+    pub fn translate(&self, iova: u64, len: u64, access: Permissions) -> Result<Translation<'_>> {
+        translate::translate(
+            &self.inner,
+            &self.state,
+            Some(&self.cache),
+            iova,
+            len,
+            access,
+        )
+    }
+}
