@@ -360,8 +360,12 @@ impl RawInner {
         let mut wrong_dir: Option<RawKey> = None;
         let mut wrong_nents: Option<RawKey> = None;
         for (k, _) in self.map.range(..=hi).rev() {
-            // No record starting this low can reach `dma`.
-            if k.dma.saturating_add(self.max_size) <= dma && self.max_size != 0 {
+            // No record starting this low can reach `dma` (a record ending
+            // at 2^64 - 1 makes the sum overflow: keep looking then).
+            if k.dma
+                .checked_add(self.max_size)
+                .is_some_and(|end| end <= dma)
+            {
                 break;
             }
             if k.last() < dma {
@@ -1284,6 +1288,32 @@ mod tests {
         ));
         dev.unmap_resource_raw(dma, 64, Direction::ToDevice, n)
             .unwrap();
+    }
+
+    #[test]
+    fn raw_resource_ending_at_the_top_of_the_address_space_is_found_by_sync() {
+        let mut cfg = DeviceConfig::new("full");
+        cfg.dma_mask = DmaMask::FULL;
+        let dev = DmaDevice::with_config(&bus(), cfg);
+        let n = Attrs::empty();
+        let base = u64::MAX - 0xfff;
+        let dma = dev
+            .map_resource_raw(GuestAddress(base), 0x1000, Direction::ToDevice, n)
+            .unwrap();
+        assert_eq!(dma, DmaAddr(base));
+        dev.sync_single_for_device_raw(DmaAddr(u64::MAX), 1, Direction::ToDevice)
+            .unwrap();
+        assert!(matches!(
+            dev.sync_single_for_device_raw(DmaAddr(u64::MAX), 2, Direction::ToDevice),
+            Err(Error::Overflow { .. })
+        ));
+        dev.unmap_resource_raw(dma, 0x1000, Direction::ToDevice, n)
+            .unwrap();
+        // The all-ones address itself is never a mapping.
+        assert!(matches!(
+            dev.map_resource_raw(GuestAddress(u64::MAX), 1, Direction::ToDevice, n),
+            Err(Error::NotCapable { .. })
+        ));
     }
 
     #[test]

@@ -203,8 +203,8 @@ impl SgTable {
         self.entries.len() as u32
     }
 
-    /// Linux's `nents`: the DMA segment count while mapped by
-    /// [`DmaDevice::map_sgtable`], 0 otherwise.
+    /// Linux's `nents`: the DMA segment count while mapped (by
+    /// [`DmaDevice::map_sgtable`] or inside a [`MappedSg`]), 0 otherwise.
     pub fn nents(&self) -> u32 {
         self.nents
     }
@@ -422,7 +422,10 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         }
         match self.map_entries(&mut table.entries, attrs) {
             Ok(count) => Ok(MappedSg {
-                table,
+                table: SgTable {
+                    nents: count,
+                    ..table
+                },
                 count,
                 device: self.id(),
                 token: self.handle_token(),
@@ -443,6 +446,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         let mut mapped = mapped;
         let attrs = mapped.attrs;
         self.unmap_entries(&mut mapped.table.entries, attrs);
+        mapped.table.nents = 0;
         Ok(mapped.table)
     }
 
@@ -622,6 +626,7 @@ mod tests {
         let m = d.map_sg(t, Direction::Bidirectional, NONE).unwrap();
         assert_eq!(m.count(), 4);
         assert_eq!(m.orig_nents(), 4);
+        assert_eq!(m.table().nents(), 4);
         let segs: Vec<_> = m.segments().collect();
         assert_eq!(
             segs,
@@ -633,6 +638,7 @@ mod tests {
             ]
         );
         let t = d.unmap_sg(m).unwrap();
+        assert_eq!(t.nents(), 0);
         assert!(t.entries().iter().all(|e| !e.is_mapped()));
         assert_eq!(t.entries()[2].cpu_addr(), GuestAddress(4 * MIB));
     }
