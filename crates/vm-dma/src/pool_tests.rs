@@ -630,3 +630,37 @@ fn pool_is_send_and_sync_and_threads_never_share_a_block() {
     }
     assert_eq!(p.nr_active(), 0);
 }
+
+#[test]
+fn pool_over_declared_memory_keeps_device_and_cpu_addresses_apart() {
+    use crate::declared::DeclareFlags;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (4 * MIB) as usize)]).unwrap();
+    let b = DmaBus::with_owned_ranges(mem, &[(GuestAddress(2 * MIB), 2 * MIB)]).unwrap();
+    let dev = DmaDevice::new(&b, "sram");
+    dev.declare_coherent_memory(
+        GuestAddress(MIB),
+        DmaAddr(0xd000_0000),
+        4 * PAGE_SIZE,
+        DeclareFlags::MAP,
+    )
+    .unwrap();
+    let p = DmaPool::create("t", &dev, 512, 0, 0).unwrap();
+    let a = p.alloc().unwrap();
+    let c = p.alloc().unwrap();
+    assert_eq!(a.cpu_addr(), GuestAddress(MIB));
+    assert_eq!(a.dma_addr(), DmaAddr(0xd000_0000));
+    assert_eq!(c.cpu_addr(), GuestAddress(MIB + 512));
+    assert_eq!(c.dma_addr(), DmaAddr(0xd000_0200));
+    // The raw free needs the matching pair: the CPU address as DMA address
+    // is not the block's.
+    let (cpu, dma) = (c.cpu_addr(), c.dma_addr());
+    assert!(matches!(
+        p.free_raw(cpu, DmaAddr(cpu.0)),
+        Err(Error::NotPoolBlock { .. })
+    ));
+    p.free_raw(cpu, dma).unwrap();
+    let _ = c;
+    p.free(a).unwrap();
+    p.destroy().unwrap();
+    assert_eq!(dev.declared_memory().unwrap().used_pages(), 0);
+}
