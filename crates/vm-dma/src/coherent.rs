@@ -439,6 +439,51 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 }
 
+/// A logger for unit tests that captures what one thread logs.
+#[cfg(test)]
+pub(crate) mod test_log {
+    use std::cell::RefCell;
+    use std::sync::Once;
+
+    thread_local! {
+        static LINES: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    }
+
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+
+        fn log(&self, record: &log::Record<'_>) {
+            LINES.with(|l| {
+                if let Some(v) = l.borrow_mut().as_mut() {
+                    v.push(format!("{}: {}", record.level(), record.args()));
+                }
+            });
+        }
+
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture;
+
+    /// Runs `f` and returns the lines it logged on this thread, as
+    /// `"LEVEL: message"`.
+    pub(crate) fn capture(f: impl FnOnce()) -> Vec<String> {
+        static INIT: Once = Once::new();
+        INIT.call_once(|| {
+            if log::set_logger(&CAPTURE).is_ok() {
+                log::set_max_level(log::LevelFilter::Warn);
+            }
+        });
+        LINES.with(|l| *l.borrow_mut() = Some(Vec::new()));
+        f();
+        LINES.with(|l| l.borrow_mut().take().unwrap_or_default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,6 +829,32 @@ mod tests {
         assert_eq!(spans.len(), 200);
         assert!(spans.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
         assert_eq!(b.pages().free_pages(), free);
+    }
+
+    #[test]
+    fn failure_warns_unless_no_warn() {
+        // No memory below 16 MiB: a 24-bit device always fails.
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(16 * MIB), (4 * MIB) as usize)])
+                .unwrap();
+        let b = DmaBus::new(mem).unwrap();
+        let isa = dev_with_mask(&b, 24);
+        let lines = test_log::capture(|| {
+            assert!(isa.alloc_coherent(4096).is_err());
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("WARN: dev24: dma_alloc_attrs of 0x1000 bytes failed"));
+        let lines = test_log::capture(|| {
+            assert!(isa.alloc_attrs(4096, Attrs::NO_WARN).is_err());
+            assert!(isa.alloc_attrs(0, Attrs::NO_WARN).is_err());
+        });
+        assert!(lines.is_empty(), "{lines:?}");
+        let wide = dev_with_mask(&b, 32);
+        let lines = test_log::capture(|| {
+            let buf = wide.alloc_coherent(4096).unwrap();
+            wide.free_coherent(buf).unwrap();
+        });
+        assert!(lines.is_empty(), "{lines:?}");
     }
 
     #[test]
