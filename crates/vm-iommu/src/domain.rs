@@ -10,6 +10,7 @@ use vm_memory::Permissions;
 use crate::config::PAGE_SIZE_4K;
 use crate::error::{checked_last, Error, Result};
 use crate::iommu::{lock, DomainSlot, DomainState, EndpointState, Inner};
+use crate::quiesce::AccessGuard;
 use crate::table::{self, LeafCache, Level, END, START, VALID};
 use crate::translate::{self, Translation};
 
@@ -179,15 +180,44 @@ impl Domain {
         }
         let removed = root.clear(iova, last);
         st.mappings -= removed.min(st.mappings);
-        drop(st);
         if removed > 0 {
             self.inner.invalidated();
+            // Wait for access guards that may still use the removed entries. The domain
+            // lock stays held so that the IOVAs cannot be mapped again meanwhile.
+            for ep in &st.endpoints {
+                ep.quiesce.synchronize();
+            }
         }
+        drop(st);
         Ok(removed)
     }
 }
 
 impl Endpoint {
+    /// Start a guarded access section: until the guard is dropped, unmap, detach,
+    /// attach and destroy that remove translations of this endpoint wait before they
+    /// return, so no byte moves through a removed translation after they returned.
+    ///
+    /// ```
+    /// use vm_iommu::{Config, Iommu};
+    /// use vm_memory::Permissions;
+    ///
+    /// let iommu = Iommu::new(Config::default()).unwrap();
+    /// let d = iommu.create_domain(1, false).unwrap();
+    /// iommu.attach(1, 1).unwrap();
+    /// d.map(0x1000, 0x8000, 0x1000, Permissions::Read).unwrap();
+    /// let ep = iommu.endpoint(1).unwrap();
+    /// {
+    ///     let _guard = ep.pin();
+    ///     let t = ep.translate(0x1000, 8, Permissions::Read).unwrap();
+    ///     // ... move bytes using `t` ...
+    /// } // an unmap racing with this block returns only after this point
+    /// d.unmap(0x1000, 0x1000).unwrap();
+    /// ```
+    pub fn pin(&self) -> AccessGuard<'_> {
+        self.state.quiesce.pin()
+    }
+
     /// The endpoint id.
     pub fn id(&self) -> u32 {
         self.state.id

@@ -13,6 +13,7 @@ use crate::config::{Config, PAGE_SIZE_4K};
 use crate::domain::{Domain, Endpoint};
 use crate::error::{Error, Fault, Result};
 use crate::fault::FaultLog;
+use crate::quiesce::Quiesce;
 use crate::table::{Child, LeafCache, Level, Root};
 use crate::translate::{self, Translation};
 use crate::view::DeviceView;
@@ -90,6 +91,8 @@ pub(crate) struct EndpointState {
     /// Reserved IOVA regions (writer side only; padded away from `domain`, which every
     /// translation reads).
     pub(crate) reserved: CachePadded<Mutex<Vec<RangeInclusive<u64>>>>,
+    /// Access guards of this endpoint.
+    pub(crate) quiesce: Quiesce,
 }
 
 /// Lock-free endpoint lookup: open addressing over `OnceLock`s, insert-only.
@@ -222,6 +225,7 @@ impl Inner {
             id,
             domain: AtomicU32::new(0),
             reserved: CachePadded(Mutex::new(Vec::new())),
+            quiesce: Quiesce::default(),
         });
         self.endpoints.insert(Arc::clone(&ep));
         ctl.endpoints += 1;
@@ -399,11 +403,14 @@ impl Iommu {
         ctl.domains.remove(&id);
         let ds = &self.inner.domains[slot];
         let mut st = lock(&ds.state);
-        for ep in st.endpoints.drain(..) {
+        for ep in &st.endpoints {
             ep.domain.store(0, Ordering::Release);
         }
         if let Some(root) = ds.root() {
             root.clear(0, crate::config::MAX_INPUT_ADDRESS);
+        }
+        for ep in st.endpoints.drain(..) {
+            ep.quiesce.synchronize();
         }
         st.mappings = 0;
         st.instance = 0;
@@ -494,6 +501,9 @@ impl Iommu {
         ep.domain.store(new_slot as u32 + 1, Ordering::Release);
         drop(new_st);
         self.inner.invalidated();
+        if old_slot.is_some() {
+            ep.quiesce.synchronize();
+        }
         Ok(())
     }
 
@@ -515,6 +525,7 @@ impl Iommu {
         ep.domain.store(0, Ordering::Release);
         drop(st);
         self.inner.invalidated();
+        ep.quiesce.synchronize();
         Ok(())
     }
 

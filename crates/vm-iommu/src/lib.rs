@@ -73,6 +73,7 @@ mod domain;
 mod error;
 mod fault;
 mod iommu;
+mod quiesce;
 mod table;
 mod translate;
 mod view;
@@ -82,5 +83,6 @@ pub use config::{Config, MAX_INPUT_ADDRESS, PAGE_SIZE_1G, PAGE_SIZE_2M, PAGE_SIZ
 pub use domain::{Domain, Endpoint};
 pub use error::{Error, Fault, FaultReason, Result};
 pub use iommu::Iommu;
+pub use quiesce::AccessGuard;
 pub use translate::{Fragment, Translation};
 pub use view::DeviceView;

@@ -14,6 +14,7 @@ use vm_memory::{
 
 use crate::domain::Endpoint;
 use crate::error::Error;
+use crate::quiesce::AccessGuard;
 use crate::translate::{self, Fragment, Rest};
 
 /// Memory as one endpoint (device) sees it: every address is an IOVA, translated by the
@@ -65,6 +66,12 @@ impl<M: GuestMemoryBackend> DeviceView<M> {
     /// The endpoint this view translates for.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Start a guarded access section (see [`Endpoint::pin`]): unmaps that remove
+    /// translations of this view's endpoint wait for the guard before they return.
+    pub fn pin(&self) -> AccessGuard<'_> {
+        self.endpoint.pin()
     }
 
     /// The untranslated memory underneath.

@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Access guards: an RCU-like quiescence protocol per endpoint, so that unmap,
+//! detach, attach (moving an endpoint) and destroy can wait for accesses that may
+//! still use the old translation.
+//!
+//! A device that wants "after unmap returns, no byte moves through the old mapping"
+//! (not only "no translation that starts afterwards uses it") wraps each request in an
+//! [`AccessGuard`] ([`Endpoint::pin`](crate::Endpoint::pin),
+//! [`DeviceView::pin`](crate::DeviceView::pin)). Writers, after clearing the page table:
+//!
+//! 1. issue a `SeqCst` fence and look at the endpoint's two reader counters: if both
+//!    are zero, no guard that could have seen the old entries exists (any later guard
+//!    sees the cleared table), and the writer returns at once: unguarded use costs
+//!    the writer two loads per attached endpoint;
+//! 2. otherwise flip the endpoint's epoch and wait (yielding) until the counter of the
+//!    old epoch drains. New guards count in the new epoch, so waiting is bounded by
+//!    the guards that existed when the writer cleared the table.
+//!
+//! A guard increments the counter of the current epoch (`SeqCst`), re-checks the epoch
+//! and fences; its drop decrements with `Release`, so everything the guarded code did
+//! happens before the writer returns.
+
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::iommu::{lock, CachePadded};
+
+/// Reader counters and epoch of one endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct Quiesce {
+    readers: CachePadded<[AtomicU64; 2]>,
+    epoch: CachePadded<AtomicUsize>,
+    /// Serializes writers' grace periods on this endpoint.
+    grace: Mutex<()>,
+}
+
+/// While alive, writers that remove translations of this guard's endpoint wait before
+/// they return (see the [module documentation](self)). Obtain one with
+/// [`Endpoint::pin`](crate::Endpoint::pin) or [`DeviceView::pin`](crate::DeviceView::pin).
+///
+/// Do not hold a guard while waiting for an unmap, detach, attach or destroy that
+/// affects the same endpoint (on this or another thread): that waits for the guard,
+/// a deadlock.
+#[derive(Debug)]
+#[must_use = "accesses are protected only while the guard is alive"]
+pub struct AccessGuard<'a> {
+    q: &'a Quiesce,
+    idx: usize,
+}
+
+impl Quiesce {
+    pub(crate) fn pin(&self) -> AccessGuard<'_> {
+        loop {
+            let idx = self.epoch.load(Ordering::SeqCst) & 1;
+            self.readers[idx].fetch_add(1, Ordering::SeqCst);
+            if self.epoch.load(Ordering::SeqCst) & 1 == idx {
+                // Pairs with the writer's fence: either the writer sees this count, or
+                // the accesses after this fence see the writer's cleared entries.
+                fence(Ordering::SeqCst);
+                return AccessGuard { q: self, idx };
+            }
+            // The epoch flipped in between: count in the new one instead.
+            self.readers[idx].fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Wait until every guard that may have used translations removed before this
+    /// call has been dropped.
+    pub(crate) fn synchronize(&self) {
+        fence(Ordering::SeqCst);
+        if self.readers[0].load(Ordering::SeqCst) == 0
+            && self.readers[1].load(Ordering::SeqCst) == 0
+        {
+            return;
+        }
+        let _g = lock(&self.grace);
+        let old = self.epoch.fetch_xor(1, Ordering::SeqCst) & 1;
+        while self.readers[old].load(Ordering::Acquire) != 0 {
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for AccessGuard<'_> {
+    fn drop(&mut self) {
+        self.q.readers[self.idx].fetch_sub(1, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn test_quiesce_synchronize_without_guards_returns_at_once() {
+        let q = Quiesce::default();
+        q.synchronize();
+        let g = q.pin();
+        drop(g);
+        q.synchronize();
+    }
+
+    #[test]
+    fn test_quiesce_synchronize_waits_for_existing_guard() {
+        let q = Arc::new(Quiesce::default());
+        let released = Arc::new(AtomicBool::new(false));
+        let g = q.pin();
+        let t = {
+            let (q, released) = (Arc::clone(&q), Arc::clone(&released));
+            std::thread::spawn(move || {
+                q.synchronize();
+                assert!(released.load(Ordering::SeqCst));
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        released.store(true, Ordering::SeqCst);
+        drop(g);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn test_quiesce_new_guards_do_not_delay_a_waiting_writer_forever() {
+        let q = Arc::new(Quiesce::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        // Readers that keep overlapping guards alive all the time.
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (q, stop) = (Arc::clone(&q), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _g = q.pin();
+                        std::thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..50 {
+            q.synchronize();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+    }
+}
