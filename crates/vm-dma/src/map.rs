@@ -105,6 +105,19 @@ impl MapKind {
 /// Dropping a handle without unmapping it leaks nothing for direct mapping
 /// (there is no state behind it), but later dispatch paths (bounce buffers,
 /// an IOMMU) will hold resources: always unmap.
+///
+/// ```
+/// use vm_dma::{Attrs, DmaBus, DmaDevice, Direction, MapKind};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+/// let dev = DmaDevice::new(&DmaBus::new(mem).unwrap(), "d");
+/// let m = dev.map_page(GuestAddress(0x4000), 8, 100, Direction::FromDevice).unwrap();
+/// assert_eq!((m.dma_addr().raw(), m.size(), m.kind()), (0x4008, 100, MapKind::Page));
+/// assert_eq!(m.direction(), Direction::FromDevice);
+/// assert_eq!(m.device_id(), dev.id());
+/// dev.unmap(m).unwrap();
+/// ```
 #[must_use = "a mapping must be unmapped"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct Mapping {
@@ -717,6 +730,17 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     ///
     /// A handle of another device fails with [`Error::WrongDevice`] and is
     /// given back unchanged in the [`Rejected`].
+    ///
+    /// ```
+    /// use vm_dma::{Attrs, DmaAddr, DmaBus, DmaDevice, Direction, Error};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let dev = DmaDevice::new(&DmaBus::new(mem).unwrap(), "d");
+    /// let m = dev.map_single(GuestAddress(0x1000), 64, Direction::Bidirectional).unwrap();
+    /// dev.unmap(m).unwrap();
+    /// // `m` has moved: a second unmap does not compile.
+    /// ```
     pub fn unmap(&self, mapping: Mapping) -> std::result::Result<(), Rejected<Mapping>> {
         let attrs = mapping.attrs;
         self.unmap_attrs(mapping, attrs)
@@ -853,6 +877,23 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     /// Linux-shaped `dma_map_resource()` returning the raw DMA address.
+    ///
+    /// ```
+    /// use vm_dma::{Attrs, DmaAddr, DmaBus, DmaDevice, Direction, Error};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let dev = DmaDevice::new(&DmaBus::new(mem).unwrap(), "d");
+    /// let bar = GuestAddress(0xfe00_0000);
+    /// let dma = dev.map_resource_raw(bar, 4096, Direction::ToDevice, Attrs::empty()).unwrap();
+    /// assert_eq!(dma, DmaAddr(0xfe00_0000));
+    /// // A resource is not unmapped as a single mapping of RAM.
+    /// assert!(matches!(
+    ///     dev.unmap_single_raw(dma, 4096, Direction::ToDevice, Attrs::empty()),
+    ///     Err(Error::WrongFunction { .. })
+    /// ));
+    /// dev.unmap_resource_raw(dma, 4096, Direction::ToDevice, Attrs::empty()).unwrap();
+    /// ```
     pub fn map_resource_raw(
         &self,
         phys: GuestAddress,

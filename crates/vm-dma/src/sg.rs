@@ -38,6 +38,17 @@ use crate::types::{Attrs, Direction, DmaAddr, DMA_MAPPING_ERROR, PAGE_SIZE};
 ///
 /// The CPU side is set at construction; the DMA side is
 /// `(DMA_MAPPING_ERROR, 0)` until a map fills it and again after the unmap.
+///
+/// ```
+/// use vm_dma::{SgEntry, DMA_MAPPING_ERROR};
+/// use vm_memory::GuestAddress;
+///
+/// let e = SgEntry::from_page(GuestAddress(0x7000), 0x10, 256).unwrap();
+/// assert_eq!(e.cpu_addr(), GuestAddress(0x7010));
+/// assert_eq!((e.page(), e.offset(), e.length()), (GuestAddress(0x7000), 0x10, 256));
+/// assert_eq!(e.dma_address(), DMA_MAPPING_ERROR);
+/// assert!(!e.is_mapped());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SgEntry {
     addr: GuestAddress,

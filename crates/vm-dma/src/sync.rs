@@ -141,6 +141,22 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// Linux's `dma_sync_single_range_for_cpu()`: the raw sync of `size`
     /// bytes at `dma + offset`.
+    ///
+    /// ```
+    /// use vm_dma::{Attrs, DmaAddr, DmaBus, DmaDevice, Direction, Error};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let dev = DmaDevice::new(&DmaBus::new(mem).unwrap(), "d");
+    /// let dma = dev.map_single_raw(GuestAddress(0x1000), 4096, Direction::FromDevice, Attrs::empty()).unwrap();
+    /// // The device filled the second half: give just that to the CPU.
+    /// dev.sync_single_range_for_cpu(dma, 2048, 2048, Direction::FromDevice).unwrap();
+    /// assert!(matches!(
+    ///     dev.sync_single_range_for_cpu(dma, 2048, 2049, Direction::FromDevice),
+    ///     Err(Error::OutOfRange { .. })
+    /// ));
+    /// dev.unmap_single_raw(dma, 4096, Direction::FromDevice, Attrs::empty()).unwrap();
+    /// ```
     pub fn sync_single_range_for_cpu(
         &self,
         dma: DmaAddr,
@@ -179,6 +195,18 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// Linux's `dma_sync_sg_for_cpu()` on a handle (all `orig_nents`
     /// entries, in the mapping's direction).
+    ///
+    /// ```
+    /// use vm_dma::{Attrs, DmaBus, DmaDevice, Direction, SgTable};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let dev = DmaDevice::new(&DmaBus::new(mem).unwrap(), "d");
+    /// let t = SgTable::from_entries([(GuestAddress(0), 512), (GuestAddress(0x8000), 512)]).unwrap();
+    /// let rx = dev.map_sg(t, Direction::FromDevice, Attrs::empty()).unwrap();
+    /// dev.sync_sg_for_cpu(&rx).unwrap();
+    /// dev.unmap_sg(rx).unwrap();
+    /// ```
     pub fn sync_sg_for_cpu(&self, sg: &MappedSg) -> Result<()> {
         self.sync_sg_handle(sg, Target::Cpu)
     }
@@ -252,6 +280,18 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// for a coherent device with direct mapping (no bounce buffers yet);
     /// true for a non-coherent one, whose syncs are cache maintenance.
     /// Syncs are always safe to call, and always validated.
+    ///
+    /// ```
+    /// use vm_dma::{DeviceConfig, DmaAddr, DmaBus, DmaDevice};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let bus = DmaBus::new(mem).unwrap();
+    /// assert!(!DmaDevice::new(&bus, "coherent").dma_need_sync(DmaAddr(0)));
+    /// let mut cfg = DeviceConfig::new("non-coherent");
+    /// cfg.coherent = false;
+    /// assert!(DmaDevice::with_config(&bus, cfg).dma_need_sync(DmaAddr(0)));
+    /// ```
     pub fn dma_need_sync(&self, _dma: DmaAddr) -> bool {
         match self.ops() {
             Ops::Direct => !self.is_coherent(),
