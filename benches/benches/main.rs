@@ -9,8 +9,16 @@
 // Bench setup code: a failure is a broken benchmark, not a guest-triggered path.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod debug;
 mod dma;
 mod dma_map;
 mod iommu;
+mod iova;
 
-criterion::criterion_main!(dma::benches, dma_map::benches, iommu::benches);
+criterion::criterion_main!(
+    debug::benches,
+    dma::benches,
+    dma_map::benches,
+    iommu::benches,
+    iova::benches
+);

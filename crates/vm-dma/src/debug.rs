@@ -149,15 +149,19 @@
 //! assert!(report.events[0].to_string().contains("frees DMA memory with different size"));
 //! ```
 
+mod checks;
 mod event;
+mod hook;
+mod report;
 #[cfg(test)]
 mod tests;
 mod tracker;
 
 pub use event::{Check, DebugEvent, Details, DeviceId, Kind, PoolMisuse};
+pub use hook::DebugHook;
+pub use report::{DebugReport, LeakReport, LeakedEntry};
 
-use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::panic::Location;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -168,8 +172,9 @@ use crate::device::DmaDevice;
 use crate::error::Error;
 use crate::types::{Attrs, Direction, DmaAddr, DmaParms, DMA_MAPPING_ERROR};
 
+use checks::{check_sg_segment, source_checks};
 use event::dir_name;
-use tracker::{ClInsert, Entry, MapErr, Ref, Tracker, MAX_OVERLAP};
+use tracker::{Entry, IntMap, MapErr, Ref, Tracker};
 
 /// What a hook does when it detects misuse.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -288,94 +293,6 @@ impl MapEntry {
     }
 }
 
-/// One entry still live when its device was released.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeakedEntry {
-    /// How it was made.
-    pub kind: Kind,
-    /// DMA address.
-    pub dma: DmaAddr,
-    /// Size.
-    pub size: u64,
-    /// Direction.
-    pub dir: Direction,
-    /// CPU (guest) address.
-    pub cpu: GuestAddress,
-    /// `nents` of the map (sg only, else 0).
-    pub sg_call_ents: usize,
-    /// Mapped segments of the map (sg only, else 0).
-    pub sg_mapped_ents: usize,
-    /// Attributes of the call.
-    pub attrs: Attrs,
-    /// Where it was made.
-    pub mapped_at: &'static Location<'static>,
-}
-
-/// What [`DmaDebug::release_device`] found: every entry the device leaked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeakReport {
-    /// The device.
-    pub device: DeviceId,
-    /// Its live entries, in hash order.
-    pub entries: Vec<LeakedEntry>,
-}
-
-impl LeakReport {
-    /// Whether nothing leaked.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-impl fmt::Display for LeakReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (device {}): DMA-API: device driver has pending DMA allocations while \
-             released from device [count={}]",
-            self.device.name,
-            self.device.id,
-            self.entries.len()
-        )?;
-        for e in &self.entries {
-            write!(
-                f,
-                "\n  [device address={:#018x}] [size={} bytes] [mapped with {}] \
-                 [mapped as {}] [cpu address={:#x}] [mapped at {}]",
-                e.dma.0,
-                e.size,
-                dir_name(e.dir),
-                e.kind,
-                e.cpu.0,
-                e.mapped_at
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Counts and kept events (debugfs `error_count` and the logged errors).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DebugReport {
-    /// Events per check, indexed by [`Check::index`].
-    pub counts: Vec<u64>,
-    /// The first [`DebugConfig::max_events`] events.
-    pub events: Vec<DebugEvent>,
-    /// All misuse events (every check but [`Check::OutOfEntries`]).
-    pub error_count: u64,
-    /// Live entries now.
-    pub live_entries: usize,
-    /// Whether dma-debug is still on.
-    pub enabled: bool,
-}
-
-impl DebugReport {
-    /// Events counted for `check`.
-    pub fn count(&self, check: Check) -> u64 {
-        self.counts.get(check.index()).copied().unwrap_or(0)
-    }
-}
-
 /// An event not yet stamped with device and call site.
 #[derive(Debug)]
 struct Pending {
@@ -387,7 +304,7 @@ struct Pending {
 #[derive(Debug)]
 struct State {
     tracker: Tracker,
-    names: HashMap<u32, Arc<str>>,
+    names: IntMap<u32, Arc<str>>,
     counts: Vec<u64>,
     events: Vec<DebugEvent>,
     error_count: u64,
@@ -432,7 +349,7 @@ impl DmaDebug {
             enabled: AtomicBool::new(true),
             state: Mutex::new(State {
                 tracker: Tracker::new(line.trailing_zeros()),
-                names: HashMap::new(),
+                names: IntMap::default(),
                 counts: vec![0; Check::ALL.len()],
                 events: Vec::new(),
                 error_count: 0,
@@ -448,6 +365,7 @@ impl DmaDebug {
     }
 
     /// Whether the hooks do anything.
+    #[inline]
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
@@ -1021,404 +939,8 @@ impl DmaDebug {
     }
 }
 
-/// Checks 17 and 19.
-fn source_checks(
-    kind: Kind,
-    attrs: Attrs,
-    cpu: GuestAddress,
-    len: u64,
-    is_ram: bool,
-    p: &mut Vec<Pending>,
-) {
-    let check = match kind {
-        Kind::Single if !is_ram => Check::InvalidArea,
-        Kind::Resource if is_ram => Check::ResourceIsRam,
-        Kind::Phys if is_ram && attrs.contains(Attrs::MMIO) => Check::ResourceIsRam,
-        _ => return,
-    };
-    p.push(Pending {
-        check,
-        details: Details::Area { cpu, len },
-        mapped_at: None,
-    });
-}
-
-/// Linux's `check_sg_segment`: `len` is the scatterlist entry's length,
-/// `(dma, dlen)` the mapped segment.
-fn check_sg_segment(len: Option<u64>, dma: u64, dlen: u64, parms: &DmaParms, p: &mut Vec<Pending>) {
-    let max = parms.max_segment_size;
-    if let Some(len) = len {
-        if len > u64::from(max) {
-            p.push(Pending {
-                check: Check::SegmentTooLong,
-                details: Details::SegmentLength { len, max },
-                mapped_at: None,
-            });
-        }
-    }
-    if dlen == 0 {
-        return;
-    }
-    let boundary = parms.segment_boundary;
-    // A segment that wraps the address space crosses any boundary.
-    let (end, wraps) = match dma.checked_add(dlen - 1) {
-        Some(end) => (end, false),
-        None => (u64::MAX, true),
-    };
-    if wraps || (dma ^ end) & !boundary != 0 {
-        p.push(Pending {
-            check: Check::SegmentBoundary,
-            details: Details::SegmentBoundary {
-                start: dma,
-                end,
-                boundary,
-            },
-            mapped_at: None,
-        });
-    }
-}
-
-impl State {
-    fn record(&mut self, event: DebugEvent, max_events: usize) {
-        if let Some(c) = self.counts.get_mut(event.check.index()) {
-            *c += 1;
-        }
-        if event.check.is_misuse() {
-            self.error_count += 1;
-        }
-        if self.events.len() < max_events {
-            log::warn!("{event}");
-            self.events.push(event);
-        }
-    }
-
-    /// Linux's `add_dma_entry`: insert, then cache line tracking.
-    fn add_entry(
-        &mut self,
-        cfg: &DebugConfig,
-        dev: DeviceRef<'_>,
-        entry: Entry,
-        p: &mut Vec<Pending>,
-    ) {
-        if self.full {
-            return;
-        }
-        if self.tracker.live() >= cfg.max_entries {
-            self.full = true;
-            p.push(Pending {
-                check: Check::OutOfEntries,
-                details: Details::OutOfEntries {
-                    limit: cfg.max_entries,
-                },
-                mapped_at: None,
-            });
-            return;
-        }
-        if !self.names.contains_key(&dev.id) {
-            self.names.insert(dev.id, Arc::from(dev.name));
-        }
-        let clean = entry.cache_clean();
-        let cacheline = self.tracker.cacheline_of(entry.cpu);
-        let inserted = self.tracker.cacheline_insert(&entry);
-        let (attrs, mapped_at) = (entry.attrs, entry.mapped_at);
-        self.tracker.insert(entry);
-        if let ClInsert::Exists {
-            overlap,
-            existing_clean,
-        } = inserted
-        {
-            if !clean && overlap > MAX_OVERLAP {
-                p.push(Pending {
-                    check: Check::CachelineOverlapLimit,
-                    details: Details::Cacheline {
-                        cacheline,
-                        overlaps: overlap,
-                    },
-                    mapped_at: Some(mapped_at),
-                });
-            }
-            if !attrs.contains(Attrs::SKIP_CPU_SYNC)
-                && !(clean && existing_clean)
-                && cfg.cache_alignment >= cfg.cache_line
-            {
-                p.push(Pending {
-                    check: Check::CachelineOverlap,
-                    details: Details::Cacheline {
-                        cacheline,
-                        overlaps: overlap,
-                    },
-                    mapped_at: Some(mapped_at),
-                });
-            }
-        }
-    }
-
-    /// Linux's `get_nr_mapped_entries`.
-    fn nr_mapped_entries(&self, r: &Ref) -> usize {
-        self.tracker
-            .find_exact(r)
-            .and_then(|(b, i)| self.tracker.get(b, i))
-            .map_or(0, |e| e.sg_mapped_ents)
-    }
-
-    /// Linux's `check_unmap`.
-    fn check_unmap(&mut self, r: &Ref, p: &mut Vec<Pending>) {
-        let found = self
-            .tracker
-            .find_exact(r)
-            .and_then(|(b, i)| self.tracker.get(b, i).map(|e| (b, i, *e)));
-        let Some((bucket, index, e)) = found else {
-            let (check, details) = if r.dma == DMA_MAPPING_ERROR.0 {
-                (Check::InvalidFree, Details::None)
-            } else {
-                (
-                    Check::NotAllocated,
-                    Details::Range {
-                        dma: DmaAddr(r.dma),
-                        size: r.size,
-                    },
-                )
-            };
-            p.push(Pending {
-                check,
-                details,
-                mapped_at: None,
-            });
-            return;
-        };
-        let dma = DmaAddr(r.dma);
-        let mut push = |check, details| {
-            p.push(Pending {
-                check,
-                details,
-                mapped_at: Some(e.mapped_at),
-            })
-        };
-        if r.size != e.size {
-            push(
-                Check::SizeMismatch,
-                Details::Size {
-                    dma,
-                    map_size: e.size,
-                    unmap_size: r.size,
-                },
-            );
-        }
-        if r.kind.family() != e.kind.family() {
-            push(
-                Check::WrongFunction,
-                Details::Function {
-                    dma,
-                    size: r.size,
-                    mapped: e.kind,
-                    unmapped: r.kind,
-                },
-            );
-        } else if matches!(e.kind, Kind::Coherent | Kind::Noncoherent) && r.cpu != e.cpu {
-            push(
-                Check::CpuAddressMismatch,
-                Details::CpuAddress {
-                    dma,
-                    size: r.size,
-                    alloc: GuestAddress(e.cpu),
-                    free: GuestAddress(r.cpu),
-                },
-            );
-        }
-        if r.sg_call_ents != 0 && r.kind == Kind::Sg && r.sg_call_ents != e.sg_call_ents {
-            push(
-                Check::UnmapNentsMismatch,
-                Details::Nents {
-                    map_count: e.sg_call_ents,
-                    call_count: r.sg_call_ents,
-                },
-            );
-        }
-        if r.dir != e.dir {
-            push(
-                Check::UnmapDirectionMismatch,
-                Details::Direction {
-                    dma,
-                    size: r.size,
-                    mapped: e.dir,
-                    requested: r.dir,
-                },
-            );
-        }
-        if e.map_err == MapErr::NotChecked {
-            push(
-                Check::MapErrorNotChecked,
-                Details::MapError {
-                    dma,
-                    size: r.size,
-                    kind: e.kind,
-                },
-            );
-        }
-        if let Some(removed) = self.tracker.remove(bucket, index) {
-            self.tracker.cacheline_remove(&removed);
-        }
-    }
-
-    /// Linux's `check_sync`.
-    fn check_sync(&mut self, r: &Ref, to_cpu: bool, p: &mut Vec<Pending>) {
-        let found = self
-            .tracker
-            .find_contain(r)
-            .and_then(|(b, i)| self.tracker.get(b, i).copied());
-        let Some(e) = found else {
-            p.push(Pending {
-                check: Check::SyncNotAllocated,
-                details: Details::Range {
-                    dma: DmaAddr(r.dma),
-                    size: r.size,
-                },
-                mapped_at: None,
-            });
-            return;
-        };
-        let mut push = |check, details| {
-            p.push(Pending {
-                check,
-                details,
-                mapped_at: Some(e.mapped_at),
-            })
-        };
-        if r.size > e.size {
-            push(
-                Check::SyncOutOfRange,
-                Details::SyncRange {
-                    dma: DmaAddr(e.dma),
-                    alloc_size: e.size,
-                    sync_size: r.size,
-                },
-            );
-        }
-        if e.dir == Direction::Bidirectional {
-            return;
-        }
-        let dirs = Details::Direction {
-            dma: DmaAddr(r.dma),
-            size: e.size,
-            mapped: e.dir,
-            requested: r.dir,
-        };
-        if r.dir != e.dir {
-            push(Check::SyncDirectionMismatch, dirs.clone());
-        }
-        if to_cpu && e.dir != Direction::FromDevice && r.dir != Direction::ToDevice {
-            push(Check::SyncReadOnlyForCpu, dirs.clone());
-        }
-        if !to_cpu && e.dir != Direction::ToDevice && r.dir != Direction::FromDevice {
-            push(Check::SyncWriteOnlyForDevice, dirs);
-        }
-        if r.sg_call_ents != 0 && r.kind == Kind::Sg && r.sg_call_ents != e.sg_call_ents {
-            push(
-                Check::SyncNentsMismatch,
-                Details::Nents {
-                    map_count: e.sg_call_ents,
-                    call_count: r.sg_call_ents,
-                },
-            );
-        }
-    }
-}
-
 impl From<DebugEvent> for Error {
     fn from(event: DebugEvent) -> Self {
         Error::Debug(Box::new(event))
-    }
-}
-
-/// What a device or bus holds: dma-debug off (`None`, the default; each hook
-/// is one branch) or a shared [`DmaDebug`]. Every hook of [`DmaDebug`] is here
-/// with the same signature, so wiring is one line per operation, for example
-/// `self.debug.unmap(dev.into(), Kind::Single, dma, size, dir)?;` (with
-/// `From<DebugEvent> for Error`).
-///
-/// ```
-/// use vm_dma::debug::{DebugHook, DeviceRef, Kind};
-/// use vm_dma::{DmaAddr, Direction};
-///
-/// let off = DebugHook::off();
-/// // Off: nothing is checked.
-/// assert!(off.unmap(DeviceRef::new(1, "d"), Kind::Single, DmaAddr(0x1000), 1, Direction::ToDevice).is_ok());
-/// assert!(!off.is_on());
-/// ```
-#[derive(Clone, Debug, Default)]
-pub struct DebugHook(Option<Arc<DmaDebug>>);
-
-macro_rules! forward {
-    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $off:expr;)*) => {
-        $(
-            $(#[$doc])*
-            #[inline]
-            #[track_caller]
-            pub fn $name(&self, $($arg: $ty),*) -> $ret {
-                match &self.0 {
-                    Some(d) => d.$name($($arg),*),
-                    None => $off,
-                }
-            }
-        )*
-    };
-}
-
-impl DebugHook {
-    /// dma-debug off.
-    pub const fn off() -> Self {
-        DebugHook(None)
-    }
-
-    /// Hooks into `debug`.
-    pub fn new(debug: Arc<DmaDebug>) -> Self {
-        DebugHook(Some(debug))
-    }
-
-    /// The tracker, when on.
-    pub fn get(&self) -> Option<&Arc<DmaDebug>> {
-        self.0.as_ref()
-    }
-
-    /// Whether a tracker is attached and enabled.
-    #[inline]
-    pub fn is_on(&self) -> bool {
-        self.0.as_ref().is_some_and(|d| d.is_enabled())
-    }
-
-    forward! {
-        /// [`DmaDebug::map`].
-        fn map(dev: DeviceRef<'_>, entry: &MapEntry) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::check_map_source`].
-        fn check_map_source(dev: DeviceRef<'_>, kind: Kind, attrs: Attrs, cpu: GuestAddress, len: u64, is_ram: bool) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::mapping_error`].
-        fn mapping_error(dev: DeviceRef<'_>, dma: DmaAddr) -> () = ();
-        /// [`DmaDebug::unmap`].
-        fn unmap(dev: DeviceRef<'_>, kind: Kind, dma: DmaAddr, size: u64, dir: Direction) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::map_sg`].
-        fn map_sg(dev: DeviceRef<'_>, sg: &[(GuestAddress, u64)], mapped: &[(DmaAddr, u64)], dir: Direction, attrs: Attrs, parms: &DmaParms) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::unmap_sg`].
-        fn unmap_sg(dev: DeviceRef<'_>, mapped: &[(DmaAddr, u64)], nents: usize, dir: Direction) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::sync_single`].
-        fn sync_single(dev: DeviceRef<'_>, dma: DmaAddr, size: u64, dir: Direction, to_cpu: bool) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::sync_sg`].
-        fn sync_sg(dev: DeviceRef<'_>, mapped: &[(DmaAddr, u64)], nents: usize, dir: Direction, to_cpu: bool) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::alloc_coherent`].
-        fn alloc_coherent(dev: DeviceRef<'_>, dma: DmaAddr, size: u64, cpu: GuestAddress, attrs: Attrs) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::free_coherent`].
-        fn free_coherent(dev: DeviceRef<'_>, dma: DmaAddr, size: u64, cpu: GuestAddress) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::alloc_pages`].
-        fn alloc_pages(dev: DeviceRef<'_>, dma: DmaAddr, size: u64, cpu: GuestAddress, dir: Direction, attrs: Attrs) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::free_pages`].
-        fn free_pages(dev: DeviceRef<'_>, dma: DmaAddr, size: u64, cpu: GuestAddress, dir: Direction) -> Result<(), DebugEvent> = Ok(());
-        /// [`DmaDebug::pool_event`].
-        fn pool_event(dev: DeviceRef<'_>, misuse: PoolMisuse) -> Result<(), DebugEvent> = Ok(());
-    }
-
-    /// [`DmaDebug::release_device`]; `None` when off.
-    #[inline]
-    #[track_caller]
-    pub fn release_device(&self, dev: DeviceRef<'_>) -> Option<LeakReport> {
-        self.0.as_ref().map(|d| d.release_device(dev))
     }
 }

@@ -3,7 +3,9 @@
 //! The entry hash and the cache line table, as in `kernel/dma/debug.c`, with
 //! an undo journal so that strict mode can leave them unchanged.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::Location;
 
 use crate::types::{Attrs, Direction};
@@ -16,6 +18,37 @@ pub(crate) const HASH_SIZE: usize = 16384;
 pub(crate) const HASH_FN_SHIFT: u32 = 13;
 /// Linux's `ACTIVE_CACHELINE_MAX_OVERLAP`.
 pub(crate) const MAX_OVERLAP: u32 = 7;
+
+/// A multiplicative hasher for the integer keys of the tracker's maps (cache
+/// line numbers, device ids): they are not attacker-chosen hash-flooding
+/// material (a caller that maps memory is trusted with the DMA API), and
+/// SipHash would dominate the cost of a map + unmap.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: odd multiplier, the high bits are well mixed.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A `HashMap` with [`IntHasher`].
+pub(crate) type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
 /// Linux's `map_err_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +154,7 @@ enum Undo {
 #[derive(Debug)]
 pub(crate) struct Tracker {
     buckets: Vec<Vec<Entry>>,
-    cachelines: HashMap<u64, Cacheline>,
+    cachelines: IntMap<u64, Cacheline>,
     cache_shift: u32,
     live: usize,
     journal: Vec<Undo>,
@@ -132,7 +165,7 @@ impl Tracker {
     pub(crate) fn new(cache_shift: u32) -> Self {
         Tracker {
             buckets: vec![Vec::new(); HASH_SIZE],
-            cachelines: HashMap::new(),
+            cachelines: IntMap::default(),
             cache_shift,
             live: 0,
             journal: Vec::new(),
@@ -315,11 +348,7 @@ impl Tracker {
         cpu >> self.cache_shift
     }
 
-    fn set_cacheline(&mut self, cln: u64, value: Option<Cacheline>) {
-        let prev = match value {
-            Some(c) => self.cachelines.insert(cln, c),
-            None => self.cachelines.remove(&cln),
-        };
+    fn journal_cacheline(&mut self, cln: u64, prev: Option<Cacheline>) {
         if self.journaling {
             self.journal.push(Undo::Cacheline { cln, prev });
         }
@@ -331,26 +360,29 @@ impl Tracker {
             return ClInsert::Fresh;
         }
         let cln = self.cacheline_of(entry.cpu);
-        match self.cachelines.get(&cln).copied() {
-            None => {
-                self.set_cacheline(
-                    cln,
-                    Some(Cacheline {
-                        overlap: 0,
-                        clean: entry.cache_clean(),
-                    }),
-                );
-                ClInsert::Fresh
+        let (prev, result) = match self.cachelines.entry(cln) {
+            Slot::Vacant(v) => {
+                v.insert(Cacheline {
+                    overlap: 0,
+                    clean: entry.cache_clean(),
+                });
+                (None, ClInsert::Fresh)
             }
-            Some(c) => {
+            Slot::Occupied(mut o) => {
+                let c = *o.get();
                 let overlap = c.overlap.saturating_add(1);
-                self.set_cacheline(cln, Some(Cacheline { overlap, ..c }));
-                ClInsert::Exists {
-                    overlap,
-                    existing_clean: c.clean,
-                }
+                o.get_mut().overlap = overlap;
+                (
+                    Some(c),
+                    ClInsert::Exists {
+                        overlap,
+                        existing_clean: c.clean,
+                    },
+                )
             }
-        }
+        };
+        self.journal_cacheline(cln, prev);
+        result
     }
 
     /// Linux's `active_cacheline_remove`.
@@ -359,19 +391,19 @@ impl Tracker {
             return;
         }
         let cln = self.cacheline_of(entry.cpu);
-        if let Some(c) = self.cachelines.get(&cln).copied() {
-            if c.overlap == 0 {
-                self.set_cacheline(cln, None);
-            } else {
-                self.set_cacheline(
-                    cln,
-                    Some(Cacheline {
-                        overlap: c.overlap - 1,
-                        ..c
-                    }),
-                );
+        let prev = match self.cachelines.entry(cln) {
+            Slot::Vacant(_) => return,
+            Slot::Occupied(mut o) => {
+                let c = *o.get();
+                if c.overlap == 0 {
+                    o.remove();
+                } else {
+                    o.get_mut().overlap -= 1;
+                }
+                c
             }
-        }
+        };
+        self.journal_cacheline(cln, Some(prev));
     }
 
     /// Removes and returns every entry of `dev`, in bucket order.

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! dma-debug hook costs, beside a no-op baseline:
+//!
+//! - `debug/off/map_unmap_hooks`: a map + unmap hook pair on `DebugHook::off()`
+//!   (one `Option` branch each), what every device pays with debug off;
+//! - `debug/off/map_unmap_hooks_disabled`: the same on a `DmaDebug` that was
+//!   disabled (one relaxed atomic load each);
+//! - `debug/on/map_unmap_hooks`: the pair with 1000 other live entries
+//!   (lock, hash insert, cache line insert, best-fit lookup, removal).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::Criterion;
+use vm_dma::debug::{DebugConfig, DebugHook, DeviceRef, DmaDebug, Kind, MapEntry};
+use vm_dma::{Direction, DmaAddr};
+use vm_memory::GuestAddress;
+
+const DEV: DeviceRef<'static> = DeviceRef::new(1, "bench");
+const ADDR: u64 = 0x4000_0000;
+
+fn entry() -> MapEntry {
+    MapEntry::new(
+        Kind::Single,
+        DmaAddr(ADDR),
+        4096,
+        Direction::FromDevice,
+        GuestAddress(ADDR),
+    )
+}
+
+fn pair(hook: &DebugHook, e: &MapEntry) {
+    hook.map(DEV, black_box(e)).unwrap();
+    hook.unmap(DEV, Kind::Single, black_box(e.dma), e.size, e.dir)
+        .unwrap();
+}
+
+fn bench_debug(c: &mut Criterion) {
+    let e = entry();
+
+    c.bench_function("debug/baseline/noop", |b| {
+        b.iter(|| black_box(black_box(&e).dma))
+    });
+
+    let off = DebugHook::off();
+    c.bench_function("debug/off/map_unmap_hooks", |b| b.iter(|| pair(&off, &e)));
+
+    let disabled = Arc::new(DmaDebug::new(DebugConfig::default()));
+    disabled.disable();
+    let disabled = DebugHook::new(disabled);
+    c.bench_function("debug/off/map_unmap_hooks_disabled", |b| {
+        b.iter(|| pair(&disabled, &e))
+    });
+
+    let on = DebugHook::new(Arc::new(DmaDebug::new(DebugConfig::default())));
+    for i in 0..1000u64 {
+        let a = 0x1000_0000 + i * 0x1000;
+        let other = MapEntry::new(
+            Kind::Page,
+            DmaAddr(a),
+            2048,
+            Direction::FromDevice,
+            GuestAddress(a),
+        );
+        on.map(DEV, &other).unwrap();
+    }
+    c.bench_function("debug/on/map_unmap_hooks", |b| b.iter(|| pair(&on, &e)));
+    let debug = on.get().unwrap();
+    assert_eq!(debug.live_entries(), 1000);
+    assert_eq!(debug.report().error_count, 0);
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+}
+
+criterion::criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_debug
+}
