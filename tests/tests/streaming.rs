@@ -288,3 +288,37 @@ fn view_of_a_32_bit_device_refuses_a_descriptor_table_above_4_gib() {
     let (_, descs) = pop_chain(&mut q, &v64).expect("a chain is available");
     assert_eq!(descs, [(0x3000, 0x80, false)]);
 }
+
+#[test]
+fn virtio_reader_and_writer_reach_only_what_the_device_can_address() {
+    let b = bus();
+    let mem = b.memory();
+    mem.write_slice(b"request above 4G", GuestAddress(HIGH + 0x1000))
+        .unwrap();
+    let mock = MockSplitQueue::create(mem, GuestAddress(MIB), 16);
+    mock.build_desc_chain(&[
+        RawDescriptor::from(SplitDescriptor::new(HIGH + 0x1000, 16, 0, 0)),
+        RawDescriptor::from(SplitDescriptor::new(0x5000, 16, VRING_DESC_F_WRITE, 0)),
+    ])
+    .unwrap();
+    let v32 = device(&b, 32).device_view();
+    let v64 = device(&b, 64).device_view();
+
+    // The 32-bit device cannot build a reader over the high buffer.
+    let mut q: Queue = mock.create_queue().unwrap();
+    let chain = q.pop_descriptor_chain(&v32).unwrap();
+    assert!(virtio_queue::Reader::new(&v32, chain).is_err());
+
+    // The 64-bit device reads the request and writes the reply.
+    let mut q: Queue = mock.create_queue().unwrap();
+    let chain = q.pop_descriptor_chain(&v64).unwrap();
+    let mut reader = virtio_queue::Reader::new(&v64, chain.clone()).unwrap();
+    let mut req = [0u8; 16];
+    std::io::Read::read_exact(&mut reader, &mut req).unwrap();
+    assert_eq!(&req, b"request above 4G");
+    let mut writer = virtio_queue::Writer::new(&v64, chain).unwrap();
+    std::io::Write::write_all(&mut writer, b"reply below 4 GB").unwrap();
+    let mut reply = [0u8; 16];
+    mem.read_slice(&mut reply, GuestAddress(0x5000)).unwrap();
+    assert_eq!(&reply, b"reply below 4 GB");
+}
