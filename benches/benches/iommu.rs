@@ -298,7 +298,8 @@ fn contended(c: &mut Criterion) {
         let d = iommu.domain(1).unwrap();
         std::thread::spawn(move || {
             let mut ops = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            // At least one operation, even when the benchmark is filtered out.
+            while ops == 0 || !stop.load(Ordering::Relaxed) {
                 // Map and unmap a page in another 2 MiB region of the same domain.
                 let iova = IOVA_BASE + (8192 + (ops % 512)) * PAGE;
                 d.map(iova, 0x10_0000, PAGE, Permissions::ReadWrite)
@@ -335,7 +336,7 @@ fn contended_paced(c: &mut Criterion) {
         let d = iommu.domain(1).unwrap();
         std::thread::spawn(move || {
             let mut ops = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            while ops == 0 || !stop.load(Ordering::Relaxed) {
                 let iova = IOVA_BASE + (8192 + (ops % 512)) * PAGE;
                 d.map(iova, 0x10_0000, PAGE, Permissions::ReadWrite)
                     .unwrap();

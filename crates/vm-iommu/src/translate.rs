@@ -139,6 +139,40 @@ fn wrap_fault(inner: &Inner, endpoint: u32, iova: u64, access: Permissions) -> F
     }
 }
 
+/// Fast path: `iova..=last` inside one 4 KiB page of the cached last-level table. A
+/// valid leaf there is current (no block leaf can sit above a non-empty table), and
+/// the table's key ties it to the endpoint's current domain slot.
+#[inline(always)]
+pub(crate) fn fast(
+    inner: &Inner,
+    ep: &EndpointState,
+    cache: &LeafCache,
+    iova: u64,
+    last: u64,
+    access: Permissions,
+) -> Option<Fragment> {
+    let leaf = cache.get()?;
+    let (first, in_last) = inner.input_range;
+    if leaf.key() != leaf_key(slot_tag(ep.domain()), iova)
+        || (iova ^ last) >> 12 != 0
+        || iova < first
+        || last > in_last
+        || last < iova
+    {
+        return None;
+    }
+    let raw = leaf.entry(iova);
+    if raw & VALID == 0 || !entry_allows(raw, access) {
+        return None;
+    }
+    Some(Fragment {
+        iova,
+        gpa: GuestAddress((raw & ADDR_MASK) | (iova & 0xfff)),
+        len: last - iova + 1,
+        perm: entry_perms(raw),
+    })
+}
+
 /// Translate and check `iova..iova+len` (`len > 0`) without recording faults.
 ///
 /// `cache` must belong to a handle that keeps `inner` alive (see [`LeafCache`]).
@@ -161,31 +195,11 @@ pub(crate) fn check<'a>(
     let Some(last) = iova.checked_add(len.wrapping_sub(1)).filter(|_| len != 0) else {
         return Err(wrap_fault(inner, endpoint, iova, access));
     };
+    if let Some(f) = cache.and_then(|c| fast(inner, ep, c, iova, last, access)) {
+        return Ok((f, None));
+    }
     let (first, in_last) = inner.input_range;
     let d = ep.domain();
-    // Fast path: a range inside one 4 KiB page of the cached last-level table. A valid
-    // leaf there is current (no block leaf can sit above a non-empty table), and the
-    // key ties the table to the endpoint's current domain slot.
-    if let Some(leaf) = cache.and_then(LeafCache::get) {
-        if leaf.key() == leaf_key(slot_tag(d), iova)
-            && (iova ^ last) >> 12 == 0
-            && iova >= first
-            && last <= in_last
-        {
-            let raw = leaf.entry(iova);
-            if raw & VALID != 0 && entry_allows(raw, access) {
-                return Ok((
-                    Fragment {
-                        iova,
-                        gpa: GuestAddress((raw & ADDR_MASK) | (iova & 0xfff)),
-                        len,
-                        perm: entry_perms(raw),
-                    },
-                    None,
-                ));
-            }
-        }
-    }
     let identity = Fragment {
         iova,
         gpa: GuestAddress(iova),

@@ -5,7 +5,7 @@
 use std::iter::FusedIterator;
 
 use vm_memory::bitmap::{BS, MS};
-use vm_memory::guest_memory::{GuestMemoryBackendSliceIterator, GuestMemorySliceIterator};
+use vm_memory::guest_memory::GuestMemorySliceIterator;
 use vm_memory::iommu::{Error as IotlbError, IovaRange};
 use vm_memory::{
     Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
@@ -148,13 +148,44 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
         access: Permissions,
     ) -> GuestMemoryResult<impl GuestMemorySliceIterator<'a, BS<'a, Self::Bitmap>>> {
         if count == 0 {
-            return Ok(ViewSlices {
-                mem: &self.mem,
-                slice: None,
-                current: None,
-                rest: None,
-            });
+            return Ok(ViewSlices::One(None));
         }
+        let ep = &self.endpoint;
+        // Fast path: one page of the cached leaf table, inside one memory region.
+        let fast = (count as u64)
+            .checked_sub(1)
+            .and_then(|n| addr.0.checked_add(n))
+            .and_then(|last| {
+                translate::fast(&ep.inner, &ep.state, &ep.cache, addr.0, last, access)
+            });
+        if let Some(f) = fast {
+            if let Some((region, offset)) = self.mem.to_region_addr(f.gpa) {
+                let fits = region
+                    .len()
+                    .checked_sub(offset.raw_value())
+                    .is_some_and(|cap| f.len <= cap);
+                if fits {
+                    return Ok(ViewSlices::One(Some(region.get_slice(offset, count)?)));
+                }
+            }
+        }
+        self.get_slices_slow(addr, count, access)
+    }
+
+    fn physical_memory(&self) -> Option<&Self::PhysicalMemory> {
+        None
+    }
+}
+
+impl<M: GuestMemoryBackend> DeviceView<M> {
+    /// Everything but the fast path of `get_slices`.
+    #[inline(never)]
+    fn get_slices_slow(
+        &self,
+        addr: GuestAddress,
+        count: usize,
+        access: Permissions,
+    ) -> GuestMemoryResult<ViewSlices<'_, M>> {
         let ep = &self.endpoint;
         let (first, rest) = translate::check_recorded(
             &ep.inner,
@@ -182,56 +213,33 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
                     break;
                 }
             }
-        }
-        // `first.len <= count`, so it fits in usize.
-        let len = usize::try_from(first.len).unwrap_or(count);
-        // Common case: the first piece lies in one region; hand out its slice directly.
-        if let Some((region, offset)) = self.mem.to_region_addr(first.gpa) {
-            let fits = region
-                .len()
-                .checked_sub(offset.raw_value())
-                .is_some_and(|cap| first.len <= cap);
-            if fits {
-                let slice = region.get_slice(offset, len)?;
-                return Ok(ViewSlices {
-                    mem: &self.mem,
-                    slice: Some(slice),
-                    current: None,
-                    rest,
-                });
-            }
-        } else {
+        } else if self.mem.to_region_addr(first.gpa).is_none() {
             return Err(GuestMemoryError::InvalidGuestAddress(first.gpa));
         }
-        Ok(ViewSlices {
+        // `first.len <= count`, so it fits in usize.
+        let left = usize::try_from(first.len).unwrap_or(count);
+        Ok(ViewSlices::Many {
             mem: &self.mem,
-            slice: None,
-            current: Some(self.mem.get_slices(first.gpa, len)),
+            gpa: first.gpa,
+            left,
             rest,
         })
-    }
-
-    fn physical_memory(&self) -> Option<&Self::PhysicalMemory> {
-        None
     }
 }
 
 /// Slices of a translated range, returned by [`DeviceView`]'s
 /// [`get_slices`](GuestMemory::get_slices).
-struct ViewSlices<'a, M: GuestMemoryBackend> {
-    mem: &'a M,
-    /// The first slice, when it was computed up front.
-    slice: Option<VolatileSlice<'a, MS<'a, M>>>,
-    current: Option<GuestMemoryBackendSliceIterator<'a, M>>,
-    rest: Option<Rest<'a>>,
-}
-
-impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
-    fn stop(&mut self) {
-        self.slice = None;
-        self.rest = None;
-        self.current = None;
-    }
+enum ViewSlices<'a, M: GuestMemoryBackend> {
+    /// A single slice, computed up front (`None` once returned, or when exhausted or
+    /// stopped by an error).
+    One(Option<VolatileSlice<'a, MS<'a, M>>>),
+    /// The general case: `left` bytes at `gpa`, then the rest of the translation.
+    Many {
+        mem: &'a M,
+        gpa: GuestAddress,
+        left: usize,
+        rest: Option<Rest<'a>>,
+    },
 }
 
 impl<'a, M: GuestMemoryBackend> Iterator for ViewSlices<'a, M> {
@@ -239,43 +247,67 @@ impl<'a, M: GuestMemoryBackend> Iterator for ViewSlices<'a, M> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if let Some(slice) = self.slice.take() {
-            return Some(Ok(slice));
-        }
-        loop {
-            if let Some(cur) = self.current.as_mut() {
-                match cur.next() {
-                    Some(Ok(slice)) => return Some(Ok(slice)),
-                    Some(Err(e)) => {
-                        self.stop();
-                        return Some(Err(e));
-                    }
-                    None => self.current = None,
+        match self {
+            ViewSlices::One(slice) => slice.take().map(Ok),
+            ViewSlices::Many { .. } => {
+                let item = self.next_many();
+                if !matches!(item, Some(Ok(_))) {
+                    *self = ViewSlices::One(None);
                 }
+                item
             }
-            let rest = self.rest.as_mut()?;
-            let (item, more) = rest.next_fragment();
+        }
+    }
+}
+
+impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
+    fn next_many(&mut self) -> Option<GuestMemoryResult<VolatileSlice<'a, MS<'a, M>>>> {
+        let ViewSlices::Many {
+            mem,
+            gpa,
+            left,
+            rest,
+        } = self
+        else {
+            return None;
+        };
+        while *left == 0 {
+            let r = rest.as_mut()?;
+            let (item, more) = r.next_fragment();
             if !more {
-                self.rest = None;
+                *rest = None;
             }
             match item {
-                Ok(f) => match usize::try_from(f.len) {
-                    Ok(len) => self.current = Some(self.mem.get_slices(f.gpa, len)),
-                    Err(_) => {
-                        self.stop();
-                        return Some(Err(GuestMemoryError::GuestAddressOverflow));
-                    }
-                },
+                Ok(f) => {
+                    *gpa = f.gpa;
+                    *left = match usize::try_from(f.len) {
+                        Ok(len) => len,
+                        Err(_) => return Some(Err(GuestMemoryError::GuestAddressOverflow)),
+                    };
+                }
                 Err(e) => {
                     let iova = GuestAddress(match e {
                         Error::Fault(f) => f.iova,
                         _ => 0,
                     });
-                    self.stop();
                     return Some(Err(to_memory_error(e, iova, 0)));
                 }
             }
         }
+        let Some((region, offset)) = mem.to_region_addr(*gpa) else {
+            return Some(Err(GuestMemoryError::InvalidGuestAddress(*gpa)));
+        };
+        // `offset < region.len()`, so the difference cannot underflow.
+        let cap = region.len().saturating_sub(offset.raw_value());
+        let n = usize::try_from(cap).map_or(*left, |cap| cap.min(*left));
+        let slice = match region.get_slice(offset, n) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e.into())),
+        };
+        *left -= n;
+        // `gpa + n` stays inside the translated fragment, which does not wrap.
+        *gpa = GuestAddress(gpa.0.wrapping_add(n as u64));
+        Some(Ok(slice))
     }
 }
 

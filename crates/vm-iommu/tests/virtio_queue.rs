@@ -199,3 +199,30 @@ fn test_view_wrapping_access_is_an_error_not_a_panic() {
     assert!(!view.check_range(GuestAddress(u64::MAX - 3), 8, Permissions::Read));
     assert!(view.physical_memory().is_none());
 }
+
+#[test]
+fn test_view_access_crossing_memory_regions_is_split_into_slices() {
+    // Two adjacent regions; one 8 KiB mapping spans the boundary.
+    let mem = Mem::from_ranges(&[
+        (GuestAddress(0), 0x1_0000),
+        (GuestAddress(0x1_0000), 0x1_0000),
+    ])
+    .unwrap();
+    let iommu = Iommu::new(Config::default()).unwrap();
+    iommu.create_domain(1, false).unwrap();
+    iommu.attach(1, 1).unwrap();
+    iommu
+        .map(1, IOVA, 0xf000, 0x2000, Permissions::ReadWrite)
+        .unwrap();
+    let view = iommu.view(1, mem.clone()).unwrap();
+    let at = GuestAddress(IOVA + 0xff0);
+    let lens: Vec<usize> = view
+        .get_slices(at, 0x20, Permissions::Write)
+        .unwrap()
+        .map(|s| s.unwrap().len())
+        .collect();
+    assert_eq!(lens, vec![0x10, 0x10]);
+    view.write_slice(&[7; 0x20], at).unwrap();
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(0xfff0)).unwrap(), 7);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1_000f)).unwrap(), 7);
+}
