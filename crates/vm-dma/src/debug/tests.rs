@@ -1305,6 +1305,33 @@ fn hook_forwards_and_keeps_the_caller_location() {
 }
 
 #[test]
+fn shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<DmaDebug>();
+    send_sync::<DebugHook>();
+    send_sync::<DebugEvent>();
+    let d = Arc::new(report_mode());
+    let threads: Vec<_> = (0..2u64)
+        .map(|t| {
+            let d = Arc::clone(&d);
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    let a = (t << 32) + i * 0x1000;
+                    d.map(DEV, &single(a, 64, FromDev)).unwrap();
+                    d.sync_single(DEV, DmaAddr(a), 64, FromDev, true).unwrap();
+                    d.unmap(DEV, Kind::Single, DmaAddr(a), 64, FromDev).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(d.report().error_count, 0);
+    assert_eq!(d.live_entries(), 0);
+}
+
+#[test]
 fn device_ref_from_a_device() {
     use crate::{DmaBus, DmaDevice};
     use vm_memory::GuestMemoryMmap;
