@@ -3,6 +3,7 @@
 //! Domain and endpoint handles: map/unmap on a domain's IO page table, and lock-free
 //! translation for an endpoint.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use vm_memory::Permissions;
@@ -108,6 +109,9 @@ impl Domain {
             });
         }
         for ep in &st.endpoints {
+            if ep.reserved_len.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
             for r in lock(&ep.reserved).iter() {
                 if *r.start() <= last && iova <= *r.end() {
                     return Err(Error::Reserved {

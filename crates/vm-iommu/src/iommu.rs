@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use vm_memory::{GuestMemoryBackend, Permissions};
@@ -91,6 +91,10 @@ pub(crate) struct EndpointState {
     /// Reserved IOVA regions (writer side only; padded away from `domain`, which every
     /// translation reads).
     pub(crate) reserved: CachePadded<Mutex<Vec<RangeInclusive<u64>>>>,
+    /// Number of reserved regions, readable without the lock. Changed only while the
+    /// lock of the endpoint's domain (if any) is held, so a writer holding that lock
+    /// may skip locking `reserved` when this is 0.
+    pub(crate) reserved_len: AtomicUsize,
     /// Access guards of this endpoint.
     pub(crate) quiesce: Quiesce,
 }
@@ -225,6 +229,7 @@ impl Inner {
             id,
             domain: AtomicU32::new(0),
             reserved: CachePadded(Mutex::new(Vec::new())),
+            reserved_len: AtomicUsize::new(0),
             quiesce: Quiesce::default(),
         });
         self.endpoints.insert(Arc::clone(&ep));
@@ -583,6 +588,7 @@ impl Iommu {
                 .check_reserved_unmapped(regions, endpoint, ds.root())?;
         }
         *lock(&ep.reserved) = regions.to_vec();
+        ep.reserved_len.store(regions.len(), Ordering::Relaxed);
         Ok(())
     }
 
