@@ -68,10 +68,14 @@
 //!   unrelated failure under a lower limit until something below 4 GiB is
 //!   freed.
 //! - The cache is sharded by thread, not per CPU; the depot is bounded
-//!   ([`IovaConfig::depot_magazines`] per class) and, when full, the loaded
-//!   magazine goes back to the tree at once instead of Linux's unbounded
-//!   depot trimmed by a 100 ms worker. Cached memory is bounded by
-//!   `(2 * shards + depot_magazines) * 127` IOVAs per class.
+//!   ([`IovaConfig::depot_magazines`] per class, by default
+//!   [`DEFAULT_DEPOT_MAGAZINES`] = 259: one flush of the 32768-entry flush
+//!   queue fits) and, when full, the loaded magazine goes back to the tree
+//!   at once instead of Linux's unbounded depot trimmed by a 100 ms worker
+//!   to `num_online_cpus` magazines. There is no trimming: the cache holds
+//!   at most `(2 * shards + depot_magazines) * 127` IOVAs per class (at most
+//!   about 1.6 MiB of magazines per domain, allocated as the depot grows)
+//!   until [`IovaDomain::flush_cache`] or a failed tree search returns them.
 //! - [`IovaDomain::reserve`] flushes the cache first and refuses (typed error,
 //!   no change) a range that overlaps a live IOVA; Linux merges the reserve
 //!   with the live node. Parts outside the aperture are ignored.
@@ -123,6 +127,9 @@ pub const DMA_32BIT_LIMIT: u64 = 0xffff_ffff;
 /// Sizes (in granules) below this are rounded up to a power of two, and
 /// sizes up to it are cached (Linux: `1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)`).
 pub const IOVA_RANGE_CACHE_MAX_GRANULES: u64 = 1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1);
+/// Default depot bound per size class: a full single flush-queue ring
+/// (32768 IOVAs) fits, so a lazy flush releases into the cache. 1 KiB each.
+pub const DEFAULT_DEPOT_MAGAZINES: usize = 32768 / IOVA_MAG_SIZE + 1;
 const LIVE_SHARDS: usize = 64;
 const MAX_AUTO_SHARDS: usize = 64;
 
@@ -212,7 +219,9 @@ pub struct IovaConfig {
     pub cache: bool,
     /// Cache shards (0: one per available CPU, at most 64).
     pub cache_shards: usize,
-    /// Full magazines kept per size class in the depot (0: as many as shards).
+    /// Full magazines kept per size class in the depot (0: enough for one
+    /// flush of the single flush-queue ring, [`DEFAULT_DEPOT_MAGAZINES`], or
+    /// the shard count if larger).
     pub depot_magazines: usize,
 }
 
@@ -305,22 +314,19 @@ impl Tree {
             Some(c) => c.checked_sub(1).map(|h| h.min(limit_pfn)),
         };
         let mut found =
-            first_hi.and_then(|h| self.gaps.highest_fit(self.start_pfn, h, size, order));
+            first_hi.and_then(|h| self.gaps.take_highest_fit(self.start_pfn, h, size, order));
         // ...then once over the part above it that was skipped.
         if found.is_none() {
             if let Some(c) = cached {
                 if c <= limit_pfn {
                     found = c.checked_add(1).and_then(|lo| {
                         self.gaps
-                            .highest_fit(lo.max(self.start_pfn), limit_pfn, size, order)
+                            .take_highest_fit(lo.max(self.start_pfn), limit_pfn, size, order)
                     });
                 }
             }
         }
         let pfn = found?;
-        if !self.carve(pfn, size) {
-            return None;
-        }
         // __cached_rbnode_insert_update
         if pfn + (size - 1) < self.dma32_pfn {
             self.cached32 = Some(pfn);
@@ -330,41 +336,20 @@ impl Tree {
         Some(pfn)
     }
 
-    /// Removes the free range `[pfn, pfn + size - 1]` from its gap.
-    fn carve(&mut self, pfn: u64, size: u64) -> bool {
-        let end = pfn + (size - 1);
-        let Some((glo, ghi)) = self.gaps.containing(pfn) else {
-            return false;
-        };
-        if ghi < end {
-            return false;
-        }
-        match (glo == pfn, ghi == end) {
-            (true, true) => self.gaps.remove(glo).is_some(),
-            (true, false) => self.gaps.modify(glo, end + 1, ghi),
-            (false, true) => self.gaps.modify(glo, glo, pfn - 1),
-            (false, false) => {
-                if !self.gaps.can_insert() {
-                    return false;
-                }
-                self.gaps.modify(glo, glo, pfn - 1) && self.gaps.insert(end + 1, ghi)
-            }
-        }
-    }
-
     /// Returns `[pfn, pfn + size - 1]` (not free, not reserved) to the free
     /// space, moving the cached positions as Linux does.
     fn free(&mut self, pfn: u64, size: u64) {
         let lo = pfn;
         let hi = pfn + (size - 1);
+        let (below, above) = self.gaps.neighbours(lo);
+        let below = below.filter(|g| g.1.checked_add(1) == Some(lo));
+        let above = above.filter(|g| hi.checked_add(1) == Some(g.0));
         // rb_next(free): the first non-free pfn above, or the anchor.
-        let next = match hi.checked_add(1) {
-            Some(n) if n <= self.end_pfn => match self.gaps.get(n) {
-                Some((_, ghi)) => ghi.checked_add(1).filter(|&p| p <= self.end_pfn),
-                None => Some(n),
-            },
-            _ => None,
-        };
+        let next = match above {
+            Some((_, ghi)) => ghi.checked_add(1),
+            None => hi.checked_add(1),
+        }
+        .filter(|&p| p <= self.end_pfn);
         // __cached_rbnode_delete_update
         if let Some(c32) = self.cached32 {
             if lo == c32 || (hi < self.dma32_pfn && lo >= c32) {
@@ -376,11 +361,6 @@ impl Tree {
                 self.cached = next;
             }
         }
-        let below = lo
-            .checked_sub(1)
-            .and_then(|b| self.gaps.containing(b))
-            .filter(|g| g.1 + 1 == lo);
-        let above = hi.checked_add(1).and_then(|a| self.gaps.get(a));
         let ok = match (below, above) {
             (Some(b), Some(a)) => {
                 self.gaps.remove(a.0).is_some() && self.gaps.modify(b.0, b.0, a.1)
@@ -498,7 +478,7 @@ impl IovaDomain {
                 cfg.cache_shards
             };
             let depot = if cfg.depot_magazines == 0 {
-                shards
+                shards.max(DEFAULT_DEPOT_MAGAZINES)
             } else {
                 cfg.depot_magazines
             };

@@ -253,54 +253,158 @@ impl GapTree {
         removed
     }
 
-    fn modify_rec(&mut self, t: u32, key: u64, lo: u64, hi: u64) -> bool {
+    fn modify_rec(&mut self, t: u32, key: u64, lo: u64, hi: u64) -> Option<(u64, u64)> {
         if t == NIL {
-            return false;
+            return None;
         }
         let tk = self.n(t).lo;
-        let found = if key == tk {
+        let old = if key == tk {
             let n = self.n_mut(t);
+            let old = (n.lo, n.hi);
             n.lo = lo;
             n.hi = hi;
-            true
+            Some(old)
         } else if key < tk {
             self.modify_rec(self.n(t).left, key, lo, hi)
         } else {
             self.modify_rec(self.n(t).right, key, lo, hi)
         };
-        if found {
+        if old.is_some() {
             self.update(t);
         }
-        found
+        old
     }
 
     /// Changes the gap that starts at `key` to `[lo, hi]` in place. The new
     /// range must not reach into or touch another gap.
     pub(super) fn modify(&mut self, key: u64, lo: u64, hi: u64) -> bool {
-        let Some((olo, ohi)) = self.get(key) else {
-            return false;
-        };
-        let found = self.modify_rec(self.root, key, lo, hi);
-        if found {
-            self.free_granules = self
-                .free_granules
-                .saturating_sub((ohi - olo).saturating_add(1))
-                .saturating_add((hi - lo).saturating_add(1));
+        match self.modify_rec(self.root, key, lo, hi) {
+            Some((olo, ohi)) => {
+                self.free_granules = self
+                    .free_granules
+                    .saturating_sub((ohi - olo).saturating_add(1))
+                    .saturating_add((hi - lo).saturating_add(1));
+                true
+            }
+            None => false,
         }
-        found
     }
 
-    /// The gap starting exactly at `lo`.
-    pub(super) fn get(&self, lo: u64) -> Option<(u64, u64)> {
+    /// The gaps just below and just above the non-free pfn `pfn`: the one
+    /// with the greatest start below it and the one with the smallest start
+    /// above it, in one descent.
+    pub(super) fn neighbours(&self, pfn: u64) -> (Option<(u64, u64)>, Option<(u64, u64)>) {
         let mut t = self.root;
+        let (mut below, mut above) = (None, None);
         while t != NIL {
             let n = self.n(t);
-            if lo == n.lo {
-                return Some((n.lo, n.hi));
+            if n.lo < pfn {
+                below = Some((n.lo, n.hi));
+                t = n.right;
+            } else if n.lo > pfn {
+                above = Some((n.lo, n.hi));
+                t = n.left;
+            } else {
+                // A gap starting at pfn: pfn is free; report it as above.
+                above = Some((n.lo, n.hi));
+                t = n.left;
             }
-            t = if lo < n.lo { n.left } else { n.right };
         }
-        None
+        (below, above)
+    }
+
+    /// Finds the highest fit (as [`GapTree::highest_fit`]) and removes
+    /// `[p, p + size - 1]` from its gap, in one descent. Returns `p`.
+    pub(super) fn take_highest_fit(
+        &mut self,
+        lo: u64,
+        hi: u64,
+        size: u64,
+        order: u32,
+    ) -> Option<u64> {
+        if lo > hi || size == 0 || !self.can_insert() {
+            return None;
+        }
+        let mut split = None;
+        let (root, found) = self.take_rec(self.root, lo, hi, size, order, &mut split);
+        self.root = root;
+        let p = found?;
+        self.free_granules = self.free_granules.saturating_sub(size);
+        if let Some((slo, shi)) = split {
+            // The upper rest of a gap cut in the middle (capacity checked).
+            let before = self.free_granules;
+            self.insert(slo, shi);
+            self.free_granules = before;
+        }
+        Some(p)
+    }
+
+    /// Returns the new root of the subtree and the position taken.
+    fn take_rec(
+        &mut self,
+        t: u32,
+        lo: u64,
+        hi: u64,
+        size: u64,
+        order: u32,
+        split: &mut Option<(u64, u64)>,
+    ) -> (u32, Option<u64>) {
+        if t == NIL {
+            return (t, None);
+        }
+        let (nlo, nhi, left, right) = {
+            let n = self.n(t);
+            if n.max_len < size {
+                return (t, None);
+            }
+            let k = (order as usize).min(EXACT_ORDERS - 1);
+            if size < u64::from(u32::MAX) && u64::from(n.fit[k]) < size {
+                return (t, None);
+            }
+            (n.lo, n.hi, n.left, n.right)
+        };
+        if nlo < hi {
+            let (r, found) = self.take_rec(right, lo, hi, size, order, split);
+            if found.is_some() {
+                self.n_mut(t).right = r;
+                self.update(t);
+                return (t, found);
+            }
+        }
+        if nlo <= hi && nhi >= lo {
+            if let Some(p) = fit_in(nlo.max(lo), nhi.min(hi), size, order) {
+                let end = p + (size - 1);
+                let keep_low = p > nlo;
+                let keep_high = end < nhi;
+                if keep_high && keep_low {
+                    *split = Some((end + 1, nhi));
+                }
+                if !keep_low && !keep_high {
+                    // The whole gap goes: replace the node by its children.
+                    self.free_slots.push(t);
+                    self.count -= 1;
+                    let m = self.merge(left, right);
+                    return (m, Some(p));
+                }
+                let n = self.n_mut(t);
+                if keep_low {
+                    n.hi = p - 1;
+                } else {
+                    n.lo = end + 1;
+                }
+                self.update(t);
+                return (t, Some(p));
+            }
+        }
+        if nlo > lo {
+            let (l, found) = self.take_rec(left, lo, hi, size, order, split);
+            if found.is_some() {
+                self.n_mut(t).left = l;
+                self.update(t);
+                return (t, found);
+            }
+        }
+        (t, None)
     }
 
     /// The gap with the greatest start `<= pfn`.
@@ -341,7 +445,9 @@ impl GapTree {
     }
 
     /// Highest `p` aligned to `2^order` such that `[p, p + size - 1]` is free
-    /// and inside `[lo, hi]`.
+    /// and inside `[lo, hi]` (read-only; the allocator uses
+    /// [`GapTree::take_highest_fit`]).
+    #[cfg(test)]
     pub(super) fn highest_fit(&self, lo: u64, hi: u64, size: u64, order: u32) -> Option<u64> {
         if lo > hi || size == 0 {
             return None;
@@ -349,6 +455,7 @@ impl GapTree {
         self.query(self.root, lo, hi, size, order)
     }
 
+    #[cfg(test)]
     fn query(&self, t: u32, lo: u64, hi: u64, size: u64, order: u32) -> Option<u64> {
         if t == NIL {
             return None;
@@ -471,6 +578,53 @@ mod tests {
                 brute(&expect, 1, pos, size, order)
             );
         }
+    }
+
+    #[test]
+    fn take_matches_brute_force() {
+        let mut t = GapTree::new();
+        let mut gaps = vec![(1u64, 5000u64)];
+        assert!(t.insert(1, 5000));
+        let mut x = 7u64;
+        for step in 0..3000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let size = [1u64, 1, 2, 3, 4, 8, 5, 33][(x >> 60) as usize % 8];
+            let order = 64 - (size - 1).leading_zeros();
+            let hi = 1 + (x >> 20) % 5000;
+            let lo = 1 + (x >> 40) % 100;
+            let expect = brute(&gaps, lo, hi, size, order);
+            let got = t.take_highest_fit(lo, hi, size, order);
+            assert_eq!(got, expect, "step {step}");
+            if let Some(p) = got {
+                let i = gaps.iter().position(|g| g.0 <= p && g.1 >= p).unwrap();
+                let g = gaps.remove(i);
+                if g.1 > p + size - 1 {
+                    gaps.insert(i, (p + size, g.1));
+                }
+                if g.0 < p {
+                    gaps.insert(i, (g.0, p - 1));
+                }
+            }
+            // Give back a random gap's neighbour range now and then.
+            if step % 3 == 0 && gaps.len() > 1 {
+                let i = (x >> 8) as usize % (gaps.len() - 1);
+                let (a, b) = (gaps[i], gaps[i + 1]);
+                // Free the whole hole between two gaps: merge them.
+                assert!(t.remove(b.0).is_some());
+                assert!(t.modify(a.0, a.0, b.1));
+                gaps[i] = (a.0, b.1);
+                gaps.remove(i + 1);
+            }
+            assert_eq!(t.len(), gaps.len());
+        }
+        assert_eq!(t.gaps(), gaps);
+        let total: u64 = gaps.iter().map(|g| g.1 - g.0 + 1).sum();
+        assert_eq!(t.free_granules(), total);
+        let (below, above) = t.neighbours(gaps[0].1 + 1);
+        assert_eq!(below, Some(gaps[0]));
+        assert_eq!(above, gaps.get(1).copied());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 //! The IOVA range cache: Linux's per-CPU magazines (Bonwick/Adams), as a
 //! fixed set of shards picked by thread, plus one bounded depot per size
-//! class. Nothing here allocates after construction: magazines are inline
-//! arrays, and the depots are vectors with their full capacity reserved.
+//! class. Magazines are inline arrays; a depot is a vector that grows up to
+//! its bound and keeps its capacity, so nothing allocates once a domain has
+//! reached its high-water mark.
 
 use std::cell::Cell;
 use std::fmt;
@@ -128,7 +129,7 @@ impl Rcache {
                     })
                 })
                 .collect(),
-            depots: std::array::from_fn(|_| Mutex::new(Vec::with_capacity(depot_max))),
+            depots: std::array::from_fn(|_| Mutex::new(Vec::new())),
             depot_max,
         }
     }
