@@ -13,10 +13,12 @@ mod debug;
 mod dma;
 mod dma_map;
 mod iommu;
+mod iova;
 
 criterion::criterion_main!(
     debug::benches,
     dma::benches,
     dma_map::benches,
-    iommu::benches
+    iommu::benches,
+    iova::benches
 );
