@@ -176,12 +176,12 @@ checks! {
     /// \[25\] "debugging out of memory - disabling": the tracker reached
     /// `DebugConfig::max_entries` and dma-debug turned itself off.
     OutOfEntries = 25,
-    /// dmapool "dma_pool_free <pool>, dma <addr> already free".
+    /// dmapool "dma_pool_free `<pool>`, dma `<addr>` already free".
     PoolDoubleFree = 0,
-    /// dmapool "dma_pool_free <pool>, <addr> (bad dma)": a block of another
+    /// dmapool "dma_pool_free `<pool>`, `<addr>` (bad dma)": a block of another
     /// pool, or no block at all.
     PoolForeignFree = 0,
-    /// dmapool "dma_pool_destroy <pool> busy".
+    /// dmapool "dma_pool_destroy `<pool>` busy".
     PoolDestroyBusy = 0,
 }
 

@@ -34,7 +34,7 @@ pub struct LeakedEntry {
     pub mapped_at: &'static Location<'static>,
 }
 
-/// What [`DmaDebug::release_device`] found: every entry the device leaked.
+/// What [`DmaDebug::release_device`](super::DmaDebug::release_device) found: every entry the device leaked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeakReport {
     /// The device.
@@ -82,7 +82,7 @@ impl fmt::Display for LeakReport {
 pub struct DebugReport {
     /// Events per check, indexed by [`Check::index`].
     pub counts: Vec<u64>,
-    /// The first [`DebugConfig::max_events`] events.
+    /// The first [`DebugConfig::max_events`](super::DebugConfig::max_events) events.
     pub events: Vec<DebugEvent>,
     /// All misuse events (every check but [`Check::OutOfEntries`]).
     pub error_count: u64,
