@@ -34,7 +34,9 @@
 //! same way, returns `Err` with the first one and leaves the tracker exactly as
 //! it was (a mismatching unmap keeps its entry, an overlapping map is not
 //! recorded, an sg unmap with one bad segment removes none), so the caller can
-//! fail the operation with no state change.
+//! fail the operation with no state change. [`DebugMode::ReportUnchanged`]
+//! records and returns `Ok` but leaves the tracker unchanged on misuse, for
+//! callers that refuse misuse themselves.
 //!
 //! # Where the hooks go
 //!
@@ -184,6 +186,11 @@ pub enum DebugMode {
     Report,
     /// Record, leave the tracker unchanged and return `Err`.
     Strict,
+    /// Record and return `Ok` like `Report`, but leave the tracker unchanged
+    /// on misuse like `Strict`: for a caller that refuses misuse itself (the
+    /// crate's raw unmaps refuse a size, kind or direction mismatch), so that
+    /// the tracker keeps what the caller kept.
+    ReportUnchanged,
 }
 
 /// Settings of a [`DmaDebug`].
@@ -391,7 +398,7 @@ impl DmaDebug {
     }
 
     /// Runs one hook: `f` works on the tracker and collects events; in strict
-    /// mode misuse rolls the tracker back.
+    /// and report-unchanged modes misuse rolls the tracker back.
     fn run(
         &self,
         dev: DeviceRef<'_>,
@@ -399,12 +406,13 @@ impl DmaDebug {
         f: impl FnOnce(&mut State, &DebugConfig, &mut Vec<Pending>),
     ) -> Result<(), DebugEvent> {
         let strict = self.config.mode == DebugMode::Strict;
+        let keep = self.config.mode != DebugMode::Report;
         let mut st = self.lock();
-        st.tracker.begin(strict);
+        st.tracker.begin(keep);
         let mut pending = Vec::new();
         f(&mut st, &self.config, &mut pending);
         let misuse = pending.iter().any(|p| p.check.is_misuse());
-        if strict && misuse {
+        if keep && misuse {
             st.tracker.rollback();
         } else {
             st.tracker.commit();

@@ -1200,6 +1200,30 @@ fn strict_sg_calls_are_all_or_nothing() {
 }
 
 #[test]
+fn report_unchanged_records_returns_ok_and_keeps_the_entry() {
+    let d = DmaDebug::new(DebugConfig {
+        mode: DebugMode::ReportUnchanged,
+        ..DebugConfig::default()
+    });
+    d.map(DEV, &single(0x1000, 512, FromDev)).unwrap();
+    d.unmap(DEV, Kind::Single, DmaAddr(0x1000), 256, FromDev)
+        .unwrap();
+    assert_eq!(checks(&d), vec![Check::SizeMismatch]);
+    assert_eq!(d.live_entries(), 1);
+    // An overlapping map is reported and not recorded.
+    line_map(&d, 0x20000, 0x1000, FromDev, Attrs::empty());
+    assert_eq!(
+        checks(&d),
+        vec![Check::SizeMismatch, Check::CachelineOverlap]
+    );
+    assert_eq!(d.live_entries(), 1);
+    d.unmap(DEV, Kind::Single, DmaAddr(0x1000), 512, FromDev)
+        .unwrap();
+    assert_eq!(d.live_entries(), 0);
+    assert_eq!(d.report().events.len(), 2);
+}
+
+#[test]
 fn strict_sync_errors() {
     let d = strict_mode();
     d.map(DEV, &single(0x1000, 512, ToDev)).unwrap();
