@@ -358,8 +358,9 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
         let end = first.checked_add(self.blocks_per_page).ok_or_else(oom)?;
         let words = (end as usize).div_ceil(64);
         st.pages.try_reserve(1).map_err(|_| oom())?;
+        // Room for every block of every page, so that no later free grows it.
         st.free
-            .try_reserve(self.blocks_per_page as usize)
+            .try_reserve((end as usize).saturating_sub(st.free.len()))
             .map_err(|_| oom())?;
         st.used
             .try_reserve(words.saturating_sub(st.used.len()))

@@ -668,3 +668,27 @@ fn pool_over_declared_memory_keeps_device_and_cpu_addresses_apart() {
     p.destroy().unwrap();
     assert_eq!(dev.declared_memory().unwrap().used_pages(), 0);
 }
+
+#[test]
+fn free_list_capacity_covers_every_block_so_frees_never_allocate() {
+    let d = dev();
+    let p = DmaPool::create("t", &d, 1024, 0, 0).unwrap();
+    // Page 1, then free some blocks before page 2 is added: the reserve must
+    // cover all blocks, not only the new page's.
+    let mut blocks: Vec<_> = (0..4).map(|_| p.alloc().unwrap()).collect();
+    for _ in 0..3 {
+        blocks.push(p.alloc().unwrap());
+        let b = blocks.remove(0);
+        p.free(b).unwrap();
+    }
+    let more: Vec<_> = (0..20).map(|_| p.alloc().unwrap()).collect();
+    let cap = p.lock().free.capacity();
+    assert!(cap as u64 >= p.nr_blocks(), "{cap} < {}", p.nr_blocks());
+    for b in blocks.into_iter().chain(more) {
+        p.free(b).unwrap();
+    }
+    let total = p.nr_blocks();
+    let st = p.lock();
+    assert_eq!(st.free.len() as u64, total);
+    assert_eq!(st.free.capacity(), cap, "a free reallocated the free list");
+}
