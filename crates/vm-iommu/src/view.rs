@@ -140,7 +140,7 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_slices<'a>(
         &'a self,
         addr: GuestAddress,
@@ -245,7 +245,7 @@ enum ViewSlices<'a, M: GuestMemoryBackend> {
 impl<'a, M: GuestMemoryBackend> Iterator for ViewSlices<'a, M> {
     type Item = GuestMemoryResult<VolatileSlice<'a, MS<'a, M>>>;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             ViewSlices::One(slice) => slice.take().map(Ok),
@@ -261,6 +261,7 @@ impl<'a, M: GuestMemoryBackend> Iterator for ViewSlices<'a, M> {
 }
 
 impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
+    #[inline(never)]
     fn next_many(&mut self) -> Option<GuestMemoryResult<VolatileSlice<'a, MS<'a, M>>>> {
         let ViewSlices::Many {
             mem,
