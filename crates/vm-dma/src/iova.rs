@@ -103,7 +103,9 @@ mod gap_tree;
 mod rcache;
 #[cfg(test)]
 mod tests;
+mod tree;
 
+use std::collections::hash_map::{Entry, OccupiedEntry};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
@@ -114,6 +116,7 @@ use gap_tree::GapTree;
 pub(crate) use rcache::{lock, thread_slot};
 use rcache::{Magazine, Rcache};
 pub use rcache::{IOVA_MAG_SIZE, IOVA_RANGE_CACHE_MAX_SIZE};
+use tree::Tree;
 
 /// The default granule: 4 KiB.
 pub const DEFAULT_GRANULE: u64 = 4096;
@@ -286,96 +289,6 @@ struct LiveEntry {
 }
 
 type LiveMap = HashMap<u64, LiveEntry, BuildHasherDefault<PfnHasher>>;
-
-/// The tree side: free gaps, reserved ranges and Linux's cached positions.
-#[derive(Debug)]
-struct Tree {
-    gaps: GapTree,
-    /// Reserved pfn ranges, merged: first -> last.
-    reserved: BTreeMap<u64, u64>,
-    /// First pfn of `cached_node` (`None`: the anchor, search from the top).
-    cached: Option<u64>,
-    /// First pfn of `cached32_node`.
-    cached32: Option<u64>,
-    start_pfn: u64,
-    end_pfn: u64,
-    dma32_pfn: u64,
-}
-
-impl Tree {
-    /// `__alloc_and_insert_iova_range` with `size_aligned`; `limit_pfn`
-    /// inclusive, already clamped to the aperture.
-    fn alloc(&mut self, size: u64, order: u32, limit_pfn: u64) -> Option<u64> {
-        let is32 = limit_pfn < self.dma32_pfn;
-        let cached = if is32 { self.cached32 } else { self.cached };
-        // Below the cached position first...
-        let first_hi = match cached {
-            None => Some(limit_pfn),
-            Some(c) => c.checked_sub(1).map(|h| h.min(limit_pfn)),
-        };
-        let mut found =
-            first_hi.and_then(|h| self.gaps.take_highest_fit(self.start_pfn, h, size, order));
-        // ...then once over the part above it that was skipped.
-        if found.is_none() {
-            if let Some(c) = cached {
-                if c <= limit_pfn {
-                    found = c.checked_add(1).and_then(|lo| {
-                        self.gaps
-                            .take_highest_fit(lo.max(self.start_pfn), limit_pfn, size, order)
-                    });
-                }
-            }
-        }
-        let pfn = found?;
-        // __cached_rbnode_insert_update
-        if pfn + (size - 1) < self.dma32_pfn {
-            self.cached32 = Some(pfn);
-        } else {
-            self.cached = Some(pfn);
-        }
-        Some(pfn)
-    }
-
-    /// Returns `[pfn, pfn + size - 1]` (not free, not reserved) to the free
-    /// space, moving the cached positions as Linux does.
-    fn free(&mut self, pfn: u64, size: u64) {
-        let lo = pfn;
-        let hi = pfn + (size - 1);
-        let (below, above) = self.gaps.neighbours(lo);
-        let below = below.filter(|g| g.1.checked_add(1) == Some(lo));
-        let above = above.filter(|g| hi.checked_add(1) == Some(g.0));
-        // rb_next(free): the first non-free pfn above, or the anchor.
-        let next = match above {
-            Some((_, ghi)) => ghi.checked_add(1),
-            None => hi.checked_add(1),
-        }
-        .filter(|&p| p <= self.end_pfn);
-        // __cached_rbnode_delete_update
-        if let Some(c32) = self.cached32 {
-            if lo == c32 || (hi < self.dma32_pfn && lo >= c32) {
-                self.cached32 = next;
-            }
-        }
-        if let Some(c) = self.cached {
-            if lo >= c {
-                self.cached = next;
-            }
-        }
-        let ok = match (below, above) {
-            (Some(b), Some(a)) => {
-                self.gaps.remove(a.0).is_some() && self.gaps.modify(b.0, b.0, a.1)
-            }
-            (Some(b), None) => self.gaps.modify(b.0, b.0, hi),
-            (None, Some(a)) => self.gaps.modify(a.0, lo, a.1),
-            (None, None) => self.gaps.insert(lo, hi),
-        };
-        if !ok {
-            // Only when the gap arena (2^32 nodes) is full: the range stays
-            // allocated forever, which is safe.
-            log::error!("iova: cannot record free range {lo:#x}..={hi:#x}; leaked");
-        }
-    }
-}
 
 /// An IOVA space: Linux's `struct iova_domain` with its rcache.
 ///
@@ -686,7 +599,7 @@ impl IovaDomain {
         &self,
         addr: DmaAddr,
         size: u64,
-        f: impl FnOnce(&mut LiveMap, u64) -> T,
+        f: impl FnOnce(OccupiedEntry<'_, u64, LiveEntry>) -> T,
     ) -> Result<T> {
         if size == 0 {
             return Err(Error::ZeroSize);
@@ -698,15 +611,15 @@ impl IovaDomain {
         }
         let pfn = a >> self.shift;
         let mut live = lock(&self.live[live_shard(pfn)]);
-        match live.get(&pfn) {
-            None => Err(not_allocated),
-            Some(e) if e.queued => Err(not_allocated),
-            Some(e) if e.size != size => Err(Error::IovaSizeMismatch {
+        match live.entry(pfn) {
+            Entry::Vacant(_) => Err(not_allocated),
+            Entry::Occupied(e) if e.get().queued => Err(not_allocated),
+            Entry::Occupied(e) if e.get().size != size => Err(Error::IovaSizeMismatch {
                 addr: a,
-                allocated: e.size,
+                allocated: e.get().size,
                 requested: size,
             }),
-            Some(_) => Ok(f(&mut live, pfn)),
+            Entry::Occupied(e) => Ok(f(e)),
         }
     }
 
@@ -729,21 +642,16 @@ impl IovaDomain {
     /// assert!(matches!(d.free(i.addr(), 3), Err(Error::IovaNotAllocated { .. })));
     /// ```
     pub fn free(&self, addr: DmaAddr, size: u64) -> Result<()> {
-        let pfn = self.with_live(addr, size, |live, pfn| {
-            live.remove(&pfn);
-            pfn
-        })?;
+        let pfn = self.with_live(addr, size, |e| e.remove_entry().0)?;
         self.release(pfn, size);
         Ok(())
     }
 
     /// Marks a live IOVA as queued for a lazy free (flush queue).
     pub(crate) fn mark_queued(&self, addr: DmaAddr, size: u64) -> Result<u64> {
-        self.with_live(addr, size, |live, pfn| {
-            if let Some(e) = live.get_mut(&pfn) {
-                e.queued = true;
-            }
-            pfn
+        self.with_live(addr, size, |mut e| {
+            e.get_mut().queued = true;
+            *e.key()
         })
     }
 

@@ -40,20 +40,13 @@ struct Node {
     fit: [u32; EXACT_ORDERS],
 }
 
-/// The longest run in `[lo, hi]` that starts on a multiple of `2^order`.
+/// The longest run in `[lo, hi]` that starts on a multiple of `2^order`
+/// (`lo <= hi < 2^63`, which pfns of a granule of 4 KiB or more are).
+#[inline]
 fn aligned_run(lo: u64, hi: u64, order: usize) -> u64 {
     let mask = (1u64 << order) - 1;
-    match lo.checked_add(mask) {
-        Some(v) => {
-            let start = v & !mask;
-            if start > hi {
-                0
-            } else {
-                (hi - start).saturating_add(1)
-            }
-        }
-        None => 0,
-    }
+    let start = lo.saturating_add(mask) & !mask;
+    hi.saturating_add(1).saturating_sub(start)
 }
 
 /// Highest `p` aligned to `2^order` with `lo <= p` and `p + size - 1 <= hi`.
@@ -136,7 +129,7 @@ impl GapTree {
         let mut max_len = (hi - lo).saturating_add(1);
         let mut fit = [0u32; EXACT_ORDERS];
         for (k, f) in fit.iter_mut().enumerate() {
-            *f = u32::try_from(aligned_run(lo, hi, k)).unwrap_or(u32::MAX);
+            *f = aligned_run(lo, hi, k).min(u64::from(u32::MAX)) as u32;
         }
         for c in [left, right] {
             if c != NIL {
@@ -222,9 +215,7 @@ impl GapTree {
         let Some(node) = self.new_node(lo, hi) else {
             return false;
         };
-        let (l, r) = self.split(self.root, lo);
-        let l = self.merge(l, node);
-        self.root = self.merge(l, r);
+        self.root = self.insert_rec(self.root, node);
         self.count += 1;
         self.free_granules = self
             .free_granules
@@ -232,25 +223,67 @@ impl GapTree {
         true
     }
 
+    /// Treap insert: descend by key to where the new node's priority
+    /// belongs, split the subtree there; one update per node on the path.
+    fn insert_rec(&mut self, t: u32, node: u32) -> u32 {
+        if t == NIL {
+            return node;
+        }
+        let key = self.n(node).lo;
+        if self.n(node).prio > self.n(t).prio {
+            let (l, r) = self.split(t, key);
+            let n = self.n_mut(node);
+            n.left = l;
+            n.right = r;
+            self.update(node);
+            return node;
+        }
+        if key < self.n(t).lo {
+            let l = self.insert_rec(self.n(t).left, node);
+            self.n_mut(t).left = l;
+        } else {
+            let r = self.insert_rec(self.n(t).right, node);
+            self.n_mut(t).right = r;
+        }
+        self.update(t);
+        t
+    }
+
     /// Removes the gap that starts at `lo`; returns it.
     pub(super) fn remove(&mut self, lo: u64) -> Option<(u64, u64)> {
-        let (l, r) = self.split(self.root, lo);
-        let (m, r2) = self.split(r, lo.saturating_add(1));
-        let removed = if m != NIL {
-            let n = self.n(m);
-            debug_assert!(n.left == NIL && n.right == NIL);
-            let range = (n.lo, n.hi);
-            self.free_slots.push(m);
+        let mut removed = None;
+        self.root = self.remove_rec(self.root, lo, &mut removed);
+        if let Some((a, b)) = removed {
             self.count -= 1;
-            self.free_granules = self
-                .free_granules
-                .saturating_sub((range.1 - range.0).saturating_add(1));
-            Some(range)
-        } else {
-            None
-        };
-        self.root = self.merge(l, r2);
+            self.free_granules = self.free_granules.saturating_sub((b - a).saturating_add(1));
+        }
         removed
+    }
+
+    fn remove_rec(&mut self, t: u32, key: u64, removed: &mut Option<(u64, u64)>) -> u32 {
+        if t == NIL {
+            return NIL;
+        }
+        let (tlo, thi, left, right) = {
+            let n = self.n(t);
+            (n.lo, n.hi, n.left, n.right)
+        };
+        if key == tlo {
+            *removed = Some((tlo, thi));
+            self.free_slots.push(t);
+            return self.merge(left, right);
+        }
+        if key < tlo {
+            let l = self.remove_rec(left, key, removed);
+            self.n_mut(t).left = l;
+        } else {
+            let r = self.remove_rec(right, key, removed);
+            self.n_mut(t).right = r;
+        }
+        if removed.is_some() {
+            self.update(t);
+        }
+        t
     }
 
     fn modify_rec(&mut self, t: u32, key: u64, lo: u64, hi: u64) -> Option<(u64, u64)> {
