@@ -12,7 +12,7 @@ use crate::config::PAGE_SIZE_4K;
 use crate::error::{checked_last, Error, Result};
 use crate::iommu::{lock, DomainSlot, DomainState, EndpointState, Inner};
 use crate::quiesce::AccessGuard;
-use crate::table::{self, LeafCache, Level, END, START, VALID};
+use crate::table::{self, perm_bits, LeafCache, Level, ADDR_MASK, END, START, VALID};
 use crate::translate::{self, Translation};
 
 /// A handle on one domain's IO page table (see [`Iommu::domain`](crate::Iommu::domain)). Operations through a
@@ -101,7 +101,20 @@ impl Domain {
         let Some(root) = ds.root() else {
             return Err(Error::UnknownDomain(self.id));
         };
-        if let Some(existing) = root.first_valid(iova, last) {
+        // One 4 KiB page: a single lookup tells whether it is mapped (by a page or a
+        // block leaf) and finds its leaf table if there is one.
+        let (single, leaf) = if len == PAGE_SIZE_4K {
+            let (raw, _, leaf) = root.lookup_leaf(iova);
+            (Some(raw & VALID != 0), leaf)
+        } else {
+            (None, None)
+        };
+        let existing = match single {
+            Some(true) => Some(iova),
+            Some(false) => None,
+            None => root.first_valid(iova, last),
+        };
+        if let Some(existing) = existing {
             return Err(Error::Overlap {
                 iova,
                 len,
@@ -129,6 +142,15 @@ impl Domain {
                 domain: self.id,
                 max: self.inner.max_mappings,
             });
+        }
+        if let Some(leaf) = leaf {
+            // The page's leaf table exists: no table to create, one entry to publish.
+            leaf.store_entry(
+                iova,
+                (gpa & ADDR_MASK) | VALID | START | END | perm_bits(perm),
+            );
+            st.mappings += 1;
+            return Ok(());
         }
         let available = self.inner.max_tables.saturating_sub(st.tables);
         let needed =
@@ -164,6 +186,20 @@ impl Domain {
         let Some(root) = ds.root() else {
             return Ok(0);
         };
+        if len == PAGE_SIZE_4K && iova & (PAGE_SIZE_4K - 1) == 0 {
+            // One aligned page: unmapped, or a whole one-page mapping, is decided by a
+            // single lookup; anything else takes the general path below.
+            match root.lookup_leaf(iova) {
+                (raw, _, _) if raw & VALID == 0 => return Ok(0),
+                (raw, 12, Some(leaf)) if raw & (START | END) == START | END => {
+                    leaf.store_entry(iova, 0);
+                    st.mappings -= 1.min(st.mappings);
+                    self.finish_unmap(&st);
+                    return Ok(1);
+                }
+                _ => {}
+            }
+        }
         let (raw, shift) = root.lookup(iova);
         let leaf_base = iova & !((1u64 << shift) - 1);
         if raw & VALID != 0 && (raw & START == 0 || leaf_base != iova) {
@@ -185,15 +221,20 @@ impl Domain {
         let removed = root.clear(iova, last);
         st.mappings -= removed.min(st.mappings);
         if removed > 0 {
-            self.inner.invalidated();
-            // Wait for access guards that may still use the removed entries. The domain
-            // lock stays held so that the IOVAs cannot be mapped again meanwhile.
-            for ep in &st.endpoints {
-                ep.quiesce.synchronize();
-            }
+            self.finish_unmap(&st);
         }
         drop(st);
         Ok(removed)
+    }
+
+    /// After entries were cleared: bump the invalidation generation and wait for access
+    /// guards that may still use the removed entries. The caller keeps the domain lock
+    /// so that the IOVAs cannot be mapped again meanwhile.
+    fn finish_unmap(&self, st: &DomainState) {
+        self.inner.invalidated();
+        for ep in &st.endpoints {
+            ep.quiesce.synchronize();
+        }
     }
 }
 

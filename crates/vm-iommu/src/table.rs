@@ -128,6 +128,12 @@ impl Leaf {
     pub(crate) fn entry(&self, iova: u64) -> u64 {
         self.e[index(iova, 12)].load(Ordering::Acquire)
     }
+
+    /// Publish `raw` as the entry for `iova` (writers only, under the domain lock).
+    #[inline(always)]
+    pub(crate) fn store_entry(&self, iova: u64, raw: u64) {
+        self.e[index(iova, 12)].store(raw, Ordering::Release);
+    }
 }
 
 /// A child table pointer: set at most once, freed only when its parent is dropped.
