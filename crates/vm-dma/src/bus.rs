@@ -176,7 +176,9 @@ mod tests {
     #[test]
     fn owned_range_into_a_hole_is_refused() {
         let err = DmaBus::with_owned_ranges(holed(), &[(GuestAddress(MIB), 2 * MIB)]).unwrap_err();
-        assert!(matches!(err, Error::NotGuestMemory { addr, size } if addr == MIB && size == 2 * MIB));
+        assert!(
+            matches!(err, Error::NotGuestMemory { addr, size } if addr == MIB && size == 2 * MIB)
+        );
         assert!(matches!(
             DmaBus::with_owned_ranges(holed(), &[(GuestAddress(0), 0)]),
             Err(Error::ZeroSize)

@@ -224,7 +224,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Linux's `dma_set_coherent_mask()`. On failure the old mask is kept.
     pub fn set_coherent_mask(&self, mask: DmaMask) -> Result<()> {
         self.check_supported(mask)?;
-        self.inner.coherent_mask.store(mask.raw(), Ordering::Release);
+        self.inner
+            .coherent_mask
+            .store(mask.raw(), Ordering::Release);
         Ok(())
     }
 
@@ -266,7 +268,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Linux's `dma_capable()` for streaming DMA: whether the device can
     /// reach `[addr, addr + size)`.
     pub fn dma_capable(&self, addr: DmaAddr, size: u64) -> bool {
-        self.dma_mask().is_capable(addr, size, self.inner.bus_dma_limit)
+        self.dma_mask()
+            .is_capable(addr, size, self.inner.bus_dma_limit)
     }
 
     /// Linux's `dma_get_required_mask()`: the mask needed to reach all of

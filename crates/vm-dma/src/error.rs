@@ -221,7 +221,9 @@ pub enum Error {
         max: u64,
     },
     /// No free run of bounce slots satisfies the request.
-    #[error("swiotlb buffer is full (sz: {size} bytes), total {total} (slots), used {used} (slots)")]
+    #[error(
+        "swiotlb buffer is full (sz: {size} bytes), total {total} (slots), used {used} (slots)"
+    )]
     BounceFull {
         /// The requested size including alignment padding.
         size: u64,
@@ -285,7 +287,9 @@ pub enum Error {
         requested: &'static str,
     },
     /// A sync range that runs outside its mapping.
-    #[error("range at offset {offset:#x} of {size:#x} bytes is outside the mapping of {len:#x} bytes")]
+    #[error(
+        "range at offset {offset:#x} of {size:#x} bytes is outside the mapping of {len:#x} bytes"
+    )]
     OutOfRange {
         /// Offset of the range into the mapping.
         offset: u64,

@@ -38,7 +38,7 @@ pub use map::{MapKind, Mapping, Rejected, MAX_RAW_MAPPINGS};
 pub use pool::{DmaPool, PoolBlock, PoolStats};
 pub use sg::{Errno, MappedSg, SgEntry, SgTable};
 pub use types::{
-    get_order, Attrs, DmaAddr, DmaMask, DmaParms, Direction, DMA_MAPPING_ERROR, PAGE_SHIFT,
+    get_order, Attrs, Direction, DmaAddr, DmaMask, DmaParms, DMA_MAPPING_ERROR, PAGE_SHIFT,
     PAGE_SIZE,
 };
 pub use view::DirectView;

@@ -361,7 +361,10 @@ mod tests {
             Permissions::ReadWrite
         );
         assert_eq!(Direction::ToDevice.device_permissions(), Permissions::Read);
-        assert_eq!(Direction::FromDevice.device_permissions(), Permissions::Write);
+        assert_eq!(
+            Direction::FromDevice.device_permissions(),
+            Permissions::Write
+        );
         assert!(Direction::ToDevice.device_reads() && !Direction::ToDevice.device_writes());
         assert!(!Direction::FromDevice.device_reads() && Direction::FromDevice.device_writes());
     }
