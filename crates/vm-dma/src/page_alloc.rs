@@ -20,7 +20,7 @@
 //! `dma/page_alloc/order0` and `dma/vm_allocator/4k` measure both side by
 //! side (one 4 KiB allocate + free with 1024 allocations live): 562 ns for
 //! this allocator against 21.9 µs for vm-allocator 0.1.4, about 40× (50× in
-//! a second run; 2-vCPU AMD EPYC under KVM, rustc 1.95; docs/BENCHMARKS.md
+//! an earlier run; 2-vCPU AMD EPYC under KVM, rustc 1.95; docs/BENCHMARKS.md
 //! has the full table).
 
 use std::collections::{BTreeMap, BTreeSet};
