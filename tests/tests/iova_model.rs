@@ -29,6 +29,9 @@ const G: u64 = 4096;
 const SHIFT: u32 = 12;
 /// Granules per test aperture.
 const PAGES: u64 = 160;
+/// The same, signed, for limit offsets.
+const PAGES_I: i64 = 160;
+const G_I: i64 = 4096;
 
 /// Apertures: straddling 4 GiB, at the top of the space, and low (so that
 /// pfn 0 and the limit arithmetic near 0 are exercised).
@@ -43,10 +46,10 @@ fn aperture(kind: u8) -> (u64, u64) {
 fn limit_strategy() -> impl Strategy<Value = (u64, i64)> {
     // (kind, offset): resolved against the aperture in the test.
     prop_oneof![
-        Just((0u64, 0i64)),                                    // u64::MAX
-        Just((1, 0)),                                          // 4 GiB - 1
-        (0i64..=PAGES as i64 + 4).prop_map(|k| (2, k)),        // start + k granules - 1
-        (0i64..=PAGES as i64 * G as i64).prop_map(|b| (3, b)), // start + b bytes
+        Just((0u64, 0i64)),                          // u64::MAX
+        Just((1, 0)),                                // 4 GiB - 1
+        (0i64..=PAGES_I + 4).prop_map(|k| (2, k)),   // start + k granules - 1
+        (0i64..=PAGES_I * G_I).prop_map(|b| (3, b)), // start + b bytes
         any::<i64>().prop_map(|x| (4, x)),
     ]
 }
@@ -106,7 +109,7 @@ impl Model {
         self.live
             .range(..=hi)
             .next_back()
-            .is_some_and(|(&p, &(_, n))| p + n - 1 >= lo)
+            .is_some_and(|(&p, &(_, n))| p + n > lo)
             || self.reserved.iter().any(|&(a, b)| a <= hi && b >= lo)
     }
 
@@ -265,7 +268,7 @@ proptest! {
                     let live_overlap = m
                         .live
                         .iter()
-                        .any(|(&p, &(_, n))| p <= hi && p + n - 1 >= lo);
+                        .any(|(&p, &(_, n))| p <= hi && p + n > lo);
                     match d.reserve(addr, pages * G) {
                         Ok(()) => {
                             prop_assert!(!live_overlap);
@@ -388,7 +391,7 @@ proptest! {
                     // that started after its unmap.
                     let hits: Vec<u64> = pending
                         .iter()
-                        .filter(|(&p, &(n, _))| p <= hi && p + n - 1 >= lo)
+                        .filter(|(&p, &(n, _))| p <= hi && p + n > lo)
                         .map(|(&p, _)| p)
                         .collect();
                     for p in hits {
@@ -401,7 +404,7 @@ proptest! {
                         pending.remove(&p);
                     }
                     prop_assert!(
-                        !live.iter().any(|(&p, &(_, n))| p <= hi && p + n - 1 >= lo),
+                        !live.iter().any(|(&p, &(_, n))| p <= hi && p + n > lo),
                         "overlaps a live iova"
                     );
                     live.insert(i.pfn(), (size, i.size()));

@@ -107,6 +107,7 @@ mod tree;
 
 use std::collections::hash_map::{Entry, OccupiedEntry};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
@@ -304,7 +305,6 @@ type LiveMap = HashMap<u64, LiveEntry, BuildHasherDefault<PfnHasher>>;
 /// let i = d.alloc(1, 0xfeef_ffff).unwrap();
 /// assert_eq!(i.last(), 0xfedf_ffff);
 /// ```
-#[derive(Debug)]
 pub struct IovaDomain {
     shift: u32,
     start_pfn: u64,
@@ -313,6 +313,18 @@ pub struct IovaDomain {
     tree: Mutex<Tree>,
     rcache: Option<Rcache>,
     live: Box<[Mutex<LiveMap>]>,
+}
+
+impl fmt::Debug for IovaDomain {
+    // Summary only: the tree and the live set can hold millions of entries.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IovaDomain")
+            .field("granule", &self.granule())
+            .field("start_pfn", &self.start_pfn)
+            .field("end_pfn", &self.end_pfn)
+            .field("cache_shards", &self.cache_shards())
+            .finish_non_exhaustive()
+    }
 }
 
 fn order_of(size: u64) -> u32 {

@@ -2,14 +2,14 @@
 
 //! The free space of an IOVA domain: a treap of maximal free gaps, keyed by
 //! their first pfn and augmented with, per subtree, the longest gap and the
-//! longest naturally aligned run for each of the first [`EXACT_ORDERS`]
-//! alignment orders.
+//! longest naturally aligned run (saturated at 65535 granules) for each of
+//! the first [`EXACT_ORDERS`] alignment orders.
 //!
 //! "Highest position `p`, aligned to `2^order`, with `[p, p + size - 1]` free
 //! and inside `[lo, hi]`" is answered by one descent that visits the right
 //! subtree first and prunes every subtree whose augmentation shows that no
-//! gap in it can hold the request. For `order < EXACT_ORDERS` the pruning is
-//! exact for subtrees that lie inside `[lo, hi]`, so only the two boundary
+//! gap in it can hold the request. For `order < EXACT_ORDERS` (sizes up to
+//! 2^15 granules, below the saturation) the pruning is exact for subtrees that lie inside `[lo, hi]`, so only the two boundary
 //! paths can fail: `O(depth)`. For larger orders the bound of order
 //! `EXACT_ORDERS - 1` is used, which may visit gaps that are long enough but
 //! misaligned; see the module documentation of `iova`.
@@ -19,25 +19,33 @@
 //! already covers keeps the search-tree order: most updates are in place
 //! along one root-to-node path, without rotations.
 
+use std::fmt;
+
 /// Alignment orders tracked exactly by the augmentation (1 to 2^15 granules).
 pub(super) const EXACT_ORDERS: usize = 16;
 
+/// An inclusive pfn range.
+pub(super) type Gap = (u64, u64);
+
 const NIL: u32 = u32::MAX;
+// One node per cache line.
+const _: () = assert!(std::mem::size_of::<Node>() == 64);
 /// Largest number of gap nodes (the arena is indexed by `u32`).
 const MAX_NODES: usize = (u32::MAX - 1) as usize;
 
+/// One cache line: the treap priority is a hash of the node's index.
 #[derive(Clone, Debug)]
+#[repr(C, align(64))]
 struct Node {
     lo: u64,
     hi: u64,
     left: u32,
     right: u32,
-    prio: u32,
     /// Longest gap in the subtree.
     max_len: u64,
     /// Per order `k`: the longest run starting `2^k`-aligned in one gap of
-    /// the subtree, saturated at `u32::MAX`.
-    fit: [u32; EXACT_ORDERS],
+    /// the subtree, saturated at `u16::MAX`.
+    fit: [u16; EXACT_ORDERS],
 }
 
 /// The longest run in `[lo, hi]` that starts on a multiple of `2^order`
@@ -64,14 +72,21 @@ pub(super) fn fit_in(lo: u64, hi: u64, size: u64, order: u32) -> Option<u64> {
 }
 
 /// The free gaps of a domain (inclusive pfn ranges).
-#[derive(Debug)]
 pub(super) struct GapTree {
     nodes: Vec<Node>,
     free_slots: Vec<u32>,
     root: u32,
     count: usize,
     free_granules: u64,
-    rng: u64,
+}
+
+impl fmt::Debug for GapTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GapTree")
+            .field("gaps", &self.count)
+            .field("free_granules", &self.free_granules)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GapTree {
@@ -83,7 +98,6 @@ impl GapTree {
             root: NIL,
             count: 0,
             free_granules: 0,
-            rng: 0x9e37_79b9_7f4a_7c15,
         }
     }
 
@@ -110,15 +124,13 @@ impl GapTree {
         &mut self.nodes[t as usize]
     }
 
-    fn next_prio(&mut self) -> u32 {
-        // xorshift64*: priorities only need to be unpredictable enough to
-        // keep the treap balanced in expectation.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    /// The treap priority of node `t`: splitmix64 of its index, so that
+    /// priorities are independent of the keys and need no storage.
+    fn prio(t: u32) -> u64 {
+        let mut z = u64::from(t).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     fn update(&mut self, t: u32) {
@@ -127,9 +139,9 @@ impl GapTree {
             (n.lo, n.hi, n.left, n.right)
         };
         let mut max_len = (hi - lo).saturating_add(1);
-        let mut fit = [0u32; EXACT_ORDERS];
+        let mut fit = [0u16; EXACT_ORDERS];
         for (k, f) in fit.iter_mut().enumerate() {
-            *f = aligned_run(lo, hi, k).min(u64::from(u32::MAX)) as u32;
+            *f = aligned_run(lo, hi, k).min(u64::from(u16::MAX)) as u16;
         }
         for c in [left, right] {
             if c != NIL {
@@ -146,13 +158,11 @@ impl GapTree {
     }
 
     fn new_node(&mut self, lo: u64, hi: u64) -> Option<u32> {
-        let prio = self.next_prio();
         let node = Node {
             lo,
             hi,
             left: NIL,
             right: NIL,
-            prio,
             max_len: 0,
             fit: [0; EXACT_ORDERS],
         };
@@ -196,7 +206,7 @@ impl GapTree {
         if b == NIL {
             return a;
         }
-        if self.n(a).prio > self.n(b).prio {
+        if Self::prio(a) > Self::prio(b) {
             let r = self.merge(self.n(a).right, b);
             self.n_mut(a).right = r;
             self.update(a);
@@ -230,7 +240,7 @@ impl GapTree {
             return node;
         }
         let key = self.n(node).lo;
-        if self.n(node).prio > self.n(t).prio {
+        if Self::prio(node) > Self::prio(t) {
             let (l, r) = self.split(t, key);
             let n = self.n_mut(node);
             n.left = l;
@@ -326,7 +336,7 @@ impl GapTree {
     /// The gaps just below and just above the non-free pfn `pfn`: the one
     /// with the greatest start below it and the one with the smallest start
     /// above it, in one descent.
-    pub(super) fn neighbours(&self, pfn: u64) -> (Option<(u64, u64)>, Option<(u64, u64)>) {
+    pub(super) fn neighbours(&self, pfn: u64) -> (Option<Gap>, Option<Gap>) {
         let mut t = self.root;
         let (mut below, mut above) = (None, None);
         while t != NIL {
@@ -391,7 +401,7 @@ impl GapTree {
                 return (t, None);
             }
             let k = (order as usize).min(EXACT_ORDERS - 1);
-            if size < u64::from(u32::MAX) && u64::from(n.fit[k]) < size {
+            if size < u64::from(u16::MAX) && u64::from(n.fit[k]) < size {
                 return (t, None);
             }
             (n.lo, n.hi, n.left, n.right)
@@ -498,7 +508,7 @@ impl GapTree {
             return None;
         }
         let k = (order as usize).min(EXACT_ORDERS - 1);
-        if size < u64::from(u32::MAX) && u64::from(n.fit[k]) < size {
+        if size < u64::from(u16::MAX) && u64::from(n.fit[k]) < size {
             return None;
         }
         // The right subtree holds gaps starting above n.lo.
@@ -658,6 +668,34 @@ mod tests {
         let (below, above) = t.neighbours(gaps[0].1 + 1);
         assert_eq!(below, Some(gaps[0]));
         assert_eq!(above, gaps.get(1).copied());
+    }
+
+    #[test]
+    fn large_orders_match_brute_force() {
+        // Above the exact orders and the u16 saturation: pruning by bound.
+        let mut t = GapTree::new();
+        let mut gaps = Vec::new();
+        let mut pos = 12_345u64;
+        let mut x = 11u64;
+        for _ in 0..200 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = 30_000 + (x >> 40) % 200_000;
+            assert!(t.insert(pos, pos + len - 1));
+            gaps.push((pos, pos + len - 1));
+            pos += len + 1 + (x >> 20) % 50_000;
+        }
+        for size in [40_000u64, 65_535, 65_536, 70_000, 131_072, 200_000, 250_000] {
+            let order = 64 - (size - 1).leading_zeros();
+            for (lo, hi) in [(1, pos), (pos / 3, pos / 2), (pos / 2, pos)] {
+                assert_eq!(
+                    t.highest_fit(lo, hi, size, order),
+                    brute(&gaps, lo, hi, size, order),
+                    "size {size}"
+                );
+            }
+        }
     }
 
     #[test]
