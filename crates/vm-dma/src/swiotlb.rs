@@ -429,9 +429,10 @@ impl Swiotlb {
         };
         for i in found..found + nslots {
             st.slots[i].list = 0;
-            // At most 256 KiB each, so the signed arithmetic cannot overflow.
-            st.slots[i].alloc_size =
-                alloc_size as i64 - (offset as i64 + (((i - found) as i64) << IO_TLB_SHIFT));
+            // At most 256 KiB, 2 KiB and 128 slots: the narrowing casts keep
+            // every value and the signed arithmetic cannot overflow.
+            st.slots[i].alloc_size = i64::from(alloc_size as u32)
+                - (i64::from(offset as u32) + (i64::from((i - found) as u32) << IO_TLB_SHIFT));
         }
         let mut count = 0u16;
         let mut i = found;
@@ -505,7 +506,8 @@ impl Swiotlb {
             return Ok(0);
         }
         // May be negative: an address inside a later slot's leading alignment bytes.
-        let tlb_offset = (tlb.0 & (IO_TLB_SIZE - 1)) as i64 - i64::from(slot.align_offset);
+        let tlb_offset =
+            i64::from((tlb.0 & (IO_TLB_SIZE - 1)) as u32) - i64::from(slot.align_offset);
         let orig = slot
             .orig_addr
             .checked_add_signed(tlb_offset)
