@@ -19,22 +19,32 @@
 //!
 //! # Concurrency and ordering guarantees
 //!
-//! * Translation takes no lock: the endpoint's domain is one `Acquire` load, the page
-//!   table walk is four `Acquire` loads at most per leaf. Writers (map, unmap, attach,
-//!   detach, destroy) serialize per domain on a mutex and publish with `Release` stores.
-//! * **Unmap is final.** When [`Domain::unmap`] (or detach, destroy, disabling bypass)
-//!   returns, every leaf of the removed mappings has been cleared, so any translation
-//!   that *starts* afterwards (in the happens-before sense: on the same thread, or on a
-//!   thread that synchronized with the return through a lock, channel, atomic or the
-//!   guest's used ring) faults or sees a newer mapping. A translation that overlaps the
-//!   unmap in time may see the old or the new state, and slices it already returned
-//!   stay usable (vm-memory slices cannot be revoked); the caller that needs "no byte
-//!   moves through the old mapping after the reply" must order its accesses before the
-//!   reply, e.g. by completing in-flight requests before acknowledging an unmap.
+//! * Translation takes no lock and allocates nothing: one `Acquire` load of the
+//!   endpoint's domain slot and a page-table walk of `Acquire` loads, or, when the
+//!   endpoint handle's cached leaf table covers the address, one entry load. Writers
+//!   (map, unmap, attach, detach, destroy) serialize per domain on a mutex and publish
+//!   with `Release` stores.
+//! * **Unmap is final for new translations.** When [`Domain::unmap`] (or detach,
+//!   attach moving an endpoint, destroy, disabling bypass) returns, every removed
+//!   entry has been cleared, so any translation that *starts* afterwards (in the
+//!   happens-before sense: on the same thread, or on a thread that synchronized with
+//!   the return through a lock, channel, atomic or the guest's used ring) faults or
+//!   sees the new state. A translation racing with the unmap may see either state.
+//! * **Unmap waits for guarded accesses.** Slices handed out by a view stay usable
+//!   after an unmap (vm-memory slices cannot be revoked). A device that wraps each
+//!   request in an [`AccessGuard`] ([`Endpoint::pin`], [`DeviceView::pin`]) gets the
+//!   stronger guarantee: unmap (when it removed entries), detach, a moving attach
+//!   and destroy return only after every guard that existed when the entries were
+//!   cleared has been dropped, so no byte moves through the old translation after
+//!   they return. Unguarded use costs the writer one fence and two loads per
+//!   attached endpoint. Do not hold a guard while waiting for such an operation on
+//!   the same endpoint (deadlock).
 //! * Page tables are never freed while the IOMMU lives (they are reused), so readers
 //!   can never walk freed memory; their number is capped per domain.
-//! * Caches: this crate's views do not cache translations. [`IommuAdapter`] keeps a
-//!   vm-memory [`Iotlb`](vm_memory::Iotlb) that it flushes whenever
+//! * Caches: views cache only the identity of a leaf table, keyed by (domain slot,
+//!   2 MiB region), which never changes once created, so the cache needs no
+//!   invalidation; an empty entry falls back to the full walk. [`IommuAdapter`] keeps
+//!   a vm-memory [`Iotlb`](vm_memory::Iotlb) that it flushes whenever
 //!   [`Iommu::invalidation_generation`] changes; the generation is bumped after the
 //!   table update, so a lookup that starts after an unmap returned refills from the
 //!   table.

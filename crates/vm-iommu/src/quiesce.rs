@@ -36,8 +36,13 @@ pub(crate) struct Quiesce {
 }
 
 /// While alive, writers that remove translations of this guard's endpoint wait before
-/// they return (see the [module documentation](self)). Obtain one with
+/// they return. Obtain one with
 /// [`Endpoint::pin`](crate::Endpoint::pin) or [`DeviceView::pin`](crate::DeviceView::pin).
+///
+/// The protocol is SRCU-like: a guard counts itself in one of its endpoint's two
+/// reader counters (`SeqCst`) and fences; a writer, after clearing the page table,
+/// fences and returns at once if both counters are zero, else flips the epoch and
+/// waits for the old counter to drain, so new guards cannot delay it forever.
 ///
 /// Do not hold a guard while waiting for an unmap, detach, attach or destroy that
 /// affects the same endpoint (on this or another thread): that waits for the guard,

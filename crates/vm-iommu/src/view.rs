@@ -303,7 +303,7 @@ impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
         let n = usize::try_from(cap).map_or(*left, |cap| cap.min(*left));
         let slice = match region.get_slice(offset, n) {
             Ok(s) => s,
-            Err(e) => return Some(Err(e.into())),
+            Err(e) => return Some(Err(e)),
         };
         *left -= n;
         // `gpa + n` stays inside the translated fragment, which does not wrap.
