@@ -13,6 +13,13 @@ pub const PAGE_SIZE_1G: u64 = 1 << 30;
 /// The largest IOVA the page table can hold (48-bit input addresses, four levels).
 pub const MAX_INPUT_ADDRESS: u64 = (1 << 48) - 1;
 
+/// Upper bound of [`Config::max_domains`] (slots are allocated up front).
+pub const MAX_DOMAINS: usize = 1 << 16;
+/// Upper bound of [`Config::max_endpoints`] (the lookup table is allocated up front).
+pub const MAX_ENDPOINTS: usize = 1 << 20;
+/// Upper bound of [`Config::fault_log_capacity`] (the log is allocated up front).
+pub const MAX_FAULT_LOG: usize = 1 << 20;
+
 /// Geometry and caps of an [`Iommu`](crate::Iommu).
 ///
 /// Every structure that a guest can grow is capped here; reaching a cap is an error,
@@ -90,11 +97,17 @@ impl Config {
                 "page size mask may only contain 4 KiB, 2 MiB and 1 GiB",
             ));
         }
-        if self.max_domains == 0 || self.max_domains > u32::MAX as usize - 1 {
-            return Err(Error::InvalidConfig("max_domains must be in 1..u32::MAX"));
+        // Domain slots, the endpoint table and the fault log are allocated up front.
+        if self.max_domains == 0 || self.max_domains > MAX_DOMAINS {
+            return Err(Error::InvalidConfig("max_domains must be in 1..=65536"));
         }
-        if self.fault_log_capacity == 0 {
-            return Err(Error::InvalidConfig("fault log capacity must be non-zero"));
+        if self.max_endpoints == 0 || self.max_endpoints > MAX_ENDPOINTS {
+            return Err(Error::InvalidConfig("max_endpoints must be in 1..=1048576"));
+        }
+        if self.fault_log_capacity == 0 || self.fault_log_capacity > MAX_FAULT_LOG {
+            return Err(Error::InvalidConfig(
+                "fault log capacity must be in 1..=1048576",
+            ));
         }
         Ok(())
     }
@@ -135,6 +148,22 @@ mod tests {
             },
             Config {
                 fault_log_capacity: 0,
+                ..Default::default()
+            },
+            Config {
+                fault_log_capacity: usize::MAX,
+                ..Default::default()
+            },
+            Config {
+                max_endpoints: usize::MAX,
+                ..Default::default()
+            },
+            Config {
+                max_endpoints: 0,
+                ..Default::default()
+            },
+            Config {
+                max_domains: MAX_DOMAINS + 1,
                 ..Default::default()
             },
         ];

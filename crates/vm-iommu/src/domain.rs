@@ -162,7 +162,7 @@ impl Domain {
                 available,
             });
         }
-        // `slot < max_domains <= u32::MAX - 1`.
+        // `slot < max_domains <= MAX_DOMAINS` (checked by `Config::validate`).
         let tag = table::slot_tag(self.slot as u32 + 1);
         st.tables +=
             table::write_mapping(root, iova, last, gpa, perm, self.inner.page_size_mask, tag);

@@ -502,7 +502,7 @@ impl Iommu {
             old.endpoints.retain(|e| !Arc::ptr_eq(e, &ep));
         }
         new_st.endpoints.push(Arc::clone(&ep));
-        // `new_slot < max_domains <= u32::MAX - 1` (checked by `Config::validate`).
+        // `new_slot < max_domains <= MAX_DOMAINS` (checked by `Config::validate`).
         ep.domain.store(new_slot as u32 + 1, Ordering::Release);
         drop(new_st);
         self.inner.invalidated();

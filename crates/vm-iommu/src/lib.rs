@@ -37,8 +37,9 @@
 //!   and destroy return only after every guard that existed when the entries were
 //!   cleared has been dropped, so no byte moves through the old translation after
 //!   they return. Unguarded use costs the writer one fence and two loads per
-//!   attached endpoint. Do not hold a guard while waiting for such an operation on
-//!   the same endpoint (deadlock).
+//!   attached endpoint. Writers wait while holding the domain (or control) lock, so
+//!   code holding a guard must not call management operations (map, unmap, attach,
+//!   ...) or wait for a thread that does.
 //! * Page tables are never freed while the IOMMU lives (they are reused), so readers
 //!   can never walk freed memory; their number is capped per domain.
 //! * Caches: views cache only the identity of a leaf table, keyed by (domain slot,
@@ -89,7 +90,10 @@ mod translate;
 mod view;
 
 pub use adapter::{IommuAdapter, IotlbGuard};
-pub use config::{Config, MAX_INPUT_ADDRESS, PAGE_SIZE_1G, PAGE_SIZE_2M, PAGE_SIZE_4K};
+pub use config::{
+    Config, MAX_DOMAINS, MAX_ENDPOINTS, MAX_FAULT_LOG, MAX_INPUT_ADDRESS, PAGE_SIZE_1G,
+    PAGE_SIZE_2M, PAGE_SIZE_4K,
+};
 pub use domain::{Domain, Endpoint};
 pub use error::{Error, Fault, FaultReason, Result};
 pub use iommu::Iommu;

@@ -44,9 +44,11 @@ pub(crate) struct Quiesce {
 /// fences and returns at once if both counters are zero, else flips the epoch and
 /// waits for the old counter to drain, so new guards cannot delay it forever.
 ///
-/// Do not hold a guard while waiting for an unmap, detach, attach or destroy that
-/// affects the same endpoint (on this or another thread): that waits for the guard,
-/// a deadlock.
+/// Writers wait while holding the domain's lock (and, for attach, detach and
+/// destroy, the IOMMU's control lock). So while a guard is alive, do not call IOMMU
+/// management operations (map, unmap, attach, detach, create, destroy, reserved
+/// regions) and do not wait for a thread that does: that can deadlock. Translation
+/// and device accesses are fine.
 #[derive(Debug)]
 #[must_use = "accesses are protected only while the guard is alive"]
 pub struct AccessGuard<'a> {
