@@ -264,6 +264,63 @@ pub(crate) fn check<'a>(
     Ok((first_fragment, Some(rest)))
 }
 
+/// The piece at `cur` (at most up to `last`) under the endpoint's current domain, for
+/// walking a checked range lazily. A failure (only possible if the range changed
+/// since it was checked) is recorded in the fault log.
+pub(crate) fn piece_at(
+    inner: &Inner,
+    ep: &EndpointState,
+    cur: u64,
+    last: u64,
+    access: Permissions,
+) -> Result<Fragment> {
+    let identity = Fragment {
+        iova: cur,
+        gpa: GuestAddress(cur),
+        len: last - cur + 1,
+        perm: Permissions::ReadWrite,
+    };
+    let fail = |iova, reason| {
+        record(
+            inner,
+            Fault {
+                endpoint: ep.id,
+                iova,
+                access,
+                reason,
+            },
+        )
+    };
+    let Some(domain) = inner.domain_at(ep.domain()) else {
+        if inner.bypass_unattached() {
+            return Ok(identity);
+        }
+        return Err(fail(cur, FaultReason::NoDomain));
+    };
+    if domain.is_bypass() {
+        return Ok(identity);
+    }
+    let Some(root) = domain.root() else {
+        return Err(fail(cur, FaultReason::Unmapped));
+    };
+    match walk_piece(root, cur, last, access) {
+        Ok(p) => Ok(Fragment {
+            iova: cur,
+            gpa: GuestAddress(p.gpa),
+            len: p.len,
+            perm: p.perm,
+        }),
+        Err((at, perm)) => Err(fail(
+            at,
+            if perm {
+                FaultReason::Permission
+            } else {
+                FaultReason::Unmapped
+            },
+        )),
+    }
+}
+
 /// Translate and check, recording a failure in the fault log.
 #[inline]
 pub(crate) fn check_recorded<'a>(

@@ -15,7 +15,7 @@ use vm_memory::{
 use crate::domain::Endpoint;
 use crate::error::Error;
 use crate::quiesce::AccessGuard;
-use crate::translate::{self, Fragment, Rest};
+use crate::translate::{self, Fragment};
 
 /// Memory as one endpoint (device) sees it: every address is an IOVA, translated by the
 /// endpoint's domain, with the access permission checked over the whole range before
@@ -213,16 +213,25 @@ impl<M: GuestMemoryBackend> DeviceView<M> {
                     break;
                 }
             }
-        } else if self.mem.to_region_addr(first.gpa).is_none() {
-            return Err(GuestMemoryError::InvalidGuestAddress(first.gpa));
+        } else {
+            // One piece: hand out its slice now if it lies in one memory region, so
+            // that iteration cannot fail any more.
+            let Some((region, offset)) = self.mem.to_region_addr(first.gpa) else {
+                return Err(GuestMemoryError::InvalidGuestAddress(first.gpa));
+            };
+            let fits = region
+                .len()
+                .checked_sub(offset.raw_value())
+                .is_some_and(|cap| first.len <= cap);
+            if fits {
+                return Ok(ViewSlices::One(Some(region.get_slice(offset, count)?)));
+            }
         }
-        // `first.len <= count`, so it fits in usize.
-        let left = usize::try_from(first.len).unwrap_or(count);
         Ok(ViewSlices::Many {
-            mem: &self.mem,
-            gpa: first.gpa,
-            left,
-            rest,
+            view: self,
+            iova: addr.0,
+            left: count,
+            access,
         })
     }
 }
@@ -233,12 +242,13 @@ enum ViewSlices<'a, M: GuestMemoryBackend> {
     /// A single slice, computed up front (`None` once returned, or when exhausted or
     /// stopped by an error).
     One(Option<VolatileSlice<'a, MS<'a, M>>>),
-    /// The general case: `left` bytes at `gpa`, then the rest of the translation.
+    /// The general case: `left` bytes from `iova` (checked up front), walked one
+    /// piece and one memory region at a time.
     Many {
-        mem: &'a M,
-        gpa: GuestAddress,
+        view: &'a DeviceView<M>,
+        iova: u64,
         left: usize,
-        rest: Option<Rest<'a>>,
+        access: Permissions,
     },
 }
 
@@ -264,50 +274,36 @@ impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
     #[inline(never)]
     fn next_many(&mut self) -> Option<GuestMemoryResult<VolatileSlice<'a, MS<'a, M>>>> {
         let ViewSlices::Many {
-            mem,
-            gpa,
+            view,
+            iova,
             left,
-            rest,
+            access,
         } = self
         else {
             return None;
         };
-        while *left == 0 {
-            let r = rest.as_mut()?;
-            let (item, more) = r.next_fragment();
-            if !more {
-                *rest = None;
-            }
-            match item {
-                Ok(f) => {
-                    *gpa = f.gpa;
-                    *left = match usize::try_from(f.len) {
-                        Ok(len) => len,
-                        Err(_) => return Some(Err(GuestMemoryError::GuestAddressOverflow)),
-                    };
-                }
-                Err(e) => {
-                    let iova = GuestAddress(match e {
-                        Error::Fault(f) => f.iova,
-                        _ => 0,
-                    });
-                    return Some(Err(to_memory_error(e, iova, 0)));
-                }
-            }
+        if *left == 0 {
+            return None;
         }
-        let Some((region, offset)) = mem.to_region_addr(*gpa) else {
-            return Some(Err(GuestMemoryError::InvalidGuestAddress(*gpa)));
+        // `iova + left - 1` was checked not to wrap.
+        let last = iova.wrapping_add(*left as u64 - 1);
+        let ep = &view.endpoint;
+        let f = match translate::piece_at(&ep.inner, &ep.state, *iova, last, *access) {
+            Ok(f) => f,
+            Err(e) => return Some(Err(to_memory_error(e, GuestAddress(*iova), *left))),
         };
-        // `offset < region.len()`, so the difference cannot underflow.
-        let cap = region.len().saturating_sub(offset.raw_value());
+        let Some((region, offset)) = view.mem.to_region_addr(f.gpa) else {
+            return Some(Err(GuestMemoryError::InvalidGuestAddress(f.gpa)));
+        };
+        // `offset < region.len()`, so the difference cannot underflow; `f.len <= left`.
+        let cap = region.len().saturating_sub(offset.raw_value()).min(f.len);
         let n = usize::try_from(cap).map_or(*left, |cap| cap.min(*left));
         let slice = match region.get_slice(offset, n) {
             Ok(s) => s,
             Err(e) => return Some(Err(e)),
         };
         *left -= n;
-        // `gpa + n` stays inside the translated fragment, which does not wrap.
-        *gpa = GuestAddress(gpa.0.wrapping_add(n as u64));
+        *iova = iova.wrapping_add(n as u64);
         Some(Ok(slice))
     }
 }
