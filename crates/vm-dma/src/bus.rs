@@ -9,7 +9,28 @@ use std::sync::Arc;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::error::{Error, Result};
-use crate::page_alloc::PageAllocator;
+use crate::page_alloc::{PageAllocator, ZONE_DMA32_END};
+use crate::swiotlb::{Swiotlb, IO_TLB_MAX_BOUNCE};
+use crate::types::PAGE_SIZE;
+
+/// How a [`DmaBus`] is built.
+#[derive(Clone, Debug, Default)]
+pub struct BusConfig {
+    /// The ranges of guest memory the driver side owns; `None` means all of
+    /// it. Every range must be backed by guest memory throughout.
+    pub owned: Option<Vec<(GuestAddress, u64)>>,
+    /// Size of the swiotlb bounce pool, carved at the top of the owned memory
+    /// below 4 GiB (where 32-bit devices reach it) and taken away from the
+    /// page allocator; 0 for no pool. A multiple of 256 KiB (Linux's default
+    /// is 64 MiB).
+    pub swiotlb_size: u64,
+    /// Areas of the bounce pool, each with its own lock (Linux: one per
+    /// CPU); 0 means 1.
+    pub swiotlb_areas: usize,
+    /// Bounce every streaming mapping of every device, as Linux's
+    /// `swiotlb=force` and confidential guests do. Needs a pool.
+    pub force_bounce: bool,
+}
 
 /// The DMA bus: the guest memory that is the bus address space, and the page
 /// allocator over the part of it the driver side owns. [`DmaDevice`]s are
@@ -36,6 +57,8 @@ struct BusInner<M> {
     /// Last byte of guest memory.
     last_addr: u64,
     next_device_id: AtomicU32,
+    swiotlb: Option<Swiotlb>,
+    force_bounce: bool,
 }
 
 impl<M: GuestMemoryBackend> Clone for DmaBus<M> {
@@ -59,9 +82,7 @@ impl<M: GuestMemoryBackend> fmt::Debug for DmaBus<M> {
 impl<M: GuestMemoryBackend> DmaBus<M> {
     /// A bus whose driver side owns all of guest memory.
     pub fn new(mem: M) -> Result<Self> {
-        let ranges: Vec<(GuestAddress, u64)> =
-            mem.iter().map(|r| (r.start_addr(), r.len())).collect();
-        Self::build(mem, ranges)
+        Self::with_config(mem, BusConfig::default())
     }
 
     /// A bus whose driver side owns only `ranges` of guest memory (the rest
@@ -69,7 +90,35 @@ impl<M: GuestMemoryBackend> DmaBus<M> {
     /// backed by guest memory throughout: one that runs into a hole or past
     /// the end is refused.
     pub fn with_owned_ranges(mem: M, ranges: &[(GuestAddress, u64)]) -> Result<Self> {
-        for &(start, len) in ranges {
+        Self::with_config(
+            mem,
+            BusConfig {
+                owned: Some(ranges.to_vec()),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A bus built as `config` says: owned ranges, a swiotlb bounce pool,
+    /// bus-wide force bouncing.
+    ///
+    /// ```
+    /// use vm_dma::{BusConfig, DmaBus};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+    /// let bus = DmaBus::with_config(mem, BusConfig { swiotlb_size: 4 << 20, ..Default::default() }).unwrap();
+    /// let tlb = bus.swiotlb().unwrap();
+    /// // Carved at the top of memory below 4 GiB, and no longer the allocator's.
+    /// assert_eq!(tlb.start().0, 60 << 20);
+    /// assert!(!bus.pages().overlaps(tlb.start().0, tlb.size()));
+    /// ```
+    pub fn with_config(mem: M, config: BusConfig) -> Result<Self> {
+        let mut ranges: Vec<(GuestAddress, u64)> = match config.owned {
+            Some(r) => r,
+            None => mem.iter().map(|r| (r.start_addr(), r.len())).collect(),
+        };
+        for &(start, len) in &ranges {
             if !range_is_guest_memory(&mem, start.0, len)? {
                 return Err(Error::NotGuestMemory {
                     addr: start.0,
@@ -77,10 +126,23 @@ impl<M: GuestMemoryBackend> DmaBus<M> {
                 });
             }
         }
-        Self::build(mem, ranges.to_vec())
-    }
-
-    fn build(mem: M, ranges: Vec<(GuestAddress, u64)>) -> Result<Self> {
+        let swiotlb = if config.swiotlb_size == 0 {
+            None
+        } else {
+            let start = carve_below_4g(&mut ranges, config.swiotlb_size)?;
+            Some(Swiotlb::new(
+                start,
+                config.swiotlb_size,
+                config.swiotlb_areas.max(1),
+            )?)
+        };
+        if config.force_bounce && swiotlb.is_none() {
+            return Err(Error::InvalidBouncePool {
+                addr: 0,
+                size: 0,
+                reason: "force_bounce needs a swiotlb pool",
+            });
+        }
         let pages = PageAllocator::new(ranges)?;
         let last_addr = mem.last_addr().raw_value();
         Ok(DmaBus {
@@ -89,8 +151,20 @@ impl<M: GuestMemoryBackend> DmaBus<M> {
                 pages,
                 last_addr,
                 next_device_id: AtomicU32::new(0),
+                swiotlb,
+                force_bounce: config.force_bounce,
             }),
         })
+    }
+
+    /// The swiotlb bounce pool, if the bus has one.
+    pub fn swiotlb(&self) -> Option<&Swiotlb> {
+        self.inner.swiotlb.as_ref()
+    }
+
+    /// Whether every streaming mapping on the bus bounces.
+    pub fn force_bounce(&self) -> bool {
+        self.inner.force_bounce
     }
 
     /// The guest memory behind the bus.
@@ -128,6 +202,44 @@ impl<M: GuestMemoryBackend> DmaBus<M> {
     pub(crate) fn next_device_id(&self) -> u32 {
         self.inner.next_device_id.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// Takes `size` bytes, page-aligned, from the top of the highest owned range
+/// below 4 GiB that holds them (Linux allocates its default pool top-down
+/// from low memory at boot) and removes them from `ranges`.
+fn carve_below_4g(ranges: &mut Vec<(GuestAddress, u64)>, size: u64) -> Result<GuestAddress> {
+    let bad = |reason| Error::InvalidBouncePool {
+        addr: 0,
+        size,
+        reason,
+    };
+    if size % IO_TLB_MAX_BOUNCE != 0 {
+        return Err(bad("size is not a multiple of 256 KiB"));
+    }
+    let mut best: Option<(usize, u64)> = None;
+    for (i, &(start, len)) in ranges.iter().enumerate() {
+        // Usable part of the range below 4 GiB, as an exclusive end.
+        let end = start.0.saturating_add(len).min(ZONE_DMA32_END);
+        let Some(top) = end.checked_sub(size) else {
+            continue;
+        };
+        let base = top & !(PAGE_SIZE - 1);
+        if base >= start.0 && best.is_none_or(|(_, b)| base > b) {
+            best = Some((i, base));
+        }
+    }
+    let (i, base) = best.ok_or(bad("no owned range below 4 GiB holds the pool"))?;
+    let (start, len) = ranges.swap_remove(i);
+    // The pool lies inside the range, so these cannot underflow.
+    let before = base - start.0;
+    let after = (start.0 + (len - 1)) - (base + (size - 1));
+    if before > 0 {
+        ranges.push((start, before));
+    }
+    if after > 0 {
+        ranges.push((GuestAddress(base + size), after));
+    }
+    Ok(GuestAddress(base))
 }
 
 /// Whether `[addr, addr + len)` lies in guest memory, walking adjacent
@@ -205,6 +317,59 @@ mod tests {
         assert!(!bus.is_guest_memory(2 * MIB, 1));
         assert!(!bus.is_guest_memory(u64::MAX, 1));
         assert!(!bus.is_guest_memory(0, 0));
+    }
+
+    #[test]
+    fn swiotlb_is_carved_below_4g_and_leaves_the_allocator() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 8 * MIB as usize),
+            (GuestAddress(16 * MIB), 8 * MIB as usize),
+            (GuestAddress(4 << 30), 64 * MIB as usize),
+        ])
+        .unwrap();
+        let cfg = BusConfig {
+            swiotlb_size: 2 * MIB,
+            swiotlb_areas: 2,
+            ..Default::default()
+        };
+        let bus = DmaBus::with_config(mem, cfg).unwrap();
+        let tlb = bus.swiotlb().unwrap();
+        // The top of the highest range below 4 GiB.
+        assert_eq!(tlb.start().0, 22 * MIB);
+        assert_eq!(tlb.nareas(), 2);
+        assert!(!bus.pages().overlaps(22 * MIB, 2 * MIB));
+        assert!(bus.pages().overlaps(22 * MIB - 1, 1));
+        assert_eq!(bus.pages().free_pages(), (8 + 6 + 64) * 256);
+    }
+
+    #[test]
+    fn swiotlb_that_does_not_fit_below_4g_is_refused() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), MIB as usize),
+            (GuestAddress(4 << 30), 64 * MIB as usize),
+        ])
+        .unwrap();
+        let cfg = |size| BusConfig {
+            swiotlb_size: size,
+            ..Default::default()
+        };
+        assert!(matches!(
+            DmaBus::with_config(mem.clone(), cfg(2 * MIB)),
+            Err(Error::InvalidBouncePool { .. })
+        ));
+        assert!(DmaBus::with_config(mem.clone(), cfg(100 << 10)).is_err());
+        let bus = DmaBus::with_config(mem, cfg(MIB)).unwrap();
+        assert_eq!(bus.swiotlb().unwrap().start().0, 0);
+        assert_eq!(bus.pages().free_pages(), 64 * 256);
+    }
+
+    #[test]
+    fn force_bounce_needs_a_pool() {
+        let cfg = BusConfig {
+            force_bounce: true,
+            ..Default::default()
+        };
+        assert!(DmaBus::with_config(holed(), cfg).is_err());
     }
 
     #[test]

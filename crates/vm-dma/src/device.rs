@@ -34,6 +34,9 @@ pub struct DeviceConfig {
     pub parms: DmaParms,
     /// Whether the device is cache-coherent with the CPU.
     pub coherent: bool,
+    /// Bounce every streaming mapping through the bus's swiotlb pool (a
+    /// restricted-DMA device, or an untrusted one). Needs a pool.
+    pub force_bounce: bool,
 }
 
 impl DeviceConfig {
@@ -48,6 +51,7 @@ impl DeviceConfig {
             bus_dma_limit: 0,
             parms: DmaParms::default(),
             coherent: true,
+            force_bounce: false,
         }
     }
 }
@@ -59,6 +63,7 @@ pub(crate) struct DeviceInner<M: GuestMemoryBackend> {
     pub(crate) streaming: bool,
     pub(crate) coherent: bool,
     pub(crate) bus_dma_limit: u64,
+    pub(crate) force_bounce: bool,
     dma_mask: AtomicU64,
     coherent_mask: AtomicU64,
     max_segment_size: AtomicU32,
@@ -131,6 +136,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 streaming: config.streaming,
                 coherent: config.coherent,
                 bus_dma_limit: config.bus_dma_limit,
+                force_bounce: config.force_bounce,
                 dma_mask: AtomicU64::new(config.dma_mask.raw()),
                 coherent_mask: AtomicU64::new(config.coherent_mask.raw()),
                 max_segment_size: AtomicU32::new(config.parms.max_segment_size),
@@ -285,10 +291,24 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         self.streaming_limit() < self.required_mask()
     }
 
-    /// Linux's `dma_max_mapping_size()`: the largest single mapping, `u64::MAX`
-    /// (Linux's `SIZE_MAX`) for direct mapping without bounce buffers.
+    /// Whether streaming mappings of this device always bounce (the device
+    /// or the whole bus forces it).
+    pub fn force_bounce(&self) -> bool {
+        self.inner.force_bounce || self.inner.bus.force_bounce()
+    }
+
+    /// Linux's `dma_max_mapping_size()`: the largest single mapping. When
+    /// mappings may bounce (the bus has a swiotlb pool and the device is
+    /// addressing-limited or forced to bounce) it is the swiotlb limit,
+    /// 256 KiB less `roundup(min_align_mask, 2 KiB)`; otherwise `u64::MAX`
+    /// (Linux's `SIZE_MAX`).
     pub fn max_mapping_size(&self) -> u64 {
-        u64::MAX
+        if self.inner.bus.swiotlb().is_some() && (self.addressing_limited() || self.force_bounce())
+        {
+            crate::swiotlb::Swiotlb::max_mapping_size(self.min_align_mask())
+        } else {
+            u64::MAX
+        }
     }
 
     /// Linux's `dma_opt_mapping_size()`: the largest size that is still fast,

@@ -327,6 +327,15 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The mapping would need a bounce buffer, which MMIO mappings and
+    /// `REQUIRE_COHERENT` forbid.
+    #[error("mapping {addr:#x}+{size:#x} would need a bounce buffer, which it may not use")]
+    BounceForbidden {
+        /// Start of the range.
+        addr: u64,
+        /// Length in bytes.
+        size: u64,
+    },
     /// A `declare_coherent_memory` call or use of declared memory that the
     /// seed's rules refuse.
     #[error("invalid declared coherent memory: {reason}")]

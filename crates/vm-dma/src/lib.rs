@@ -30,7 +30,7 @@ mod sync;
 mod types;
 mod view;
 
-pub use bus::DmaBus;
+pub use bus::{BusConfig, DmaBus};
 pub use coherent::CoherentBuffer;
 pub use device::{DeviceConfig, DmaDevice};
 pub use error::{Error, Result};

@@ -237,7 +237,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             });
         }
         let mem = self.memory();
-        if attrs.contains(Attrs::MMIO) {
+        let mmio = attrs.contains(Attrs::MMIO);
+        if mmio {
             if overlaps_guest_memory(mem, phys, last) {
                 return Err(Error::ResourceIsRam { addr: phys, size });
             }
@@ -248,9 +249,86 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 return Err(Error::NotGuestMemory { addr: phys, size });
             }
         }
-        match self.ops() {
-            Ops::Direct => self.direct_map(phys, last, size),
+        let swiotlb = self.bus().swiotlb();
+        if let Some(tlb) = swiotlb {
+            // The pool is reserved memory, as in Linux: no driver buffer lives
+            // there, so an address in it is always a bounce buffer.
+            let pool_last = tlb.start().0 + (tlb.size() - 1);
+            if phys <= pool_last && last >= tlb.start().0 {
+                return Err(Error::NotOwned { addr: phys, size });
+            }
         }
+        match self.ops() {
+            Ops::Direct => {
+                // Linux's dma_direct_map_phys(): force bounce first, then
+                // dma_capable(), bouncing only what the device cannot reach.
+                let must_bounce = self.force_bounce();
+                if !must_bounce {
+                    match self.direct_map(phys, last, size) {
+                        Ok(dma) => return Ok(dma),
+                        Err(e) if swiotlb.is_none() || mmio => return Err(e),
+                        Err(_) => {}
+                    }
+                }
+                if mmio || attrs.contains(Attrs::REQUIRE_COHERENT) {
+                    return Err(Error::BounceForbidden { addr: phys, size });
+                }
+                self.bounce_map(phys, size, attrs)
+            }
+        }
+    }
+
+    /// Linux's `swiotlb_map()`: bounce `[phys, phys + size)` through the
+    /// bus's pool (copying it in, whatever the direction) and check that the
+    /// device reaches the bounce buffer.
+    fn bounce_map(&self, phys: u64, size: u64, attrs: Attrs) -> Result<DmaAddr> {
+        let Some(tlb) = self.bus().swiotlb() else {
+            return Err(Error::NotCapable {
+                addr: phys,
+                size,
+                limit: self.streaming_limit(),
+            });
+        };
+        let c = crate::swiotlb::BounceConstraints {
+            min_align_mask: self.min_align_mask(),
+            alloc_align_mask: 0,
+            segment_boundary: self.segment_boundary(),
+        };
+        let bounce = tlb.map(self.memory(), GuestAddress(phys), size, &c, attrs)?;
+        let dma = DmaAddr(bounce.raw_value());
+        if !self.dma_capable(dma, size) {
+            // "swiotlb addr overflow": the pool is out of the device's reach.
+            // Nothing was handed out, so nothing is copied back.
+            let _ = tlb.unmap(
+                self.memory(),
+                bounce,
+                size,
+                Direction::ToDevice,
+                Attrs::SKIP_CPU_SYNC,
+            );
+            if !attrs.contains(Attrs::NO_WARN) {
+                log::warn!(
+                    "{}: swiotlb addr {:#x}+{size} overflow (mask {:#x}, bus limit {:#x})",
+                    self.name(),
+                    dma.raw(),
+                    self.dma_mask().raw(),
+                    self.bus_dma_limit()
+                );
+            }
+            return Err(Error::NotCapable {
+                addr: dma.raw(),
+                size,
+                limit: self.streaming_limit(),
+            });
+        }
+        Ok(dma)
+    }
+
+    /// Whether `dma` is a bounce buffer address of the bus's pool.
+    pub(crate) fn is_bounce(&self, dma: DmaAddr) -> bool {
+        self.bus()
+            .swiotlb()
+            .is_some_and(|t| t.contains(GuestAddress(dma.raw())))
     }
 
     fn direct_map(&self, phys: u64, last: u64, size: u64) -> Result<DmaAddr> {
@@ -270,10 +348,23 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         Ok(dma)
     }
 
-    /// The teardown of a mapping; nothing to undo for direct mapping.
-    pub(crate) fn unmap_checked(&self, _dma: DmaAddr, _size: u64, _attrs: Attrs) {
+    /// The teardown of a mapping: nothing to undo for direct mapping; a
+    /// bounce buffer copies back (as its direction and `SKIP_CPU_SYNC` say)
+    /// and frees its slots.
+    pub(crate) fn unmap_checked(&self, dma: DmaAddr, size: u64, dir: Direction, attrs: Attrs) {
         match self.ops() {
-            Ops::Direct => {}
+            Ops::Direct => {
+                if let Some(tlb) = self.bus().swiotlb() {
+                    let bounce = GuestAddress(dma.raw());
+                    if tlb.contains(bounce) {
+                        // Handles and the raw record only hold live bounce
+                        // buffers, so this cannot fail; log if it ever does.
+                        if let Err(e) = tlb.unmap(self.memory(), bounce, size, dir, attrs) {
+                            log::error!("{}: bounce unmap of {dma}: {e}", self.name());
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -508,7 +599,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         if !self.owns_handle(mapping.device, mapping.token) {
             return Err(Rejected::new(self.wrong_device(mapping.device), mapping));
         }
-        self.unmap_checked(mapping.dma, mapping.size, attrs);
+        self.unmap_checked(mapping.dma, mapping.size, mapping.dir, attrs);
         Ok(())
     }
 
@@ -529,7 +620,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             nents: 0,
         };
         if let Err(e) = self.inner.raw.lock().insert(key) {
-            self.unmap_checked(dma, size, attrs);
+            // Undo without copying anything back: the device never saw it.
+            self.unmap_checked(dma, size, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
             return Err(e);
         }
         Ok(dma)
@@ -551,7 +643,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             nents: 0,
         };
         self.inner.raw.lock().remove(key)?;
-        self.unmap_checked(dma, size, attrs);
+        self.unmap_checked(dma, size, dir, attrs);
         Ok(())
     }
 

@@ -400,7 +400,12 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                     self.report_segment_limits(i, &entries[i], attrs);
                 }
                 Err(err) => {
-                    self.unmap_entries(&mut entries[..i], attrs);
+                    // Roll back without copying anything back.
+                    self.unmap_entries(
+                        &mut entries[..i],
+                        Direction::ToDevice,
+                        attrs | Attrs::SKIP_CPU_SYNC,
+                    );
                     return Err(err);
                 }
             }
@@ -408,9 +413,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         Ok(count)
     }
 
-    fn unmap_entries(&self, entries: &mut [SgEntry], attrs: Attrs) {
+    fn unmap_entries(&self, entries: &mut [SgEntry], dir: Direction, attrs: Attrs) {
         for e in entries {
-            self.unmap_checked(e.dma_address, u64::from(e.dma_length), attrs);
+            self.unmap_checked(e.dma_address, u64::from(e.dma_length), dir, attrs);
             e.clear_dma();
         }
     }
@@ -455,8 +460,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             return Err(Rejected::new(self.wrong_device(mapped.device), mapped));
         }
         let mut mapped = mapped;
-        let attrs = mapped.attrs;
-        self.unmap_entries(&mut mapped.table.entries, attrs);
+        let (dir, attrs) = (mapped.dir, mapped.attrs);
+        self.unmap_entries(&mut mapped.table.entries, dir, attrs);
         mapped.table.nents = 0;
         Ok(mapped.table)
     }
@@ -500,7 +505,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                     let _ = table.remove(Self::sg_key(done, dir, count));
                 }
                 drop(table);
-                self.unmap_entries(sg, attrs);
+                self.unmap_entries(sg, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
                 return Err(e);
             }
         }
@@ -546,7 +551,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 }
             }
         }
-        self.unmap_entries(entries, attrs);
+        self.unmap_entries(entries, dir, attrs);
         Ok(())
     }
 

@@ -32,10 +32,30 @@ enum Target {
 
 impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// The transfer itself, after validation: nothing for coherent direct
-    /// mapping (and, until non-coherent semantics exist, for any device).
-    fn do_sync(&self, _dma: DmaAddr, _size: u64, _dir: Direction, _to: Target) {
+    /// mapping (and, until non-coherent semantics exist, for any device); a
+    /// bounce buffer copies as Linux's swiotlb table says (for the device:
+    /// original → bounce unless `FromDevice`; for the CPU: bounce →
+    /// original unless `ToDevice`), exactly the synced sub-range.
+    fn do_sync(&self, dma: DmaAddr, size: u64, dir: Direction, to: Target) {
         match self.ops() {
-            Ops::Direct => {}
+            Ops::Direct => {
+                let Some(tlb) = self.bus().swiotlb() else {
+                    return;
+                };
+                let addr = vm_memory::GuestAddress(dma.raw());
+                if !tlb.contains(addr) {
+                    return;
+                }
+                let mem = self.memory();
+                let done = match to {
+                    Target::Cpu => tlb.sync_for_cpu(mem, addr, size, dir),
+                    Target::Device => tlb.sync_for_device(mem, addr, size, dir),
+                };
+                // The range was validated against a live mapping first.
+                if let Err(e) = done {
+                    log::error!("{}: bounce sync of {dma}+{size}: {e}", self.name());
+                }
+            }
         }
     }
 
@@ -292,9 +312,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// cfg.coherent = false;
     /// assert!(DmaDevice::with_config(&bus, cfg).dma_need_sync(DmaAddr(0)));
     /// ```
-    pub fn dma_need_sync(&self, _dma: DmaAddr) -> bool {
+    pub fn dma_need_sync(&self, dma: DmaAddr) -> bool {
         match self.ops() {
-            Ops::Direct => !self.is_coherent(),
+            Ops::Direct => !self.is_coherent() || self.is_bounce(dma),
         }
     }
 
