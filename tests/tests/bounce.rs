@@ -4,6 +4,9 @@
 //! memory: the device sees the bounce copy, the CPU sees the original, and
 //! sync and unmap move data as Linux's table says.
 
+// Test helpers outside #[test] functions unwrap too: a failure is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use vm_dma::{
     Attrs, BusConfig, DeviceConfig, Direction, DmaBus, DmaDevice, DmaMask, Error, SgTable,
 };

@@ -59,6 +59,8 @@ struct BusInner<M> {
     next_device_id: AtomicU32,
     swiotlb: Option<Swiotlb>,
     force_bounce: bool,
+    /// The bus-wide dma-debug tracker, for devices created later.
+    debug: std::sync::OnceLock<Arc<crate::debug::DmaDebug>>,
 }
 
 impl<M: GuestMemoryBackend> Clone for DmaBus<M> {
@@ -153,6 +155,7 @@ impl<M: GuestMemoryBackend> DmaBus<M> {
                 next_device_id: AtomicU32::new(0),
                 swiotlb,
                 force_bounce: config.force_bounce,
+                debug: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -201,6 +204,31 @@ impl<M: GuestMemoryBackend> DmaBus<M> {
 
     pub(crate) fn next_device_id(&self) -> u32 {
         self.inner.next_device_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Turns dma-debug on for the bus, as Linux's global dma-debug: every
+    /// device created afterwards whose [`DeviceConfig::debug`] is off uses
+    /// `hook`'s tracker (devices created before keep theirs). Set once: when
+    /// the bus already has a tracker the hook comes back in the `Err`;
+    /// `DebugHook::off()` sets nothing.
+    ///
+    /// [`DeviceConfig::debug`]: crate::DeviceConfig::debug
+    pub fn set_debug(
+        &self,
+        hook: crate::debug::DebugHook,
+    ) -> std::result::Result<(), crate::debug::DebugHook> {
+        let Some(d) = hook.get() else {
+            return Ok(());
+        };
+        match self.inner.debug.set(Arc::clone(d)) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(hook),
+        }
+    }
+
+    /// The bus-wide dma-debug tracker, if one is set.
+    pub fn debug(&self) -> Option<&Arc<crate::debug::DmaDebug>> {
+        self.inner.debug.get()
     }
 }
 

@@ -203,6 +203,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert!(matches!(dev.alloc_coherent(0), Err(Error::ZeroSize)));
     /// dev.free_coherent(buf).unwrap();
     /// ```
+    #[track_caller]
     pub fn alloc_coherent(&self, size: u64) -> Result<CoherentBuffer> {
         self.alloc_attrs(size, Attrs::empty())
     }
@@ -228,9 +229,18 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Errors: [`Error::ZeroSize`] for 0, [`Error::TooLarge`] above
     /// [`MAX_COHERENT_SIZE`], [`Error::OutOfMemory`] when no block below the
     /// limit is free. A failed allocation changes nothing.
+    #[track_caller]
     pub fn alloc_attrs(&self, size: u64, attrs: Attrs) -> Result<CoherentBuffer> {
         match self.alloc_block(size, Kind::Coherent) {
-            Ok((cpu, dma, order)) => Ok(CoherentBuffer {
+            Ok((cpu, dma, order)) => {
+                if let Some(e) = self.debug_alloc_coherent(dma, size, cpu, attrs) {
+                    // Strict dma-debug refused it: give the block back.
+                    if let Err(free_err) = self.free_block(size, cpu, dma, Kind::Coherent) {
+                        log::error!("{}: cannot return block {cpu:?}: {free_err}", self.name());
+                    }
+                    return Err(e);
+                }
+                Ok(CoherentBuffer {
                 cpu,
                 dma,
                 size,
@@ -238,7 +248,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 attrs,
                 owner: self.id(),
                 bus: self.bus_key(),
-            }),
+                })
+            }
             Err(e) => {
                 if !attrs.contains(Attrs::NO_WARN) {
                     log::warn!(
@@ -271,6 +282,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert!(matches!(rejected.error, Error::WrongDevice { .. }));
     /// a.free_coherent(rejected.handle).unwrap();
     /// ```
+    #[track_caller]
     pub fn free_coherent(
         &self,
         buf: CoherentBuffer,
@@ -280,9 +292,12 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 owner: buf.owner,
                 device: self.id(),
             })
+        } else if let Err(e) = self.check_owner(buf.owner) {
+            Err(e)
+        } else if let Err(e) = self.debug_free_coherent(buf.dma, buf.size, buf.cpu) {
+            Err(e)
         } else {
-            self.check_owner(buf.owner)
-                .and_then(|()| self.free_block(buf.size, buf.cpu, buf.dma, Kind::Coherent))
+            self.free_block(buf.size, buf.cpu, buf.dma, Kind::Coherent)
         };
         res.map_err(|e| Rejected::new(e, buf))
     }
@@ -306,6 +321,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// ));
     /// dev.free_coherent_raw(100, cpu, dma).unwrap();
     /// ```
+    #[track_caller]
     pub fn free_coherent_raw(&self, size: u64, cpu: GuestAddress, dma: DmaAddr) -> Result<()> {
         self.free_attrs_raw(size, cpu, dma, Attrs::empty())
     }
@@ -322,6 +338,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// differ. Linux's "NULL `cpu_addr` is a no-op" has no equivalent: guest
     /// address 0 is a legal buffer address. The attributes need not match the
     /// allocation's (Linux does not check them either).
+    #[track_caller]
     pub fn free_attrs_raw(
         &self,
         size: u64,
@@ -329,7 +346,10 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         dma: DmaAddr,
         _attrs: Attrs,
     ) -> Result<()> {
-        self.free_block(size, cpu, dma, Kind::Coherent)
+        self.debug_teardown(
+            || crate::debug::wire::Teardown::FreeCoherent { dma, size, cpu },
+            || self.free_block(size, cpu, dma, Kind::Coherent),
+        )
     }
 
     /// Allocates, zeroes and records a block for `size` bytes below the

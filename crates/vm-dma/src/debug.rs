@@ -158,6 +158,7 @@ mod report;
 #[cfg(test)]
 mod tests;
 mod tracker;
+pub(crate) mod wire;
 
 pub use event::{Check, DebugEvent, Details, DeviceId, Kind, PoolMisuse};
 pub use hook::DebugHook;
@@ -405,8 +406,20 @@ impl DmaDebug {
         site: &'static Location<'static>,
         f: impl FnOnce(&mut State, &DebugConfig, &mut Vec<Pending>),
     ) -> Result<(), DebugEvent> {
+        self.run_keep(dev, site, self.config.mode != DebugMode::Report, f)
+    }
+
+    /// [`DmaDebug::run`] with the roll-back on misuse chosen by the caller:
+    /// `keep` leaves the tracker unchanged on misuse whatever the mode (for
+    /// a call the device itself refused, see `wire`).
+    fn run_keep(
+        &self,
+        dev: DeviceRef<'_>,
+        site: &'static Location<'static>,
+        keep: bool,
+        f: impl FnOnce(&mut State, &DebugConfig, &mut Vec<Pending>),
+    ) -> Result<(), DebugEvent> {
         let strict = self.config.mode == DebugMode::Strict;
-        let keep = self.config.mode != DebugMode::Report;
         let mut st = self.lock();
         st.tracker.begin(keep);
         let mut pending = Vec::new();

@@ -37,6 +37,9 @@ pub struct DeviceConfig {
     /// Bounce every streaming mapping through the bus's swiotlb pool (a
     /// restricted-DMA device, or an untrusted one). Needs a pool.
     pub force_bounce: bool,
+    /// dma-debug for the device: off by default; when off, the bus's tracker
+    /// ([`DmaBus::set_debug`]) if it has one. See [`DmaDevice::set_debug`].
+    pub debug: crate::debug::DebugHook,
 }
 
 impl DeviceConfig {
@@ -52,6 +55,7 @@ impl DeviceConfig {
             parms: DmaParms::default(),
             coherent: true,
             force_bounce: false,
+            debug: crate::debug::DebugHook::off(),
         }
     }
 }
@@ -71,10 +75,16 @@ pub(crate) struct DeviceInner<M: GuestMemoryBackend> {
     min_align_mask: AtomicU64,
     /// Declared coherent memory (`dma_declare_coherent_memory`), one region.
     pub(crate) declared: Mutex<Option<Arc<DeclaredMemory>>>,
+    /// Whether `declared` holds a region: lets the device view skip the lock.
+    pub(crate) has_declared: std::sync::atomic::AtomicBool,
     /// The device this one sits behind (a bridge), for `INCLUDES_CHILDREN`.
     pub(crate) parent: Option<DmaDevice<M>>,
     /// Live raw streaming mappings (only the raw, `DmaAddr`-taking calls use it).
     pub(crate) raw: crate::map::RawTable,
+    /// Device-side copies of the cache model (non-coherent devices only).
+    pub(crate) shadows: crate::noncoherent::ShadowTable,
+    /// The dma-debug tracker, set at most once (unset when off).
+    pub(crate) debug: std::sync::OnceLock<Arc<crate::debug::DmaDebug>>,
 }
 
 /// The driver-side handle of one device on a [`DmaBus`]: its masks, its
@@ -143,8 +153,11 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 segment_boundary: AtomicU64::new(config.parms.segment_boundary),
                 min_align_mask: AtomicU64::new(config.parms.min_align_mask),
                 declared: Mutex::new(None),
+                has_declared: std::sync::atomic::AtomicBool::new(false),
                 parent: None,
                 raw: crate::map::RawTable::default(),
+                shadows: crate::noncoherent::ShadowTable::default(),
+                debug: crate::debug::wire::device_slot(&config.debug, bus),
             }),
         }
     }
@@ -303,8 +316,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// 256 KiB less `roundup(min_align_mask, 2 KiB)`; otherwise `u64::MAX`
     /// (Linux's `SIZE_MAX`).
     pub fn max_mapping_size(&self) -> u64 {
-        if self.inner.bus.swiotlb().is_some() && (self.addressing_limited() || self.force_bounce())
-        {
+        if self.inner.bus.swiotlb().is_some() && (self.addressing_limited() || self.force_bounce()) {
             crate::swiotlb::Swiotlb::max_mapping_size(self.min_align_mask())
         } else {
             u64::MAX

@@ -327,6 +327,15 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A streaming mapping of a non-coherent device overlaps another one:
+    /// the cache model gives each its own device-side copy.
+    #[error("non-coherent mapping {addr:#x}+{size:#x} overlaps another mapping of the device")]
+    NoncoherentOverlap {
+        /// Start of the range.
+        addr: u64,
+        /// Length in bytes.
+        size: u64,
+    },
     /// The mapping would need a bounce buffer, which MMIO mappings and
     /// `REQUIRE_COHERENT` forbid.
     #[error("mapping {addr:#x}+{size:#x} would need a bounce buffer, which it may not use")]

@@ -261,23 +261,33 @@ pub struct IovaStats {
     pub reserved: usize,
 }
 
-/// A multiplicative hash for pfn keys.
+/// splitmix64's finalizer: every output bit depends on every input bit, so
+/// neither the bucket index nor hashbrown's 7-bit tags correlate with the
+/// live shard (picked by a multiplicative hash of the same pfn).
+fn mix64(v: u64) -> u64 {
+    let mut z = v;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The hasher of the live set (pfn keys).
 #[derive(Clone, Copy, Debug, Default)]
 struct PfnHasher(u64);
 
 impl Hasher for PfnHasher {
     fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 29)
+        mix64(self.0)
     }
 
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.0 = (self.0.rotate_left(8)) ^ u64::from(*b);
         }
     }
 
     fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 ^= v;
     }
 }
 

@@ -22,6 +22,7 @@ pub mod flush_queue;
 mod guest_copy;
 pub mod iova;
 mod map;
+pub mod noncoherent;
 pub mod page_alloc;
 pub mod pool;
 mod sg;

@@ -265,7 +265,13 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 let must_bounce = self.force_bounce();
                 if !must_bounce {
                     match self.direct_map(phys, last, size) {
-                        Ok(dma) => return Ok(dma),
+                        Ok(dma) if mmio || !self.models_cache() => return Ok(dma),
+                        Ok(dma) => {
+                            // A non-coherent device: give the mapping its
+                            // device-side copy (the cache model).
+                            self.shadow_map(phys, size)?;
+                            return Ok(dma);
+                        }
                         Err(e) if swiotlb.is_none() || mmio => return Err(e),
                         Err(_) => {}
                     }
@@ -299,13 +305,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         if !self.dma_capable(dma, size) {
             // "swiotlb addr overflow": the pool is out of the device's reach.
             // Nothing was handed out, so nothing is copied back.
-            let _ = tlb.unmap(
-                self.memory(),
-                bounce,
-                size,
-                Direction::ToDevice,
-                Attrs::SKIP_CPU_SYNC,
-            );
+            let _ = tlb.unmap(self.memory(), bounce, size, Direction::ToDevice, Attrs::SKIP_CPU_SYNC);
             if !attrs.contains(Attrs::NO_WARN) {
                 log::warn!(
                     "{}: swiotlb addr {:#x}+{size} overflow (mask {:#x}, bus limit {:#x})",
@@ -362,12 +362,17 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                         if let Err(e) = tlb.unmap(self.memory(), bounce, size, dir, attrs) {
                             log::error!("{}: bounce unmap of {dma}: {e}", self.name());
                         }
+                        return;
                     }
+                }
+                if self.models_cache() && !attrs.contains(Attrs::MMIO) {
+                    self.shadow_unmap(dma.raw(), size, dir, attrs);
                 }
             }
         }
     }
 
+    #[track_caller]
     fn make_mapping(
         &self,
         cpu: u64,
@@ -376,7 +381,20 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         attrs: Attrs,
         kind: MapKind,
     ) -> Result<Mapping> {
-        let dma = self.map_phys_checked(cpu, size, attrs)?;
+        let dma = match self.map_phys_checked(cpu, size, attrs) {
+            Ok(dma) => dma,
+            Err(e) => {
+                self.debug_map_refused(kind, cpu, size, attrs, &e);
+                return Err(e);
+            }
+        };
+        if let Some(d) = self.debug_on() {
+            if let Some(e) = self.debug_map(d, kind, dma, size, dir, cpu, attrs) {
+                // Strict dma-debug refused it: undo, copying nothing back.
+                self.unmap_checked(dma, size, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
+                return Err(e);
+            }
+        }
         Ok(Mapping {
             device: self.id(),
             token: self.handle_token(),
@@ -431,6 +449,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert_eq!(m.dma_addr(), DmaAddr(0x2000)); // direct mapping: identity
     /// dev.unmap(m).unwrap();
     /// ```
+    #[track_caller]
     pub fn map_single(&self, cpu: GuestAddress, size: u64, dir: Direction) -> Result<Mapping> {
         self.map_single_attrs(cpu, size, dir, Attrs::empty())
     }
@@ -451,6 +470,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert_eq!(m.attrs(), Attrs::SKIP_CPU_SYNC);
     /// dev.unmap(m).unwrap();
     /// ```
+    #[track_caller]
     pub fn map_single_attrs(
         &self,
         cpu: GuestAddress,
@@ -476,6 +496,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert_eq!(m.dma_addr(), DmaAddr(0x3080));
     /// dev.unmap(m).unwrap();
     /// ```
+    #[track_caller]
     pub fn map_page(
         &self,
         page: GuestAddress,
@@ -488,6 +509,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// Linux's `dma_map_page_attrs()`; [`Error::NotPageAligned`] if `page`
     /// is not page-aligned, `Attrs::MMIO` refused as for `map_single_attrs`.
+    #[track_caller]
     pub fn map_page_attrs(
         &self,
         page: GuestAddress,
@@ -514,6 +536,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert_eq!(bar.as_ref().unwrap().kind(), MapKind::Resource);
     /// dev.unmap(bar.unwrap()).unwrap();
     /// ```
+    #[track_caller]
     pub fn map_phys(
         &self,
         phys: GuestAddress,
@@ -550,6 +573,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// let ram = dev.map_resource(GuestAddress(0), 4096, Direction::ToDevice, Attrs::empty());
     /// assert!(matches!(ram, Err(Error::ResourceIsRam { .. })));
     /// ```
+    #[track_caller]
     pub fn map_resource(
         &self,
         phys: GuestAddress,
@@ -583,6 +607,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// dev.unmap(m).unwrap();
     /// // `m` has moved: a second unmap does not compile.
     /// ```
+    #[track_caller]
     pub fn unmap(&self, mapping: Mapping) -> std::result::Result<(), Rejected<Mapping>> {
         let attrs = mapping.attrs;
         self.unmap_attrs(mapping, attrs)
@@ -591,6 +616,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Linux's `dma_unmap_*_attrs()`: as [`DmaDevice::unmap`] with `attrs`
     /// for the unmap (only `SKIP_CPU_SYNC` matters, and only for
     /// non-coherent devices and bounce buffers).
+    #[track_caller]
     pub fn unmap_attrs(
         &self,
         mapping: Mapping,
@@ -599,10 +625,14 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         if !self.owns_handle(mapping.device, mapping.token) {
             return Err(Rejected::new(self.wrong_device(mapping.device), mapping));
         }
+        if let Err(e) = self.debug_unmap(mapping.kind, mapping.dma, mapping.size, mapping.dir) {
+            return Err(Rejected::new(e, mapping));
+        }
         self.unmap_checked(mapping.dma, mapping.size, mapping.dir, attrs);
         Ok(())
     }
 
+    #[track_caller]
     fn map_raw(
         &self,
         phys: u64,
@@ -611,7 +641,13 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         attrs: Attrs,
         kind: MapKind,
     ) -> Result<DmaAddr> {
-        let dma = self.map_phys_checked(phys, size, attrs)?;
+        let dma = match self.map_phys_checked(phys, size, attrs) {
+            Ok(dma) => dma,
+            Err(e) => {
+                self.debug_map_refused(kind, phys, size, attrs, &e);
+                return Err(e);
+            }
+        };
         let key = RawKey {
             dma: dma.raw(),
             size,
@@ -623,6 +659,14 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             // Undo without copying anything back: the device never saw it.
             self.unmap_checked(dma, size, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
             return Err(e);
+        }
+        if let Some(d) = self.debug_on() {
+            if let Some(e) = self.debug_map(d, kind, dma, size, dir, phys, attrs) {
+                // Strict dma-debug refused it: forget and undo it.
+                let _ = self.inner.raw.lock().remove(key);
+                self.unmap_checked(dma, size, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
+                return Err(e);
+            }
         }
         Ok(dma)
     }
@@ -665,6 +709,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert!(matches!(bad, Err(Error::SizeMismatch { mapped: 512, requested: 256 })));
     /// dev.unmap_single_raw(dma, 512, Direction::ToDevice, Attrs::empty()).unwrap();
     /// ```
+    #[track_caller]
     pub fn map_single_raw(
         &self,
         cpu: GuestAddress,
@@ -682,6 +727,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// [`Error::SizeMismatch`] or [`Error::DirectionMismatch`] and changes
     /// nothing. Two maps of one buffer share a DMA address; each unmap
     /// removes one of them.
+    #[track_caller]
     pub fn unmap_single_raw(
         &self,
         dma: DmaAddr,
@@ -689,10 +735,13 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result<()> {
-        self.unmap_raw(dma, size, dir, attrs, RawKind::Single)
+        self.debug_unmap_raw(MapKind::Single, dma, size, dir, || {
+            self.unmap_raw(dma, size, dir, attrs, RawKind::Single)
+        })
     }
 
     /// Linux-shaped `dma_map_page_attrs()` returning the raw DMA address.
+    #[track_caller]
     pub fn map_page_raw(
         &self,
         page: GuestAddress,
@@ -709,6 +758,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Linux-shaped `dma_unmap_page_attrs()`. Single, page and phys maps
     /// are one family (as in Linux v6.18, where all are `dma_map_phys`), so
     /// this equals [`DmaDevice::unmap_single_raw`].
+    #[track_caller]
     pub fn unmap_page_raw(
         &self,
         dma: DmaAddr,
@@ -716,7 +766,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result<()> {
-        self.unmap_raw(dma, size, dir, attrs, RawKind::Single)
+        self.debug_unmap_raw(MapKind::Page, dma, size, dir, || {
+            self.unmap_raw(dma, size, dir, attrs, RawKind::Single)
+        })
     }
 
     /// Linux-shaped `dma_map_resource()` returning the raw DMA address.
@@ -737,6 +789,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// ));
     /// dev.unmap_resource_raw(dma, 4096, Direction::ToDevice, Attrs::empty()).unwrap();
     /// ```
+    #[track_caller]
     pub fn map_resource_raw(
         &self,
         phys: GuestAddress,
@@ -755,6 +808,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// Linux-shaped `dma_unmap_resource()`; an address mapped as RAM fails
     /// with [`Error::WrongFunction`].
+    #[track_caller]
     pub fn unmap_resource_raw(
         &self,
         dma: DmaAddr,
@@ -762,13 +816,16 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result<()> {
-        self.unmap_raw(dma, size, dir, attrs | Attrs::MMIO, RawKind::Resource)
+        self.debug_unmap_raw(MapKind::Resource, dma, size, dir, || {
+            self.unmap_raw(dma, size, dir, attrs | Attrs::MMIO, RawKind::Resource)
+        })
     }
 
     /// Linux's `dma_mapping_error()`: true for [`crate::DMA_MAPPING_ERROR`].
     /// The raw functions return `Err` instead of that value, so this is
     /// only useful for addresses that crossed a C-shaped boundary.
     pub fn mapping_error(&self, dma: DmaAddr) -> bool {
+        self.debug_mapping_error(dma);
         dma.is_mapping_error()
     }
 }

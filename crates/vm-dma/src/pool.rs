@@ -33,6 +33,7 @@ use std::sync::{Mutex, MutexGuard};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::coherent::{zero_guest, Kind, MAX_COHERENT_SIZE};
+use crate::debug::PoolMisuse;
 use crate::device::DmaDevice;
 use crate::error::{Error, Result};
 use crate::map::Rejected;
@@ -437,11 +438,13 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
     /// nothing changes: the handle comes back unchanged in the [`Rejected`],
     /// to be freed to its own pool. The `Rejected` converts into [`Error`],
     /// so `?` works in functions that return [`crate::Result`].
+    #[track_caller]
     pub fn free(&self, block: PoolBlock) -> std::result::Result<(), Rejected<PoolBlock>> {
         if block.pool != self.id {
             let error = Error::WrongPool {
                 pool: self.name.clone(),
             };
+            self.report_misuse(&error, block.dma);
             return Err(Rejected::new(error, block));
         }
         let mut st = self.lock();
@@ -452,6 +455,7 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
                 pool: self.name.clone(),
                 dma: block.dma.0,
             };
+            self.report_misuse(&error, block.dma);
             return Err(Rejected::new(error, block));
         }
         st.push(block.index);
@@ -484,7 +488,30 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
     /// pool.free_raw(cpu, dma).unwrap();
     /// assert!(matches!(pool.free_raw(cpu, dma), Err(Error::PoolBlockFree { .. })));
     /// ```
+    #[track_caller]
     pub fn free_raw(&self, cpu: GuestAddress, dma: DmaAddr) -> Result<()> {
+        let res = self.free_raw_checked(cpu, dma);
+        if let Err(e) = &res {
+            self.report_misuse(e, dma);
+        }
+        res
+    }
+
+    /// Reports a refused free or destroy through the device's dma-debug.
+    #[track_caller]
+    fn report_misuse(&self, e: &Error, dma: DmaAddr) {
+        let pool = || self.name.clone();
+        self.dev.debug_pool(|| match e {
+            Error::PoolBlockFree { .. } => PoolMisuse::DoubleFree { pool: pool(), dma },
+            Error::PoolBusy { active, .. } => PoolMisuse::DestroyBusy {
+                pool: pool(),
+                active: usize::try_from(*active).unwrap_or(usize::MAX),
+            },
+            _ => PoolMisuse::ForeignFree { pool: pool(), dma },
+        });
+    }
+
+    fn free_raw_checked(&self, cpu: GuestAddress, dma: DmaAddr) -> Result<()> {
         let bad = || Error::NotPoolBlock {
             pool: self.name.clone(),
             cpu: cpu.0,
@@ -525,6 +552,7 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
     }
 
     /// Destroys the pool, the common part of [`DmaPool::destroy`] and drop.
+    #[track_caller]
     fn teardown(&self) -> Result<()> {
         let mut st = self.lock();
         if st.done {
@@ -535,10 +563,13 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
             log::warn!("dma_pool_destroy {} busy", self.name);
             // Linux frees the bookkeeping and leaks the pages: they stay
             // allocated, so nothing can reuse memory a device may still use.
-            return Err(Error::PoolBusy {
+            let error = Error::PoolBusy {
                 name: self.name.clone(),
                 active: st.nr_active,
-            });
+            };
+            drop(st);
+            self.report_misuse(&error, DmaAddr(0));
+            return Err(error);
         }
         let pages = std::mem::take(&mut st.pages);
         st.by_addr.clear();
@@ -558,6 +589,7 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
     /// Linux does: they stay allocated in the page allocator, because a
     /// device may still be using the live blocks. Dropping a pool without
     /// destroying it does the same.
+    #[track_caller]
     pub fn destroy(self) -> Result<()> {
         self.teardown()
     }

@@ -427,6 +427,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Fails as [`DmaDevice::map_single`] does for any entry, with
     /// [`Error::EmptySgList`] for an empty table, and with
     /// [`Error::AlreadyMapped`] for a table mapped by `map_sgtable`.
+    #[track_caller]
     pub fn map_sg(
         &self,
         mut table: SgTable,
@@ -437,17 +438,27 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             return Err(Rejected::new(Error::AlreadyMapped { index: 0 }, table));
         }
         match self.map_entries(&mut table.entries, attrs) {
-            Ok(count) => Ok(MappedSg {
-                table: SgTable {
-                    nents: count,
-                    ..table
-                },
-                count,
-                device: self.id(),
-                token: self.handle_token(),
-                dir,
-                attrs,
-            }),
+            Ok(count) => {
+                if let Some(d) = self.debug_on() {
+                    if let Some(e) = self.debug_map_sg(d, &table.entries, count, dir, attrs) {
+                        // Strict dma-debug refused it: undo, copying nothing back.
+                        let undo = attrs | Attrs::SKIP_CPU_SYNC;
+                        self.unmap_entries(&mut table.entries, Direction::ToDevice, undo);
+                        return Err(Rejected::new(e, table));
+                    }
+                }
+                Ok(MappedSg {
+                    table: SgTable {
+                        nents: count,
+                        ..table
+                    },
+                    count,
+                    device: self.id(),
+                    token: self.handle_token(),
+                    dir,
+                    attrs,
+                })
+            }
             Err(e) => Err(Rejected::new(e, table)),
         }
     }
@@ -455,9 +466,14 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Linux's `dma_unmap_sg_attrs()` with the handle: gives the table back
     /// with its DMA side cleared. Another device's handle fails with
     /// [`Error::WrongDevice`] and is given back unchanged.
+    #[track_caller]
     pub fn unmap_sg(&self, mapped: MappedSg) -> std::result::Result<SgTable, Rejected<MappedSg>> {
         if !self.owns_handle(mapped.device, mapped.token) {
             return Err(Rejected::new(self.wrong_device(mapped.device), mapped));
+        }
+        let nents = mapped.table.orig_nents();
+        if let Err(e) = self.debug_unmap_sg(&mapped.table.entries, nents, mapped.dir) {
+            return Err(Rejected::new(e, mapped));
         }
         let mut mapped = mapped;
         let (dir, attrs) = (mapped.dir, mapped.attrs);
@@ -495,6 +511,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// dev.unmap_sg_raw(&mut sg, 2, Direction::FromDevice).unwrap();
     /// assert!(!sg[0].is_mapped());
     /// ```
+    #[track_caller]
     pub fn map_sg_raw(&self, sg: &mut [SgEntry], dir: Direction, attrs: Attrs) -> Result<u32> {
         let count = self.map_entries(sg, attrs)?;
         let mut table = self.inner.raw.lock();
@@ -509,6 +526,19 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 return Err(e);
             }
         }
+        drop(table);
+        if let Some(d) = self.debug_on() {
+            if let Some(e) = self.debug_map_sg(d, sg, count, dir, attrs) {
+                // Strict dma-debug refused it: forget and undo it.
+                let mut table = self.inner.raw.lock();
+                for done in sg.iter() {
+                    let _ = table.remove(Self::sg_key(done, dir, count));
+                }
+                drop(table);
+                self.unmap_entries(sg, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
+                return Err(e);
+            }
+        }
         Ok(count)
     }
 
@@ -516,12 +546,28 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// passed to map (not the returned count), `dir` the map's. Fails with
     /// [`Error::NentsMismatch`], [`Error::DirectionMismatch`],
     /// [`Error::NotMapped`] and the other mismatch errors, changing nothing.
+    #[track_caller]
     pub fn unmap_sg_raw(&self, sg: &mut [SgEntry], nents: u32, dir: Direction) -> Result<()> {
         self.unmap_sg_raw_attrs(sg, nents, dir, Attrs::empty())
     }
 
     /// Linux's `dma_unmap_sg_attrs()` on a raw list.
+    #[track_caller]
     pub fn unmap_sg_raw_attrs(
+        &self,
+        sg: &mut [SgEntry],
+        nents: u32,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result<()> {
+        self.debug_unmap_sg_raw(sg, nents, dir, |sg| {
+            self.unmap_sg_raw_checked(sg, nents, dir, attrs)
+        })
+    }
+
+    /// The raw sg unmap after dma-debug: validates against the device's
+    /// record and unmaps, or changes nothing.
+    fn unmap_sg_raw_checked(
         &self,
         sg: &mut [SgEntry],
         nents: u32,
@@ -592,6 +638,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// let err = dev.map_sgtable(&mut hole, Direction::ToDevice, Attrs::empty()).unwrap_err();
     /// assert_eq!(err.errno(), Errno::Inval);
     /// ```
+    #[track_caller]
     pub fn map_sgtable(&self, table: &mut SgTable, dir: Direction, attrs: Attrs) -> Result<()> {
         if table.nents != 0 {
             return Err(Error::AlreadyMapped { index: 0 });
@@ -602,6 +649,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// Linux's `dma_unmap_sgtable()`: unmaps with `orig_nents` and resets
     /// `nents` to 0. Fails as [`DmaDevice::unmap_sg_raw`], changing nothing.
+    #[track_caller]
     pub fn unmap_sgtable(&self, table: &mut SgTable, dir: Direction, attrs: Attrs) -> Result<()> {
         let orig = table.orig_nents();
         self.unmap_sg_raw_attrs(&mut table.entries, orig, dir, attrs)?;

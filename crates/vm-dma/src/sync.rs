@@ -39,13 +39,24 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     fn do_sync(&self, dma: DmaAddr, size: u64, dir: Direction, to: Target) {
         match self.ops() {
             Ops::Direct => {
-                let Some(tlb) = self.bus().swiotlb() else {
+                let addr = vm_memory::GuestAddress(dma.raw());
+                let Some(tlb) = self.bus().swiotlb().filter(|t| t.contains(addr)) else {
+                    // Not a bounce buffer: the cache model of a non-coherent
+                    // device cleans for the device and invalidates for the
+                    // CPU, as the direction allows.
+                    if self.models_cache() {
+                        match to {
+                            Target::Device if dir.device_reads() => {
+                                self.shadow_sync(dma.raw(), size, true);
+                            }
+                            Target::Cpu if dir.device_writes() => {
+                                self.shadow_sync(dma.raw(), size, false);
+                            }
+                            _ => {}
+                        }
+                    }
                     return;
                 };
-                let addr = vm_memory::GuestAddress(dma.raw());
-                if !tlb.contains(addr) {
-                    return;
-                }
                 let mem = self.memory();
                 let done = match to {
                     Target::Cpu => tlb.sync_for_cpu(mem, addr, size, dir),
@@ -97,13 +108,17 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert!(matches!(dev.sync_single_for_cpu(&m, 128, 129), Err(Error::OutOfRange { .. })));
     /// dev.unmap(m).unwrap();
     /// ```
+    #[track_caller]
     pub fn sync_single_for_cpu(&self, m: &Mapping, offset: u64, size: u64) -> Result<()> {
+        self.debug_sync_range(m.dma_addr(), offset, size, m.direction(), true)?;
         self.sync_handle(m, offset, size, Target::Cpu)
     }
 
     /// Linux's `dma_sync_single_for_device()` on a handle; as
     /// [`DmaDevice::sync_single_for_cpu`].
+    #[track_caller]
     pub fn sync_single_for_device(&self, m: &Mapping, offset: u64, size: u64) -> Result<()> {
+        self.debug_sync_range(m.dma_addr(), offset, size, m.direction(), false)?;
         self.sync_handle(m, offset, size, Target::Device)
     }
 
@@ -137,18 +152,22 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// ));
     /// dev.unmap_single_raw(dma, 256, Direction::FromDevice, Attrs::empty()).unwrap();
     /// ```
+    #[track_caller]
     pub fn sync_single_for_cpu_raw(&self, dma: DmaAddr, size: u64, dir: Direction) -> Result<()> {
+        self.debug_sync(dma, size, dir, true)?;
         self.sync_raw(dma, size, dir, Target::Cpu)
     }
 
     /// Linux's `dma_sync_single_for_device()` on a raw address; as
     /// [`DmaDevice::sync_single_for_cpu_raw`].
+    #[track_caller]
     pub fn sync_single_for_device_raw(
         &self,
         dma: DmaAddr,
         size: u64,
         dir: Direction,
     ) -> Result<()> {
+        self.debug_sync(dma, size, dir, false)?;
         self.sync_raw(dma, size, dir, Target::Device)
     }
 
@@ -177,6 +196,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// ));
     /// dev.unmap_single_raw(dma, 4096, Direction::FromDevice, Attrs::empty()).unwrap();
     /// ```
+    #[track_caller]
     pub fn sync_single_range_for_cpu(
         &self,
         dma: DmaAddr,
@@ -188,6 +208,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     /// Linux's `dma_sync_single_range_for_device()`.
+    #[track_caller]
     pub fn sync_single_range_for_device(
         &self,
         dma: DmaAddr,
@@ -227,12 +248,16 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// dev.sync_sg_for_cpu(&rx).unwrap();
     /// dev.unmap_sg(rx).unwrap();
     /// ```
+    #[track_caller]
     pub fn sync_sg_for_cpu(&self, sg: &MappedSg) -> Result<()> {
+        self.debug_sync_sg(sg.table().entries(), sg.orig_nents(), sg.direction(), true)?;
         self.sync_sg_handle(sg, Target::Cpu)
     }
 
     /// Linux's `dma_sync_sg_for_device()` on a handle.
+    #[track_caller]
     pub fn sync_sg_for_device(&self, sg: &MappedSg) -> Result<()> {
+        self.debug_sync_sg(sg.table().entries(), sg.orig_nents(), sg.direction(), false)?;
         self.sync_sg_handle(sg, Target::Device)
     }
 
@@ -276,23 +301,31 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// sg mapping of that list with a compatible direction. Fails with
     /// [`Error::NentsMismatch`], [`Error::DirectionMismatch`] or
     /// [`Error::NotMapped`].
+    #[track_caller]
     pub fn sync_sg_for_cpu_raw(&self, sg: &[SgEntry], nents: u32, dir: Direction) -> Result<()> {
+        self.debug_sync_sg(sg, nents, dir, true)?;
         self.sync_sg_raw(sg, nents, dir, Target::Cpu)
     }
 
     /// Linux's `dma_sync_sg_for_device()` on a raw list.
+    #[track_caller]
     pub fn sync_sg_for_device_raw(&self, sg: &[SgEntry], nents: u32, dir: Direction) -> Result<()> {
+        self.debug_sync_sg(sg, nents, dir, false)?;
         self.sync_sg_raw(sg, nents, dir, Target::Device)
     }
 
     /// Linux's `dma_sync_sgtable_for_cpu()`: syncs all `orig_nents` entries
     /// of a table mapped by [`DmaDevice::map_sgtable`].
+    #[track_caller]
     pub fn sync_sgtable_for_cpu(&self, table: &SgTable, dir: Direction) -> Result<()> {
+        self.debug_sync_sg(table.entries(), table.orig_nents(), dir, true)?;
         self.sync_sg_raw(table.entries(), table.orig_nents(), dir, Target::Cpu)
     }
 
     /// Linux's `dma_sync_sgtable_for_device()`.
+    #[track_caller]
     pub fn sync_sgtable_for_device(&self, table: &SgTable, dir: Direction) -> Result<()> {
+        self.debug_sync_sg(table.entries(), table.orig_nents(), dir, false)?;
         self.sync_sg_raw(table.entries(), table.orig_nents(), dir, Target::Device)
     }
 

@@ -98,13 +98,36 @@ impl<M: GuestMemoryBackend> DirectView<M> {
     }
 }
 
+impl<M: GuestMemoryBackend> DirectView<M> {
+    /// Where the device's access to `[addr, addr + count)` lands: inside the
+    /// declared coherent window, its bus address; otherwise, within the
+    /// device's reach, the address itself or (for a non-coherent device)
+    /// the device-side copy of the cache model. `Err` names the first
+    /// address refused.
+    fn target(&self, addr: GuestAddress, count: usize) -> Result<GuestAddress, GuestAddress> {
+        let n = count as u64;
+        if let Some(bus) = self.dev.declared_translate(addr.0, n) {
+            return Ok(bus);
+        }
+        self.reach(addr, count)?;
+        if self.dev.models_cache() {
+            return self
+                .dev
+                .shadow_translate(addr.0, n)
+                .map(GuestAddress)
+                .ok_or(addr);
+        }
+        Ok(addr)
+    }
+}
+
 impl<M: GuestMemoryBackend> GuestMemory for DirectView<M> {
     type PhysicalMemory = M;
     type Bitmap = <M::R as GuestMemoryRegion>::B;
 
     fn check_range(&self, addr: GuestAddress, count: usize, _access: Permissions) -> bool {
-        self.reach(addr, count).is_ok()
-            && GuestMemoryBackend::check_range(self.dev.memory(), addr, count)
+        self.target(addr, count)
+            .is_ok_and(|t| GuestMemoryBackend::check_range(self.dev.memory(), t, count))
     }
 
     fn get_slices<'a>(
@@ -114,11 +137,12 @@ impl<M: GuestMemoryBackend> GuestMemory for DirectView<M> {
         _access: Permissions,
     ) -> vm_memory::guest_memory::Result<impl GuestMemorySliceIterator<'a, BS<'a, Self::Bitmap>>>
     {
-        self.reach(addr, count)
+        let target = self
+            .target(addr, count)
             .map_err(GuestMemoryError::InvalidGuestAddress)?;
         Ok(GuestMemoryBackend::get_slices(
             self.dev.memory(),
-            addr,
+            target,
             count,
         ))
     }
