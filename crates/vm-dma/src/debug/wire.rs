@@ -111,7 +111,14 @@ impl DmaDebug {
                 self.run_keep(dev, site, keep, |st, _, p| st.check_unmap(&r, p))
             }
             &Teardown::FreeCoherent { dma, size, cpu } => {
-                let r = one(Kind::Coherent, dma, size, Direction::Bidirectional, 0, cpu.0);
+                let r = one(
+                    Kind::Coherent,
+                    dma,
+                    size,
+                    Direction::Bidirectional,
+                    0,
+                    cpu.0,
+                );
                 self.run_keep(dev, site, keep, |st, _, p| st.check_unmap(&r, p))
             }
             Teardown::UnmapSg { mapped, nents, dir } => {
@@ -242,7 +249,14 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// RAM) and 19 (a resource of RAM). The caller fails with `err` anyway.
     #[cold]
     #[track_caller]
-    pub(crate) fn debug_map_refused(&self, kind: MapKind, cpu: u64, size: u64, attrs: Attrs, err: &Error) {
+    pub(crate) fn debug_map_refused(
+        &self,
+        kind: MapKind,
+        cpu: u64,
+        size: u64,
+        attrs: Attrs,
+        err: &Error,
+    ) {
         let Some(d) = self.debug_on() else {
             return;
         };
@@ -366,7 +380,13 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// The sync hook for `[dma, dma + size)`; `Err` only in strict mode.
     #[track_caller]
-    pub(crate) fn debug_sync(&self, dma: DmaAddr, size: u64, dir: Direction, to_cpu: bool) -> Result<()> {
+    pub(crate) fn debug_sync(
+        &self,
+        dma: DmaAddr,
+        size: u64,
+        dir: Direction,
+        to_cpu: bool,
+    ) -> Result<()> {
         match self.debug_on() {
             Some(d) => Ok(d.sync_single(self.into(), dma, size, dir, to_cpu)?),
             None => Ok(()),
@@ -416,7 +436,12 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// The sg unmap hook of a handle.
     #[track_caller]
-    pub(crate) fn debug_unmap_sg(&self, entries: &[SgEntry], nents: u32, dir: Direction) -> Result<()> {
+    pub(crate) fn debug_unmap_sg(
+        &self,
+        entries: &[SgEntry],
+        nents: u32,
+        dir: Direction,
+    ) -> Result<()> {
         match self.debug_on() {
             Some(d) => {
                 let mapped = dma_segments(entries, nents as usize);
@@ -462,7 +487,12 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// The free hook of a coherent handle.
     #[track_caller]
-    pub(crate) fn debug_free_coherent(&self, dma: DmaAddr, size: u64, cpu: GuestAddress) -> Result<()> {
+    pub(crate) fn debug_free_coherent(
+        &self,
+        dma: DmaAddr,
+        size: u64,
+        cpu: GuestAddress,
+    ) -> Result<()> {
         match self.debug_on() {
             Some(d) => Ok(d.free_coherent(self.into(), dma, size, cpu)?),
             None => Ok(()),
