@@ -47,7 +47,9 @@ fn only_event(debug: &DmaDebug) -> DebugEvent {
     r.events[0].clone()
 }
 
-/// The event was made by the call on `line` of this file.
+/// The event was made by the call on `line` of this file. The tests take
+/// `line!() + n`, `n` counting to the line of the method name as rustfmt
+/// lays the call out.
 fn at(e: &DebugEvent, line: u32) {
     assert_eq!((e.site.file(), e.site.line()), (file!(), line), "{e:?}");
 }
@@ -98,7 +100,7 @@ fn raw_unmap_of_unknown_address_is_reported_at_the_call_site() {
 #[test]
 fn raw_unmap_size_mismatch_keeps_the_mapping_for_the_right_unmap() {
     let (dev, debug) = device(DebugMode::Report);
-    let map_line = line!() + 1;
+    let map_line = line!() + 2;
     let dma = dev
         .map_single_raw(GuestAddress(0x1000), 512, Direction::ToDevice, NONE)
         .unwrap();
@@ -135,11 +137,11 @@ fn raw_unmap_size_mismatch_keeps_the_mapping_for_the_right_unmap() {
 #[test]
 fn strict_raw_unmap_direction_mismatch_fails_and_changes_nothing() {
     let (dev, debug) = device(DebugMode::Strict);
-    let map_line = line!() + 1;
+    let map_line = line!() + 2;
     let dma = dev
         .map_page_raw(GuestAddress(0x4000), 0, 4096, Direction::FromDevice, NONE)
         .unwrap();
-    let line = line!() + 1;
+    let line = line!() + 2;
     let err = dev
         .unmap_page_raw(dma, 4096, Direction::ToDevice, NONE)
         .unwrap_err();
@@ -194,7 +196,7 @@ fn raw_unmap_of_a_resource_as_ram_is_the_wrong_function() {
 #[test]
 fn raw_sync_with_the_wrong_direction_is_reported() {
     let (dev, debug) = device(DebugMode::Report);
-    let map_line = line!() + 1;
+    let map_line = line!() + 2;
     let dma = dev
         .map_single_raw(GuestAddress(0x2000), 256, Direction::FromDevice, NONE)
         .unwrap();
@@ -433,7 +435,7 @@ fn pool_double_free_foreign_free_and_destroy_busy() {
     let (cpu, dma) = (b.cpu_addr(), b.dma_addr());
     let _ = b;
     p.free_raw(cpu, dma).unwrap();
-    let line = line!() + 1;
+    let line = line!() + 2;
     assert!(matches!(
         p.free_raw(cpu, dma),
         Err(Error::PoolBlockFree { .. })
@@ -466,7 +468,7 @@ fn pool_double_free_foreign_free_and_destroy_busy() {
     );
     at(e, line);
 
-    let line = line!() + 1;
+    let line = line!() + 2;
     assert!(matches!(
         p.destroy(),
         Err(Error::PoolBusy { active: 1, .. })
@@ -489,7 +491,7 @@ fn pool_double_free_foreign_free_and_destroy_busy() {
 #[test]
 fn release_lists_every_leak_where_it_was_made() {
     let (dev, debug) = device(DebugMode::Report);
-    let l1 = line!() + 1;
+    let l1 = line!() + 2;
     let m = dev
         .map_single(GuestAddress(0x1000), 64, Direction::ToDevice)
         .unwrap();
@@ -499,7 +501,7 @@ fn release_lists_every_leak_where_it_was_made() {
     let sg = dev.map_sg(t, Direction::FromDevice, NONE).unwrap();
     let l3 = line!() + 1;
     let buf = dev.alloc_coherent(4096).unwrap();
-    let l4 = line!() + 1;
+    let l4 = line!() + 2;
     let raw = dev
         .map_page_raw(GuestAddress(0x7000), 0, 128, Direction::Bidirectional, NONE)
         .unwrap();
@@ -887,4 +889,22 @@ proptest! {
         prop_assert_eq!(run(&off, &ops), run(&on, &ops));
         prop_assert_eq!(debug.report().error_count, 0);
     }
+}
+
+#[test]
+fn noncoherent_allocations_are_tracked_where_they_were_made() {
+    let (dev, debug) = device(DebugMode::Report);
+    let line = line!() + 1;
+    let buf = dev.alloc_noncoherent(4096, Direction::FromDevice).unwrap();
+    dev.sync_noncoherent_for_cpu(&buf, 0, 4096).unwrap();
+    assert_eq!(debug.report().error_count, 0);
+    let leaks = dev.release_debug().unwrap();
+    assert_eq!(leaks.entries.len(), 1);
+    assert_eq!(leaks.entries[0].mapped_at.line(), line);
+    assert_eq!(leaks.entries[0].dma, buf.dma_addr());
+    let again = dev.alloc_noncoherent(4096, Direction::ToDevice).unwrap();
+    dev.free_noncoherent(again).unwrap();
+    assert_eq!(debug.live_entries(), 0);
+    assert_eq!(debug.report().count(Check::Leak), 1);
+    let _ = buf;
 }

@@ -236,6 +236,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert_eq!(&b, b"data");
     /// dev.free_noncoherent(buf).unwrap();
     /// ```
+    #[track_caller]
     pub fn alloc_noncoherent(&self, size: u64, dir: Direction) -> Result<NoncoherentBuffer> {
         let buf = self.alloc_coherent(size)?;
         let (cpu, dma) = (buf.cpu_addr(), buf.dma_addr());
@@ -258,6 +259,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     /// Linux's `dma_free_noncoherent()` / `dma_free_pages()`.
+    #[track_caller]
     pub fn free_noncoherent(&self, buf: NoncoherentBuffer) -> Result<()> {
         if buf.device != self.id() {
             return Err(self.wrong_device(buf.device));
@@ -281,7 +283,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// `dma_sync_single_for_cpu()` on a non-coherent allocation: makes what
     /// the device wrote visible to the CPU (nothing for `ToDevice`).
+    #[track_caller]
     pub fn sync_noncoherent_for_cpu(&self, buf: &NoncoherentBuffer, offset: u64, size: u64) -> Result<()> {
+        self.debug_sync_range(buf.dma, offset, size, buf.dir, true)?;
         let addr = Self::nc_range(buf, offset, size)?;
         if self.models_cache() && buf.dir.device_writes() {
             self.shadow_sync(addr, size, false);
@@ -291,7 +295,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// `dma_sync_single_for_device()` on a non-coherent allocation: makes
     /// what the CPU wrote visible to the device (nothing for `FromDevice`).
+    #[track_caller]
     pub fn sync_noncoherent_for_device(&self, buf: &NoncoherentBuffer, offset: u64, size: u64) -> Result<()> {
+        self.debug_sync_range(buf.dma, offset, size, buf.dir, false)?;
         let addr = Self::nc_range(buf, offset, size)?;
         if self.models_cache() && buf.dir.device_reads() {
             self.shadow_sync(addr, size, true);
