@@ -10,12 +10,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod debug;
+mod bounce;
 mod dma;
 mod dma_map;
 mod iommu;
 mod iova;
 
 criterion::criterion_main!(
+    bounce::benches,
     debug::benches,
     dma::benches,
     dma_map::benches,
