@@ -79,12 +79,20 @@ impl ShadowTable {
     /// The entry containing `[addr, last]` entirely, or `None` when the
     /// range touches no entry. An access that straddles an entry's edge is
     /// an error (`Err(())`).
-    fn find(map: &BTreeMap<u64, Shadow>, addr: u64, last: u64) -> std::result::Result<Option<(u64, Shadow)>, ()> {
+    fn find(
+        map: &BTreeMap<u64, Shadow>,
+        addr: u64,
+        last: u64,
+    ) -> std::result::Result<Option<(u64, Shadow)>, ()> {
         // The entry starting at or below `addr`, then the first above it.
         if let Some((&start, s)) = map.range(..=addr).next_back() {
             let s_last = start + (s.size - 1);
             if addr <= s_last {
-                return if last <= s_last { Ok(Some((start, *s))) } else { Err(()) };
+                return if last <= s_last {
+                    Ok(Some((start, *s)))
+                } else {
+                    Err(())
+                };
             }
         }
         match map.range(addr..).next() {
@@ -138,7 +146,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     pub(crate) fn shadow_map(&self, phys: u64, size: u64) -> Result<()> {
         let last = checked_last(phys, size)?;
         let offset = phys % PAGE_SIZE;
-        let span = size.checked_add(offset).ok_or(Error::Overflow { addr: phys, size })?;
+        let span = size
+            .checked_add(offset)
+            .ok_or(Error::Overflow { addr: phys, size })?;
         let order = get_order(span);
         let mut map = self.inner.shadows.lock();
         match ShadowTable::find(&map, phys, last) {
@@ -151,7 +161,15 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             let _ = self.bus().pages().free(pages, order);
             return Err(e);
         }
-        map.insert(phys, Shadow { size, copy, pages: pages.0, order });
+        map.insert(
+            phys,
+            Shadow {
+                size,
+                copy,
+                pages: pages.0,
+                order,
+            },
+        );
         Ok(())
     }
 
@@ -168,7 +186,11 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         };
         drop(map);
         let copy = GuestAddress(s.copy + (dma - start));
-        let (src, dst) = if to_device { (GuestAddress(dma), copy) } else { (copy, GuestAddress(dma)) };
+        let (src, dst) = if to_device {
+            (GuestAddress(dma), copy)
+        } else {
+            (copy, GuestAddress(dma))
+        };
         if let Err(e) = copy_guest(self.memory(), src, dst, size) {
             log::error!("{}: cache model sync of {dma:#x}+{size}: {e}", self.name());
         }
@@ -184,7 +206,10 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         let removed = self.inner.shadows.lock().remove(&dma);
         if let Some(s) = removed {
             if let Err(e) = self.bus().pages().free(GuestAddress(s.pages), s.order) {
-                log::error!("{}: freeing the cache model copy of {dma:#x}: {e}", self.name());
+                log::error!(
+                    "{}: freeing the cache model copy of {dma:#x}: {e}",
+                    self.name()
+                );
             }
         }
     }
@@ -258,6 +283,18 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         })
     }
 
+    /// Linux's `dma_alloc_pages(dev, size, &handle, dir, gfp)`: the same
+    /// allocation as [`DmaDevice::alloc_noncoherent`] (there is no separate
+    /// `struct page` to return: the buffer's CPU address is its first page).
+    pub fn alloc_pages(&self, size: u64, dir: Direction) -> Result<NoncoherentBuffer> {
+        self.alloc_noncoherent(size, dir)
+    }
+
+    /// Linux's `dma_free_pages()`: as [`DmaDevice::free_noncoherent`].
+    pub fn free_pages(&self, buf: NoncoherentBuffer) -> Result<()> {
+        self.free_noncoherent(buf)
+    }
+
     /// Linux's `dma_free_noncoherent()` / `dma_free_pages()`.
     #[track_caller]
     pub fn free_noncoherent(&self, buf: NoncoherentBuffer) -> Result<()> {
@@ -265,18 +302,29 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             return Err(self.wrong_device(buf.device));
         }
         if self.models_cache() {
-            self.shadow_unmap(buf.cpu.0, buf.size, Direction::ToDevice, Attrs::SKIP_CPU_SYNC);
+            self.shadow_unmap(
+                buf.cpu.0,
+                buf.size,
+                Direction::ToDevice,
+                Attrs::SKIP_CPU_SYNC,
+            );
         }
         self.free_coherent_raw(buf.size, buf.cpu, buf.dma)
     }
 
     fn nc_range(buf: &NoncoherentBuffer, offset: u64, size: u64) -> Result<u64> {
-        let end = offset.checked_add(size).ok_or(Error::Overflow { addr: offset, size })?;
+        let end = offset
+            .checked_add(size)
+            .ok_or(Error::Overflow { addr: offset, size })?;
         if size == 0 {
             return Err(Error::ZeroSize);
         }
         if end > buf.size {
-            return Err(Error::OutOfRange { offset, size, len: buf.size });
+            return Err(Error::OutOfRange {
+                offset,
+                size,
+                len: buf.size,
+            });
         }
         Ok(buf.cpu.0 + offset)
     }
@@ -284,7 +332,12 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// `dma_sync_single_for_cpu()` on a non-coherent allocation: makes what
     /// the device wrote visible to the CPU (nothing for `ToDevice`).
     #[track_caller]
-    pub fn sync_noncoherent_for_cpu(&self, buf: &NoncoherentBuffer, offset: u64, size: u64) -> Result<()> {
+    pub fn sync_noncoherent_for_cpu(
+        &self,
+        buf: &NoncoherentBuffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<()> {
         self.debug_sync_range(buf.dma, offset, size, buf.dir, true)?;
         let addr = Self::nc_range(buf, offset, size)?;
         if self.models_cache() && buf.dir.device_writes() {
@@ -296,7 +349,12 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// `dma_sync_single_for_device()` on a non-coherent allocation: makes
     /// what the CPU wrote visible to the device (nothing for `FromDevice`).
     #[track_caller]
-    pub fn sync_noncoherent_for_device(&self, buf: &NoncoherentBuffer, offset: u64, size: u64) -> Result<()> {
+    pub fn sync_noncoherent_for_device(
+        &self,
+        buf: &NoncoherentBuffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<()> {
         self.debug_sync_range(buf.dma, offset, size, buf.dir, false)?;
         let addr = Self::nc_range(buf, offset, size)?;
         if self.models_cache() && buf.dir.device_reads() {
