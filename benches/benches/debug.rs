@@ -8,6 +8,16 @@
 //!   disabled (one relaxed atomic load each);
 //! - `debug/on/map_unmap_hooks`: the pair with 1000 other live entries
 //!   (lock, hash insert, cache line insert, best-fit lookup, removal).
+//!
+//! And the real calls, a 4 KiB `map_single` + `unmap` (the code of
+//! `dma_map/direct/map_unmap_4k`) and its raw form, on devices side by side:
+//!
+//! - `debug/real/off/map_unmap_4k`, `debug/real/off/map_unmap_raw_4k`: a
+//!   device without dma-debug (the default);
+//! - `debug/real/disabled/map_unmap_4k`: a device whose tracker disabled
+//!   itself;
+//! - `debug/real/on/map_unmap_4k`, `debug/real/on/map_unmap_raw_4k`: a device
+//!   with dma-debug on (report mode) and 1000 other live mappings.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -15,8 +25,8 @@ use std::time::Duration;
 
 use criterion::Criterion;
 use vm_dma::debug::{DebugConfig, DebugHook, DeviceRef, DmaDebug, Kind, MapEntry};
-use vm_dma::{Direction, DmaAddr};
-use vm_memory::GuestAddress;
+use vm_dma::{Attrs, DeviceConfig, Direction, DmaAddr, DmaBus, DmaDevice, DmaMask};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 const DEV: DeviceRef<'static> = DeviceRef::new(1, "bench");
 const ADDR: u64 = 0x4000_0000;
@@ -72,6 +82,73 @@ fn bench_debug(c: &mut Criterion) {
     assert_eq!(debug.report().error_count, 0);
 }
 
+type Dev = DmaDevice<GuestMemoryMmap<()>>;
+
+const PAGE: u64 = 4096;
+
+fn real_device(debug: DebugHook) -> Dev {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+    let bus = DmaBus::new(mem).unwrap();
+    let mut cfg = DeviceConfig::new("bench");
+    cfg.dma_mask = DmaMask::FULL;
+    cfg.debug = debug;
+    DmaDevice::with_config(&bus, cfg)
+}
+
+fn map_unmap(dev: &Dev, addr: GuestAddress) {
+    let m = dev
+        .map_single(black_box(addr), PAGE, Direction::ToDevice)
+        .unwrap();
+    black_box(m.dma_addr());
+    dev.unmap(m).unwrap();
+}
+
+fn map_unmap_raw(dev: &Dev, addr: GuestAddress) {
+    let dma = dev
+        .map_single_raw(black_box(addr), PAGE, Direction::ToDevice, Attrs::empty())
+        .unwrap();
+    dev.unmap_single_raw(black_box(dma), PAGE, Direction::ToDevice, Attrs::empty())
+        .unwrap();
+}
+
+fn bench_real(c: &mut Criterion) {
+    let addr = GuestAddress(16 << 20);
+    let off = real_device(DebugHook::off());
+    c.bench_function("debug/real/off/map_unmap_4k", |b| {
+        b.iter(|| map_unmap(&off, addr))
+    });
+    c.bench_function("debug/real/off/map_unmap_raw_4k", |b| {
+        b.iter(|| map_unmap_raw(&off, addr))
+    });
+
+    let disabled = Arc::new(DmaDebug::new(DebugConfig::default()));
+    disabled.disable();
+    let disabled = real_device(DebugHook::new(disabled));
+    c.bench_function("debug/real/disabled/map_unmap_4k", |b| {
+        b.iter(|| map_unmap(&disabled, addr))
+    });
+
+    let debug = Arc::new(DmaDebug::new(DebugConfig::default()));
+    let on = real_device(DebugHook::new(Arc::clone(&debug)));
+    let others: Vec<_> = (0..1000u64)
+        .map(|i| {
+            let a = GuestAddress((32 << 20) + i * PAGE);
+            on.map_single(a, 2048, Direction::FromDevice).unwrap()
+        })
+        .collect();
+    c.bench_function("debug/real/on/map_unmap_4k", |b| {
+        b.iter(|| map_unmap(&on, addr))
+    });
+    c.bench_function("debug/real/on/map_unmap_raw_4k", |b| {
+        b.iter(|| map_unmap_raw(&on, addr))
+    });
+    assert_eq!(debug.live_entries(), 1000);
+    for m in others {
+        on.unmap(m).unwrap();
+    }
+    assert_eq!(debug.report().error_count, 0);
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -82,5 +159,5 @@ fn config() -> Criterion {
 criterion::criterion_group! {
     name = benches;
     config = config();
-    targets = bench_debug
+    targets = bench_debug, bench_real
 }

@@ -38,6 +38,45 @@
 //! records and returns `Ok` but leaves the tracker unchanged on misuse, for
 //! callers that refuse misuse themselves.
 //!
+//! # Enabling it for devices
+//!
+//! The crate's DMA API calls the hooks itself. A device uses a tracker given
+//! in [`DeviceConfig::debug`](crate::DeviceConfig::debug), attached with
+//! [`DmaDevice::set_debug`], or, when neither, the bus's
+//! ([`DmaBus::set_debug`](crate::DmaBus::set_debug), for devices created
+//! afterwards, like Linux's global dma-debug). A device's tracker is set once
+//! (a `OnceLock`): without one, each call pays one atomic load and a branch.
+//! [`DmaDevice::release_debug`] reports and forgets the device's live entries
+//! (check 24); the drop of the device's last clone does it too. Every public
+//! DMA API function is `#[track_caller]`, so events and leaks name the
+//! driver's call. In strict mode a call that fails a check returns
+//! [`Error::Debug`] and changes nothing; a raw unmap or free the device
+//! refuses by itself (a size, direction or function mismatch) leaves the
+//! tracker's entry in place in every mode. The order of hook and operation
+//! for each kind of call is in docs/LINUX-API.md (`## dma-debug`).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vm_dma::debug::{Check, DebugConfig, DebugHook, DebugMode, DmaDebug};
+//! use vm_dma::{DeviceConfig, DmaBus, DmaDevice, Direction, Error};
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//!
+//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! let bus = DmaBus::new(mem).unwrap();
+//! let strict = DebugConfig { mode: DebugMode::Strict, ..DebugConfig::default() };
+//! let debug = Arc::new(DmaDebug::new(strict));
+//! let mut cfg = DeviceConfig::new("nic0");
+//! cfg.debug = DebugHook::new(Arc::clone(&debug));
+//! let dev = DmaDevice::with_config(&bus, cfg);
+//! let m = dev.map_single(GuestAddress(0x1000), 64, Direction::FromDevice).unwrap();
+//! // A leak: the report names this file and line.
+//! let leaks = dev.release_debug().unwrap();
+//! assert_eq!(leaks.entries[0].mapped_at.line(), line!() - 3);
+//! // Strict: the tracker forgot the mapping, so its unmap is refused.
+//! let rejected = dev.unmap(m).unwrap_err();
+//! assert!(matches!(&rejected.error, Error::Debug(e) if e.check == Check::NotAllocated));
+//! ```
+//!
 //! # Where the hooks go
 //!
 //! Each hook is `#[track_caller]`; the public API functions that call them
