@@ -14,7 +14,8 @@ use vm_dma::debug::{
     Check, DebugConfig, DebugEvent, DebugHook, DebugMode, Details, DmaDebug, Kind, PoolMisuse,
 };
 use vm_dma::{
-    Attrs, DeviceConfig, Direction, DmaAddr, DmaBus, DmaDevice, DmaPool, Error, SgEntry, SgTable,
+    Attrs, BusConfig, DeviceConfig, Direction, DmaAddr, DmaBus, DmaDevice, DmaPool, Error, SgEntry,
+    SgTable,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -24,6 +25,17 @@ const MIB: usize = 1 << 20;
 
 fn bus() -> DmaBus<GuestMemoryMmap> {
     DmaBus::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 * MIB)]).unwrap()).unwrap()
+}
+
+/// A bus whose devices bounce every streaming mapping through swiotlb.
+fn bouncing_bus() -> DmaBus<GuestMemoryMmap> {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 * MIB)]).unwrap();
+    let cfg = BusConfig {
+        swiotlb_size: 1 << 20,
+        force_bounce: true,
+        ..Default::default()
+    };
+    DmaBus::with_config(mem, cfg).unwrap()
 }
 
 fn tracker(mode: DebugMode) -> Arc<DmaDebug> {
@@ -888,6 +900,18 @@ proptest! {
         let (on, debug) = device(DebugMode::Report);
         prop_assert_eq!(run(&off, &ops), run(&on, &ops));
         prop_assert_eq!(debug.report().error_count, 0);
+    }
+
+    #[test]
+    fn debug_does_not_change_guest_memory_when_bouncing(ops in prop::collection::vec(op(), 1..60)) {
+        let off = DmaDevice::new(&bouncing_bus(), "off");
+        let debug = tracker(DebugMode::Strict);
+        let mut cfg = DeviceConfig::new("on");
+        cfg.debug = DebugHook::new(Arc::clone(&debug));
+        let on = DmaDevice::with_config(&bouncing_bus(), cfg);
+        prop_assert_eq!(run(&off, &ops), run(&on, &ops));
+        let r = debug.report();
+        prop_assert_eq!((r.error_count, r.live_entries), (0, 0), "{:#?}", r.events);
     }
 }
 
