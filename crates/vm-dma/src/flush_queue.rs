@@ -89,6 +89,25 @@ pub const MAX_FQ_RINGS: usize = 64;
 ///
 /// Called with the queue's locks held: it must not call back into the same
 /// [`FlushQueue`].
+///
+/// ```
+/// use vm_dma::flush_queue::Invalidate;
+///
+/// /// A vIOMMU handle whose "invalidate all" is counted.
+/// struct Viommu {
+///     invalidations: u64,
+/// }
+///
+/// impl Invalidate for Viommu {
+///     fn flush_iotlb_all(&mut self) {
+///         self.invalidations += 1;
+///     }
+/// }
+///
+/// let mut v = Viommu { invalidations: 0 };
+/// v.flush_iotlb_all();
+/// assert_eq!(v.invalidations, 1);
+/// ```
 pub trait Invalidate {
     /// Invalidates every IOTLB entry of the domain; returns once complete.
     fn flush_iotlb_all(&mut self);
@@ -101,6 +120,16 @@ impl<F: FnMut()> Invalidate for F {
 }
 
 /// Ring geometry and timeout of a [`FlushQueue`].
+///
+/// ```
+/// use std::time::Duration;
+/// use vm_dma::flush_queue::FlushQueueConfig;
+///
+/// let c = FlushQueueConfig::default();
+/// assert_eq!((c.rings, c.capacity, c.timeout), (1, 32768, Duration::from_secs(1)));
+/// let p = FlushQueueConfig::per_cpu();
+/// assert_eq!((p.capacity, p.timeout), (256, Duration::from_millis(10)));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlushQueueConfig {
     /// Rings (1: Linux's single queue; more: one per thread shard).
@@ -185,6 +214,25 @@ impl Ring {
 
 /// Lazy-mode IOVA release for one [`IovaDomain`]. `Send + Sync` when the
 /// invalidation is `Send`.
+///
+/// The caller drives the timer: poll at the deadline from an event loop.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use vm_dma::flush_queue::{FlushQueue, FlushQueueConfig};
+/// use vm_dma::iova::IovaDomain;
+///
+/// let d = Arc::new(IovaDomain::new(4096, 0, u64::MAX).unwrap());
+/// let cfg = FlushQueueConfig { timeout: Duration::from_millis(10), ..FlushQueueConfig::default() };
+/// let fq = FlushQueue::new(d.clone(), || (), cfg).unwrap();
+/// let i = d.alloc(1, u64::MAX).unwrap();
+/// fq.queue(i.addr(), 1).unwrap();
+/// let deadline = fq.deadline().unwrap();
+/// assert!(!fq.poll(deadline - Duration::from_millis(1)));
+/// assert!(fq.poll(deadline));
+/// assert_eq!((fq.pending(), fq.flush_counts()), (0, (1, 1)));
+/// ```
 pub struct FlushQueue<I> {
     domain: Arc<IovaDomain>,
     rings: Box<[Mutex<Ring>]>,

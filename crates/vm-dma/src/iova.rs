@@ -550,6 +550,24 @@ impl IovaDomain {
 
     /// [`IovaDomain::alloc`] with Linux's `flush_rcache` choice: without it a
     /// full tree fails at once instead of flushing the cache and retrying.
+    ///
+    /// ```
+    /// use vm_dma::iova::{IovaConfig, IovaDomain};
+    ///
+    /// // Three granules of aperture (pfns 1 to 3), one cache shard.
+    /// let d = IovaDomain::with_config(&IovaConfig {
+    ///     aperture_end: 0x3fff,
+    ///     cache_shards: 1,
+    ///     ..IovaConfig::default()
+    /// })
+    /// .unwrap();
+    /// let (a, b) = (d.alloc(1, u64::MAX).unwrap(), d.alloc(1, u64::MAX).unwrap());
+    /// d.free(a.addr(), 1).unwrap();
+    /// d.free(b.addr(), 1).unwrap();
+    /// // Pfns 3 and 2 are cached as size 1; the tree has only pfn 1 left.
+    /// assert!(d.alloc_fast(2, u64::MAX, false).is_err());
+    /// assert_eq!(d.alloc_fast(2, u64::MAX, true).unwrap().pfn(), 2);
+    /// ```
     pub fn alloc_fast(&self, size: u64, limit: u64, flush_rcache: bool) -> Result<Iova> {
         if size == 0 {
             return Err(Error::ZeroSize);
@@ -721,6 +739,17 @@ impl IovaDomain {
 
     /// Returns every cached IOVA to the tree (Linux `free_cpu_cached_iovas`
     /// for every CPU plus `free_global_cached_iovas`).
+    ///
+    /// ```
+    /// use vm_dma::iova::IovaDomain;
+    ///
+    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+    /// let i = d.alloc(1, u64::MAX).unwrap();
+    /// d.free(i.addr(), 1).unwrap();
+    /// assert_eq!(d.stats().cached, 1);
+    /// d.flush_cache();
+    /// assert_eq!((d.stats().cached, d.stats().gaps), (0, 1));
+    /// ```
     pub fn flush_cache(&self) {
         if let Some(rc) = &self.rcache {
             rc.drain_all(|class, mag| self.free_magazine(class, mag));
@@ -824,6 +853,15 @@ impl IovaDomain {
     }
 
     /// The reserved ranges (after merging) as inclusive byte ranges.
+    ///
+    /// ```
+    /// use vm_dma::iova::IovaDomain;
+    ///
+    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+    /// d.reserve(0xfee0_0000, 0x10_0000).unwrap();
+    /// d.reserve(0xfee8_0000, 0x10_0000).unwrap(); // overlaps: merged
+    /// assert_eq!(d.reserved(), vec![(0xfee0_0000, 0xfef7_ffff)]);
+    /// ```
     pub fn reserved(&self) -> Vec<(u64, u64)> {
         let g = self.granule();
         lock(&self.tree)
@@ -834,6 +872,17 @@ impl IovaDomain {
     }
 
     /// A snapshot of the counters.
+    ///
+    /// ```
+    /// use vm_dma::iova::IovaDomain;
+    ///
+    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
+    /// let i = d.alloc(40, u64::MAX).unwrap();
+    /// let s = d.stats();
+    /// assert_eq!((s.live, s.cached, s.gaps), (1, 0, 2)); // aligned: a gap above
+    /// d.free(i.addr(), 40).unwrap();
+    /// assert_eq!(d.stats().free_granules, (u64::MAX >> 12));
+    /// ```
     pub fn stats(&self) -> IovaStats {
         let (mut live, mut queued) = (0, 0);
         for shard in self.live.iter() {
