@@ -14,6 +14,11 @@
 //! `EXACT_ORDERS - 1` is used, which may visit gaps that are long enough but
 //! misaligned; see the module documentation of `iova`.
 //!
+//! Treap priorities are a keyed hash of the node's arena index with a seed
+//! drawn per tree from the standard library's random hasher keys, so the
+//! depth is `O(log n)` in expectation whatever order of allocations and
+//! frees a guest chooses.
+//!
 //! Gaps are never adjacent and never overlap (a free merges with its
 //! neighbours), so changing the first pfn of a gap within the space it
 //! already covers keeps the search-tree order: most updates are in place
@@ -78,6 +83,7 @@ pub(super) struct GapTree {
     root: u32,
     count: usize,
     free_granules: u64,
+    seed: u64,
 }
 
 impl fmt::Debug for GapTree {
@@ -98,6 +104,12 @@ impl GapTree {
             root: NIL,
             count: 0,
             free_granules: 0,
+            seed: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            },
         }
     }
 
@@ -124,10 +136,11 @@ impl GapTree {
         &mut self.nodes[t as usize]
     }
 
-    /// The treap priority of node `t`: splitmix64 of its index, so that
-    /// priorities are independent of the keys and need no storage.
-    fn prio(t: u32) -> u64 {
-        let mut z = u64::from(t).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    /// The treap priority of node `t`: splitmix64 of its index keyed by a
+    /// per-tree random seed, so that priorities need no storage and no
+    /// caller can predict them (and so unbalance the treap).
+    fn prio(&self, t: u32) -> u64 {
+        let mut z = (u64::from(t) ^ self.seed).wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
@@ -206,7 +219,7 @@ impl GapTree {
         if b == NIL {
             return a;
         }
-        if Self::prio(a) > Self::prio(b) {
+        if self.prio(a) > self.prio(b) {
             let r = self.merge(self.n(a).right, b);
             self.n_mut(a).right = r;
             self.update(a);
@@ -240,7 +253,7 @@ impl GapTree {
             return node;
         }
         let key = self.n(node).lo;
-        if Self::prio(node) > Self::prio(t) {
+        if self.prio(node) > self.prio(t) {
             let (l, r) = self.split(t, key);
             let n = self.n_mut(node);
             n.left = l;
@@ -529,6 +542,19 @@ impl GapTree {
         None
     }
 
+    /// Depth of the treap (tests).
+    #[cfg(test)]
+    pub(super) fn depth(&self) -> usize {
+        fn d(t: &GapTree, n: u32) -> usize {
+            if n == NIL {
+                0
+            } else {
+                1 + d(t, t.n(n).left).max(d(t, t.n(n).right))
+            }
+        }
+        d(self, self.root)
+    }
+
     /// Every gap, lowest first (tests and consistency checks).
     #[cfg(test)]
     pub(super) fn gaps(&self) -> Vec<(u64, u64)> {
@@ -696,6 +722,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn depth_stays_logarithmic() {
+        // Keys inserted in increasing order (a degenerate order for an
+        // unbalanced tree), then every other one removed.
+        let mut t = GapTree::new();
+        for i in 0..20_000u64 {
+            assert!(t.insert(3 * i + 1, 3 * i + 1));
+        }
+        assert!(t.depth() <= 80, "depth {}", t.depth());
+        for i in (0..20_000u64).step_by(2) {
+            assert!(t.remove(3 * i + 1).is_some());
+        }
+        assert!(t.depth() <= 80, "depth {}", t.depth());
+        assert_eq!(t.len(), 10_000);
     }
 
     #[test]
