@@ -139,32 +139,56 @@ fn wrap_fault(inner: &Inner, endpoint: u32, iova: u64, access: Permissions) -> F
     }
 }
 
-/// Fast path: `iova..=last` inside one 4 KiB page of the cached last-level table. A
-/// valid leaf there is current (no block leaf can sit above a non-empty table), and
-/// the table's key ties it to the endpoint's current domain slot.
+/// Fast path: `iova..=last` (`iova <= last`) inside one 4 KiB page of the cached
+/// last-level table; the guest-physical address of `iova`. A valid leaf there is
+/// current (no block leaf can sit above a non-empty table), and the table's key ties it
+/// to the endpoint's current domain slot.
+///
+/// No input-range check is needed: `map` only writes 4 KiB leaves whose whole page lies
+/// inside the (immutable) input range, so a valid entry implies that `iova..=last`,
+/// which lies in that page, is inside it too.
 #[inline(always)]
-pub(crate) fn fast(
-    inner: &Inner,
+pub(crate) fn fast_gpa(
     ep: &EndpointState,
     cache: &LeafCache,
     iova: u64,
     last: u64,
     access: Permissions,
-) -> Option<Fragment> {
+) -> Option<u64> {
+    fast_entry(ep, cache, iova, last, access).map(|raw| (raw & ADDR_MASK) | (iova & 0xfff))
+}
+
+/// The valid, permitting leaf entry behind [`fast_gpa`].
+#[inline(always)]
+fn fast_entry(
+    ep: &EndpointState,
+    cache: &LeafCache,
+    iova: u64,
+    last: u64,
+    access: Permissions,
+) -> Option<u64> {
+    debug_assert!(iova <= last);
     let leaf = cache.get()?;
-    let (first, in_last) = inner.input_range;
-    if leaf.key() != leaf_key(slot_tag(ep.domain()), iova)
-        || (iova ^ last) >> 12 != 0
-        || iova < first
-        || last > in_last
-        || last < iova
-    {
+    if leaf.key() != leaf_key(slot_tag(ep.domain()), iova) || (iova ^ last) >> 12 != 0 {
         return None;
     }
     let raw = leaf.entry(iova);
     if raw & VALID == 0 || !entry_allows(raw, access) {
         return None;
     }
+    Some(raw)
+}
+
+/// [`fast_gpa`] as a [`Fragment`].
+#[inline(always)]
+pub(crate) fn fast(
+    ep: &EndpointState,
+    cache: &LeafCache,
+    iova: u64,
+    last: u64,
+    access: Permissions,
+) -> Option<Fragment> {
+    let raw = fast_entry(ep, cache, iova, last, access)?;
     Some(Fragment {
         iova,
         gpa: GuestAddress((raw & ADDR_MASK) | (iova & 0xfff)),
@@ -195,7 +219,7 @@ pub(crate) fn check<'a>(
     let Some(last) = iova.checked_add(len.wrapping_sub(1)).filter(|_| len != 0) else {
         return Err(wrap_fault(inner, endpoint, iova, access));
     };
-    if let Some(f) = cache.and_then(|c| fast(inner, ep, c, iova, last, access)) {
+    if let Some(f) = cache.and_then(|c| fast(ep, c, iova, last, access)) {
         return Ok((f, None));
     }
     let (first, in_last) = inner.input_range;

@@ -9,7 +9,7 @@ use vm_memory::guest_memory::GuestMemorySliceIterator;
 use vm_memory::iommu::{Error as IotlbError, IovaRange};
 use vm_memory::{
     Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
-    GuestMemoryResult, Permissions, VolatileSlice,
+    GuestMemoryResult, MemoryRegionAddress, Permissions, VolatileSlice,
 };
 
 use crate::domain::Endpoint;
@@ -151,21 +151,18 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
             return Ok(ViewSlices::One(None));
         }
         let ep = &self.endpoint;
-        // Fast path: one page of the cached leaf table, inside one memory region.
-        let fast = (count as u64)
-            .checked_sub(1)
-            .and_then(|n| addr.0.checked_add(n))
-            .and_then(|last| {
-                translate::fast(&ep.inner, &ep.state, &ep.cache, addr.0, last, access)
-            });
-        if let Some(f) = fast {
-            if let Some((region, offset)) = self.mem.to_region_addr(f.gpa) {
-                let fits = region
-                    .len()
-                    .checked_sub(offset.raw_value())
-                    .is_some_and(|cap| f.len <= cap);
-                if fits {
-                    return Ok(ViewSlices::One(Some(region.get_slice(offset, count)?)));
+        // Fast path: one page of the cached leaf table, inside one memory region. A
+        // range that wraps around the address space fails the `last >= addr` test.
+        let last = addr.0.wrapping_add(count as u64 - 1);
+        if last >= addr.0 {
+            if let Some(gpa) = translate::fast_gpa(&ep.state, &ep.cache, addr.0, last, access) {
+                if let Some(region) = self.mem.find_region(GuestAddress(gpa)) {
+                    // `find_region` returned the region holding `gpa`, so this cannot
+                    // underflow; `get_slice` checks that all `count` bytes fit.
+                    let offset = MemoryRegionAddress(gpa.wrapping_sub(region.start_addr().0));
+                    if let Ok(slice) = region.get_slice(offset, count) {
+                        return Ok(ViewSlices::One(Some(slice)));
+                    }
                 }
             }
         }
