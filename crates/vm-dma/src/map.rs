@@ -625,8 +625,11 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         if !self.owns_handle(mapping.device, mapping.token) {
             return Err(Rejected::new(self.wrong_device(mapping.device), mapping));
         }
-        if let Err(e) = self.debug_unmap(mapping.kind, mapping.dma, mapping.size, mapping.dir) {
-            return Err(Rejected::new(e, mapping));
+        if let Some(d) = self.debug_on() {
+            let (kind, dma, size, dir) = (mapping.kind, mapping.dma, mapping.size, mapping.dir);
+            if let Some(e) = self.debug_unmap(d, kind, dma, size, dir) {
+                return Err(Rejected::new(e, mapping));
+            }
         }
         self.unmap_checked(mapping.dma, mapping.size, mapping.dir, attrs);
         Ok(())

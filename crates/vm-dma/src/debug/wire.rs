@@ -282,19 +282,22 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         }
     }
 
-    /// The unmap hook of a handle (values from the handle).
+    /// The unmap hook of a handle (values from the handle). `Some` (strict
+    /// misuse) means the caller must fail with it, unmapping nothing. The
+    /// caller checks [`DmaDevice::debug_on`] first: no `Result<_, Error>`
+    /// temporary (whose drop is out of line) on the path with debug off.
     #[track_caller]
     pub(crate) fn debug_unmap(
         &self,
+        d: &DmaDebug,
         kind: MapKind,
         dma: DmaAddr,
         size: u64,
         dir: Direction,
-    ) -> Result<()> {
-        match self.debug_on() {
-            Some(d) => Ok(d.unmap(self.into(), kind.into(), dma, size, dir)?),
-            None => Ok(()),
-        }
+    ) -> Option<Error> {
+        d.unmap(self.into(), kind.into(), dma, size, dir)
+            .err()
+            .map(Error::from)
     }
 
     /// A raw teardown that `op` validates and performs, ordered as the
@@ -379,6 +382,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     /// The sync hook for `[dma, dma + size)`; `Err` only in strict mode.
+    #[inline]
     #[track_caller]
     pub(crate) fn debug_sync(
         &self,
@@ -395,6 +399,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// The sync hook of a handle: `size` bytes at `offset` into the mapping.
     /// A range that overflows is left to the device's own check.
+    #[inline]
     #[track_caller]
     pub(crate) fn debug_sync_range(
         &self,
@@ -452,6 +457,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     /// The sg sync hook of the first `nents` entries.
+    #[inline]
     #[track_caller]
     pub(crate) fn debug_sync_sg(
         &self,
