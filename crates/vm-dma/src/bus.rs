@@ -59,6 +59,8 @@ struct BusInner<M> {
     next_device_id: AtomicU32,
     swiotlb: Option<Swiotlb>,
     force_bounce: bool,
+    /// Live coherent allocations of the bus's devices.
+    coherent: crate::coherent::CoherentRecords,
     /// The bus-wide dma-debug tracker, for devices created later.
     debug: std::sync::OnceLock<Arc<crate::debug::DmaDebug>>,
 }
@@ -155,9 +157,15 @@ impl<M: GuestMemoryBackend> DmaBus<M> {
                 next_device_id: AtomicU32::new(0),
                 swiotlb,
                 force_bounce: config.force_bounce,
+                coherent: Default::default(),
                 debug: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// The record of live coherent allocations.
+    pub(crate) fn coherent_records(&self) -> &crate::coherent::CoherentRecords {
+        &self.inner.coherent
     }
 
     /// The swiotlb bounce pool, if the bus has one.

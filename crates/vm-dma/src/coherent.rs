@@ -119,7 +119,7 @@ pub(crate) enum Kind {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Record {
+pub(crate) struct Record {
     size: u64,
     dma: u64,
     order: u32,
@@ -129,25 +129,22 @@ struct Record {
     declared: bool,
 }
 
-/// Key of a record: (bus, CPU address, owning device id).
+/// Key of a record: (bus, CPU address, owning device id). The table lives
+/// in its bus, so the bus part (the address of the bus's page allocator)
+/// is constant within one table; it stays in the key so handles can carry
+/// it and be refused by another bus.
 type Key = (usize, u64, u32);
 
-/// Live coherent allocations.
-///
-/// The bus key is the address of the bus's page allocator, stable for the
-/// life of the bus; device ids are unique in the process and never reused.
-/// The table is process-wide only because the bus and device types have no
-/// slot for it; it belongs in the bus (next to a dma-debug tracker) and can
-/// move there unchanged. A record left behind by a dropped bus with leaked
-/// buffers names a device that no longer exists, so it never passes the
-/// owner check; a page-allocator record is moreover trusted only while the
-/// allocator still holds its block.
-static RECORDS: Mutex<BTreeMap<Key, Record>> = Mutex::new(BTreeMap::new());
+/// Live coherent allocations of one bus (a field of [`crate::DmaBus`]).
+#[derive(Debug, Default)]
+pub(crate) struct CoherentRecords(Mutex<BTreeMap<Key, Record>>);
 
-fn records() -> MutexGuard<'static, BTreeMap<Key, Record>> {
-    // Every mutation completes before the guard drops, so a poisoned table
-    // is still consistent.
-    RECORDS.lock().unwrap_or_else(|p| p.into_inner())
+impl CoherentRecords {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, Record>> {
+        // Every mutation completes before the guard drops, so a poisoned
+        // table is still consistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Zeroes `[addr, addr + len)` of guest memory, walking region boundaries,
@@ -241,13 +238,13 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                     return Err(e);
                 }
                 Ok(CoherentBuffer {
-                cpu,
-                dma,
-                size,
-                order,
-                attrs,
-                owner: self.id(),
-                bus: self.bus_key(),
+                    cpu,
+                    dma,
+                    size,
+                    order,
+                    attrs,
+                    owner: self.id(),
+                    bus: self.bus_key(),
                 })
             }
             Err(e) => {
@@ -385,7 +382,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 (cpu, DmaAddr(cpu.0), false)
             }
         };
-        records().insert(
+        self.bus().coherent_records().lock().insert(
             (self.bus_key(), cpu.0, self.id()),
             Record {
                 size,
@@ -412,7 +409,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         let pages = self.bus().pages();
         // The table stays locked until the block is back in its allocator,
         // so two racing frees of one buffer cannot both pass the check.
-        let mut recs = records();
+        let mut recs = self.bus().coherent_records().lock();
         let rec = match recs.get(&key) {
             Some(r) if r.declared || pages.is_allocated(cpu, r.order) => *r,
             Some(_) => {
