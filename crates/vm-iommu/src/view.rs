@@ -148,7 +148,7 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
         access: Permissions,
     ) -> GuestMemoryResult<impl GuestMemorySliceIterator<'a, BS<'a, Self::Bitmap>>> {
         if count == 0 {
-            return Ok(ViewSlices::One(None));
+            return Ok(ViewSlices::Done);
         }
         let ep = &self.endpoint;
         // Fast path: one page of the cached leaf table, inside one memory region. A
@@ -161,7 +161,7 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
                     // underflow; `get_slice` checks that all `count` bytes fit.
                     let offset = MemoryRegionAddress(gpa.wrapping_sub(region.start_addr().0));
                     if let Ok(slice) = region.get_slice(offset, count) {
-                        return Ok(ViewSlices::One(Some(slice)));
+                        return Ok(ViewSlices::One(slice));
                     }
                 }
             }
@@ -221,7 +221,7 @@ impl<M: GuestMemoryBackend> DeviceView<M> {
                 .checked_sub(offset.raw_value())
                 .is_some_and(|cap| first.len <= cap);
             if fits {
-                return Ok(ViewSlices::One(Some(region.get_slice(offset, count)?)));
+                return Ok(ViewSlices::One(region.get_slice(offset, count)?));
             }
         }
         Ok(ViewSlices::Many {
@@ -236,9 +236,10 @@ impl<M: GuestMemoryBackend> DeviceView<M> {
 /// Slices of a translated range, returned by [`DeviceView`]'s
 /// [`get_slices`](GuestMemory::get_slices).
 enum ViewSlices<'a, M: GuestMemoryBackend> {
-    /// A single slice, computed up front (`None` once returned, or when exhausted or
-    /// stopped by an error).
-    One(Option<VolatileSlice<'a, MS<'a, M>>>),
+    /// A single slice, computed up front.
+    One(VolatileSlice<'a, MS<'a, M>>),
+    /// Exhausted, or stopped by an error.
+    Done,
     /// The general case: `left` bytes from `iova` (checked up front), walked one
     /// piece and one memory region at a time.
     Many {
@@ -255,11 +256,15 @@ impl<'a, M: GuestMemoryBackend> Iterator for ViewSlices<'a, M> {
     #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            ViewSlices::One(slice) => slice.take().map(Ok),
+            ViewSlices::One(_) => match std::mem::replace(self, ViewSlices::Done) {
+                ViewSlices::One(slice) => Some(Ok(slice)),
+                _ => None,
+            },
+            ViewSlices::Done => None,
             ViewSlices::Many { .. } => {
                 let item = self.next_many();
                 if !matches!(item, Some(Ok(_))) {
-                    *self = ViewSlices::One(None);
+                    *self = ViewSlices::Done;
                 }
                 item
             }
