@@ -403,6 +403,27 @@ pub enum Error {
         /// Length in bytes.
         size: u64,
     },
+    /// The IOMMU refused to map or unmap a range (see [`crate::iommu_dma`]).
+    #[error("iommu {op} of {iova:#x}+{size:#x} failed: {source}")]
+    IommuOp {
+        /// `"map"`, `"unmap"`, or `"domain"` (an unknown domain).
+        op: &'static str,
+        /// First IOVA of the request.
+        iova: u64,
+        /// Length of the request in bytes.
+        size: u64,
+        /// The IOMMU's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A device's `min_align_mask` exceeds what the IOMMU granule preserves
+    /// (dma-iommu WARNs and fails the map).
+    #[error("min_align_mask {mask:#x} exceeds the iommu granule mask {granule_mask:#x}")]
+    MinAlignTooLarge {
+        /// The device's `min_align_mask`.
+        mask: u64,
+        /// `granule - 1`.
+        granule_mask: u64,
+    },
     /// dma-debug in strict mode refused the call: the DMA API was misused
     /// (the event says how; see [`crate::debug`]).
     #[error("{0}")]

@@ -20,6 +20,7 @@ mod device;
 mod error;
 pub mod flush_queue;
 mod guest_copy;
+pub mod iommu_dma;
 pub mod iova;
 mod map;
 pub mod noncoherent;

@@ -127,6 +127,12 @@ impl SgEntry {
         self.dma_address = DMA_MAPPING_ERROR;
         self.dma_length = 0;
     }
+
+    /// Sets the DMA side (for the IOMMU DMA ops, which merge segments).
+    pub(crate) fn set_dma(&mut self, dma_address: DmaAddr, dma_length: u32) {
+        self.dma_address = dma_address;
+        self.dma_length = dma_length;
+    }
 }
 
 /// An owned scatter-gather table (Linux `struct sg_table`).
