@@ -15,6 +15,7 @@ use vm_memory::{
 use crate::domain::Endpoint;
 use crate::error::Error;
 use crate::quiesce::AccessGuard;
+use crate::table::{entry_perms, perm_bits};
 use crate::translate::{self, Fragment};
 
 /// Memory as one endpoint (device) sees it: every address is an IOVA, translated by the
@@ -228,7 +229,7 @@ impl<M: GuestMemoryBackend> DeviceView<M> {
             view: self,
             iova: addr.0,
             left: count,
-            access,
+            access: perm_bits(access),
         })
     }
 }
@@ -246,7 +247,9 @@ enum ViewSlices<'a, M: GuestMemoryBackend> {
         view: &'a DeviceView<M>,
         iova: u64,
         left: usize,
-        access: Permissions,
+        /// The access as entry permission bits ([`perm_bits`]): word-sized, so that
+        /// the enum has no partly used word and moves of it are plain word copies.
+        access: u64,
     },
 }
 
@@ -290,7 +293,7 @@ impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
         // `iova + left - 1` was checked not to wrap.
         let last = iova.wrapping_add(*left as u64 - 1);
         let ep = &view.endpoint;
-        let f = match translate::piece_at(&ep.inner, &ep.state, *iova, last, *access) {
+        let f = match translate::piece_at(&ep.inner, &ep.state, *iova, last, entry_perms(*access)) {
             Ok(f) => f,
             Err(e) => return Some(Err(to_memory_error(e, GuestAddress(*iova), *left))),
         };
