@@ -244,7 +244,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             flags,
             bitmap: Mutex::new(vec![0; pages.div_ceil(64) as usize]),
         }));
-        self.inner.has_declared.store(true, std::sync::atomic::Ordering::Release);
+        self.inner
+            .has_declared
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(if flags.contains(DeclareFlags::MAP) {
             DeclareFlags::MAP
         } else {
@@ -256,7 +258,11 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// with no in-use check (the driver guarantees nothing is in use) and
     /// returns it, or `None` if there was none.
     pub fn release_declared_memory(&self) -> Option<Arc<DeclaredMemory>> {
-        let mut slot = self.inner.declared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self
+            .inner
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         self.inner
             .has_declared
             .store(false, std::sync::atomic::Ordering::Release);
@@ -267,7 +273,10 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// `count` bytes when the range lies in the declared window it
     /// allocates from (its own or an ancestor's with `INCLUDES_CHILDREN`).
     pub(crate) fn declared_translate(&self, addr: u64, count: u64) -> Option<GuestAddress> {
-        let may_have = self.inner.has_declared.load(std::sync::atomic::Ordering::Acquire)
+        let may_have = self
+            .inner
+            .has_declared
+            .load(std::sync::atomic::Ordering::Acquire)
             || self.inner.parent.is_some();
         if !may_have || count == 0 {
             return None;

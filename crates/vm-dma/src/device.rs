@@ -316,7 +316,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// 256 KiB less `roundup(min_align_mask, 2 KiB)`; otherwise `u64::MAX`
     /// (Linux's `SIZE_MAX`).
     pub fn max_mapping_size(&self) -> u64 {
-        if self.inner.bus.swiotlb().is_some() && (self.addressing_limited() || self.force_bounce()) {
+        if self.inner.bus.swiotlb().is_some() && (self.addressing_limited() || self.force_bounce())
+        {
             crate::swiotlb::Swiotlb::max_mapping_size(self.min_align_mask())
         } else {
             u64::MAX
