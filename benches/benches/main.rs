@@ -9,11 +9,12 @@
 // Bench setup code: a failure is a broken benchmark, not a guest-triggered path.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod debug;
 mod bounce;
+mod debug;
 mod dma;
 mod dma_map;
 mod iommu;
+mod iommu_dma;
 mod iova;
 
 criterion::criterion_main!(
@@ -22,5 +23,6 @@ criterion::criterion_main!(
     dma::benches,
     dma_map::benches,
     iommu::benches,
+    iommu_dma::benches,
     iova::benches
 );
