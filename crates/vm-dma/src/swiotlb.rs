@@ -913,6 +913,34 @@ mod tests {
     }
 
     #[test]
+    fn full_pool_logs_linux_message_unless_no_warn() {
+        let (mem, t) = setup(1);
+        let mut live = Vec::new();
+        while let Ok(b) = t.map(&mem, GuestAddress(0), 256 << 10, &plain(), Attrs::NO_WARN) {
+            live.push(b);
+        }
+        let quiet = crate::coherent::test_log::capture(|| {
+            assert!(t
+                .map(&mem, GuestAddress(0), 4096, &plain(), Attrs::NO_WARN)
+                .is_err());
+        });
+        assert!(quiet.is_empty(), "{quiet:?}");
+        let loud = crate::coherent::test_log::capture(|| {
+            assert!(t
+                .map(&mem, GuestAddress(0), 4096, &plain(), Attrs::empty())
+                .is_err());
+        });
+        assert_eq!(
+            loud,
+            ["WARN: swiotlb buffer is full (sz: 4096 bytes), total 512 (slots), used 512 (slots)"]
+        );
+        for b in live {
+            t.unmap(&mem, b, 256 << 10, Direction::ToDevice, Attrs::empty())
+                .unwrap();
+        }
+    }
+
+    #[test]
     fn unmap_of_a_non_head_address_changes_nothing() {
         let (mem, t) = setup(1);
         let b = t
