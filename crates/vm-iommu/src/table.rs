@@ -199,36 +199,71 @@ impl<C> Drop for Child<C> {
 /// A per-endpoint-handle cache of one last-level table, so that repeated accesses to
 /// one 2 MiB region skip the upper levels of the walk.
 ///
+/// Besides the pointer it keeps a *hint*: the key the table was cached under. The hint
+/// only lets a lookup for another region give up without touching the cached table
+/// (whose key line is usually cold by then: the walk that found the table read only
+/// one entry); it is never trusted. A lookup whose hint matches still compares the
+/// table's own immutable key, so a pointer and hint stored by two racing `set`s can
+/// cost a needless walk but never yield a wrong table.
+///
 /// # Invariants
 ///
 /// The pointer is null or points to a [`Leaf`] of the page tables of the `Inner` that
 /// the owner of the cache keeps alive (an `Endpoint` holds an `Arc` of it). Tables are
 /// freed only when that `Inner` is dropped.
-#[derive(Debug, Default)]
-pub(crate) struct LeafCache(AtomicPtr<Leaf>);
+#[derive(Debug)]
+pub(crate) struct LeafCache {
+    ptr: AtomicPtr<Leaf>,
+    hint: AtomicU64,
+}
+
+/// A hint no leaf key equals (keys have at most 16 + 27 + 1 bits).
+const NO_HINT: u64 = u64::MAX;
+
+impl Default for LeafCache {
+    fn default() -> Self {
+        LeafCache {
+            ptr: AtomicPtr::new(ptr::null_mut()),
+            hint: AtomicU64::new(NO_HINT),
+        }
+    }
+}
 
 impl Clone for LeafCache {
     fn clone(&self) -> Self {
-        LeafCache(AtomicPtr::new(self.0.load(Ordering::Relaxed)))
+        LeafCache {
+            ptr: AtomicPtr::new(self.ptr.load(Ordering::Relaxed)),
+            hint: AtomicU64::new(self.hint.load(Ordering::Relaxed)),
+        }
     }
 }
 
 impl LeafCache {
+    /// The cached table if its hint is `key`. The caller must still check the table's
+    /// own [`Leaf::key`].
     #[inline(always)]
-    pub(crate) fn get(&self) -> Option<&Leaf> {
-        let p = self.0.load(Ordering::Acquire);
+    pub(crate) fn get(&self, key: u64) -> Option<&Leaf> {
+        if self.hint.load(Ordering::Relaxed) != key {
+            return None;
+        }
+        let p = self.ptr.load(Ordering::Acquire);
         // SAFETY: by the type invariant `p` is null or points to a live leaf table that
         // outlives the cache's owner, hence `&self`.
         unsafe { p.as_ref() }
     }
 
-    /// Remember `leaf`, which must belong to the page tables the owner keeps alive.
+    /// Remember `leaf`, which must belong to the page tables the owner keeps alive,
+    /// with `key` (its key, computed by the caller without touching the table) as the
+    /// hint.
     #[inline]
-    pub(crate) fn set(&self, leaf: &Leaf) {
+    pub(crate) fn set(&self, leaf: &Leaf, key: u64) {
         let p = ptr::from_ref(leaf).cast_mut();
-        if self.0.load(Ordering::Relaxed) != p {
+        if self.ptr.load(Ordering::Relaxed) != p {
             // INVARIANT: callers pass tables of the cache owner's `Inner`.
-            self.0.store(p, Ordering::Release);
+            self.ptr.store(p, Ordering::Release);
+        }
+        if self.hint.load(Ordering::Relaxed) != key {
+            self.hint.store(key, Ordering::Relaxed);
         }
     }
 }

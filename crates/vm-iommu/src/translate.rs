@@ -168,8 +168,10 @@ fn fast_entry(
     access: Permissions,
 ) -> Option<u64> {
     debug_assert!(iova <= last);
-    let leaf = cache.get()?;
-    if leaf.key() != leaf_key(slot_tag(ep.domain()), iova) || (iova ^ last) >> 12 != 0 {
+    let key = leaf_key(slot_tag(ep.domain()), iova);
+    let leaf = cache.get(key)?;
+    // The hint is not trusted: the table's own key decides.
+    if leaf.key() != key || (iova ^ last) >> 12 != 0 {
         return None;
     }
     let raw = leaf.entry(iova);
@@ -258,7 +260,9 @@ pub(crate) fn check<'a>(
     };
     let (p, table): (Piece, _) = walk_piece_leaf(root, iova, last, access).map_err(piece_fault)?;
     if let (Some(cache), Some(table)) = (cache, table) {
-        cache.set(table);
+        // `table` was reached from the root of slot `d`, so its key is this one.
+        debug_assert_eq!(table.key(), leaf_key(slot_tag(d), iova));
+        cache.set(table, leaf_key(slot_tag(d), iova));
     }
     let first_fragment = Fragment {
         iova,
