@@ -12,6 +12,8 @@
 //!   IOMMU pair at most 3x this.
 //! - `iommu_dma/map_sg_16x4k`: `map_sg` + `unmap_sg` of 16 scattered page
 //!   entries (one IOVA of 16 granules, 16 map calls, one merged segment).
+//! - `iommu_dma/parts/page_table_map_unmap_4k`: the page-table part alone
+//!   (`vm_iommu::Domain::map` + `unmap` of one page, one endpoint attached).
 //! - `iommu_dma/iova_alloc_free`: the IOVA part alone (`alloc(1)` + `free`).
 
 use std::hint::black_box;
@@ -22,7 +24,7 @@ use vm_dma::flush_queue::FlushQueueConfig;
 use vm_dma::iommu_dma::{InvalidationMode, IommuDma, IommuDmaConfig};
 use vm_dma::{Attrs, DeviceConfig, Direction, DmaBus, DmaDevice, DmaMask, DmaParms, SgEntry};
 use vm_iommu::{Config, Iommu};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap, Permissions};
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -98,7 +100,7 @@ fn bench_iommu_dma(c: &mut Criterion) {
         })
     });
 
-    let (_iommu, dma) = iommu_dma(InvalidationMode::Strict);
+    let (iommu, dma) = iommu_dma(InvalidationMode::Strict);
     let parms = DmaParms {
         max_segment_size: 64 << 10,
         segment_boundary: u64::MAX,
@@ -121,6 +123,16 @@ fn bench_iommu_dma(c: &mut Criterion) {
                 .unwrap();
             black_box(n);
             dma.unmap_sg(&mut list, 16).unwrap();
+        })
+    });
+
+    let domain = iommu.domain(1).unwrap();
+    c.bench_function("iommu_dma/parts/page_table_map_unmap_4k", |b| {
+        b.iter(|| {
+            domain
+                .map(black_box(0xffff_f000), BUF & !(PAGE - 1), PAGE, Permissions::Read)
+                .unwrap();
+            domain.unmap(black_box(0xffff_f000), PAGE).unwrap();
         })
     });
 
