@@ -130,7 +130,12 @@ fn bench_iommu_dma(c: &mut Criterion) {
     c.bench_function("iommu_dma/parts/page_table_map_unmap_4k", |b| {
         b.iter(|| {
             domain
-                .map(black_box(0xffff_f000), BUF & !(PAGE - 1), PAGE, Permissions::Read)
+                .map(
+                    black_box(0xffff_f000),
+                    BUF & !(PAGE - 1),
+                    PAGE,
+                    Permissions::Read,
+                )
                 .unwrap();
             domain.unmap(black_box(0xffff_f000), PAGE).unwrap();
         })
