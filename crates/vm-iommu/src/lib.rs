@@ -44,7 +44,12 @@
 //!   can never walk freed memory; their number is capped per domain.
 //! * Caches: views cache only the identity of a leaf table, keyed by (domain slot,
 //!   2 MiB region), which never changes once created, so the cache needs no
-//!   invalidation; an empty entry falls back to the full walk. [`IommuAdapter`] keeps
+//!   invalidation; an empty entry falls back to the full walk. Next to the table
+//!   pointer the cache keeps the key as an untrusted hint, so that an access to
+//!   another region is turned away without touching the (by then usually cold) cached
+//!   table; a hit is always confirmed against the table's own key. The view's fast
+//!   path does no input-range check: `map` writes 4 KiB leaves only for pages wholly
+//!   inside the (fixed) input range, so a valid entry implies the page is in range. [`IommuAdapter`] keeps
 //!   a vm-memory [`Iotlb`](vm_memory::Iotlb) that it flushes whenever
 //!   [`Iommu::invalidation_generation`] changes; the generation is bumped after the
 //!   table update, so a lookup that starts after an unmap returned refills from the
