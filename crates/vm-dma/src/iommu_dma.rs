@@ -259,6 +259,10 @@ enum Mode {
 /// The DMA ops state of one IOMMU domain (Linux's `iommu_dma_cookie` and
 /// the `iommu_dma_ops` that use it). `Send + Sync`.
 ///
+/// In lazy mode, call [`IommuDma::flush`] before dropping it (or on
+/// detach): IOVAs still queued stay allocated in the [`IovaDomain`] (never
+/// reused: safe, but lost to a shared domain).
+///
 /// ```
 /// use std::sync::Arc;
 /// use vm_dma::iommu_dma::{IommuDma, IommuDmaConfig};
