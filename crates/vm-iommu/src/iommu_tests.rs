@@ -661,3 +661,38 @@ fn test_endpoint_leaf_cache_after_domain_recreated_as_bypass() {
     iommu.attach(1, 1).unwrap();
     assert_eq!(ep_gpa(&ep, 0x1000), Ok(0x1000));
 }
+
+#[test]
+fn test_view_fast_path_respects_an_unaligned_input_range() {
+    use vm_memory::{Bytes, GuestMemoryMmap};
+
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let iommu = Iommu::new(Config {
+        input_range: 0x1000..=0x27ff,
+        ..Config::default()
+    })
+    .unwrap();
+    let d = iommu.create_domain(1, false).unwrap();
+    iommu.attach(1, 1).unwrap();
+    d.map(0x1000, 0x5000, 0x1000, RW).unwrap();
+    // The page that straddles the end of the input range cannot be mapped ...
+    assert!(d.map(0x2000, 0x6000, 0x1000, RW).is_err());
+    let view = iommu.view(1, mem).unwrap();
+    // ... so with the leaf table cached, accesses to that page and past the range
+    // still fault.
+    view.read_obj::<u64>(GuestAddress(0x1ff8)).unwrap();
+    assert!(view.read_obj::<u8>(GuestAddress(0x2000)).is_err());
+    assert!(view.read_obj::<u8>(GuestAddress(0x27ff)).is_err());
+    assert!(view.read_obj::<u16>(GuestAddress(0x1fff)).is_err());
+    assert!(view.read_obj::<u8>(GuestAddress(0x2800)).is_err());
+    let reasons: Vec<_> = iommu.drain_faults(8).iter().map(|f| f.reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            FaultReason::Unmapped,
+            FaultReason::Unmapped,
+            FaultReason::Unmapped,
+            FaultReason::OutOfRange
+        ]
+    );
+}
