@@ -696,3 +696,34 @@ fn test_view_fast_path_respects_an_unaligned_input_range() {
         ]
     );
 }
+
+#[test]
+fn test_shared_endpoint_cache_never_yields_another_regions_table() {
+    // Two threads translate through one endpoint handle (one leaf cache: racing
+    // pointer and hint updates) in different 2 MiB regions, whose pages map to
+    // different guest pages; every translation must be the right one.
+    let (iommu, d) = attached();
+    let regions = [0x4000_0000u64, 0x4020_0000, 0x4040_0000, 0x4060_0000];
+    for (r, base) in regions.iter().enumerate() {
+        for p in 0..4u64 {
+            let gpa = 0x100_0000 * (r as u64 + 1) + p * 0x1000;
+            d.map(base + p * 0x1000, gpa, 0x1000, RW).unwrap();
+        }
+    }
+    let ep = iommu.endpoint(1).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..2usize {
+            let ep = &ep;
+            s.spawn(move || {
+                for i in 0..20_000usize {
+                    let r = (i + t) % regions.len();
+                    let p = (i / 4 % 4) as u64;
+                    let iova = regions[r] + p * 0x1000 + 8;
+                    let f = ep.translate(iova, 8, R).unwrap().single().unwrap();
+                    let want = 0x100_0000 * (r as u64 + 1) + p * 0x1000 + 8;
+                    assert_eq!(f.gpa, GuestAddress(want));
+                }
+            });
+        }
+    });
+}
