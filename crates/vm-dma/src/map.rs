@@ -372,6 +372,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         }
     }
 
+    #[inline(always)]
     #[track_caller]
     fn make_mapping(
         &self,
@@ -389,9 +390,11 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             }
         };
         if let Some(d) = self.debug_on() {
-            if let Some(e) = self.debug_map(d, kind, dma, size, dir, cpu, attrs) {
-                // Strict dma-debug refused it: undo, copying nothing back.
-                self.unmap_checked(dma, size, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
+            // Strict dma-debug may refuse it: then undo, copying nothing back.
+            let undo = || {
+                self.unmap_checked(dma, size, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC)
+            };
+            if let Some(e) = self.debug_map(d, kind, dma, size, dir, cpu, attrs, undo) {
                 return Err(e);
             }
         }
@@ -449,6 +452,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert_eq!(m.dma_addr(), DmaAddr(0x2000)); // direct mapping: identity
     /// dev.unmap(m).unwrap();
     /// ```
+    #[inline]
     #[track_caller]
     pub fn map_single(&self, cpu: GuestAddress, size: u64, dir: Direction) -> Result<Mapping> {
         self.map_single_attrs(cpu, size, dir, Attrs::empty())
@@ -470,6 +474,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// assert_eq!(m.attrs(), Attrs::SKIP_CPU_SYNC);
     /// dev.unmap(m).unwrap();
     /// ```
+    #[inline]
     #[track_caller]
     pub fn map_single_attrs(
         &self,
@@ -607,6 +612,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// dev.unmap(m).unwrap();
     /// // `m` has moved: a second unmap does not compile.
     /// ```
+    #[inline]
     #[track_caller]
     pub fn unmap(&self, mapping: Mapping) -> std::result::Result<(), Rejected<Mapping>> {
         let attrs = mapping.attrs;
@@ -616,6 +622,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Linux's `dma_unmap_*_attrs()`: as [`DmaDevice::unmap`] with `attrs`
     /// for the unmap (only `SKIP_CPU_SYNC` matters, and only for
     /// non-coherent devices and bounce buffers).
+    #[inline]
     #[track_caller]
     pub fn unmap_attrs(
         &self,
@@ -664,10 +671,12 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             return Err(e);
         }
         if let Some(d) = self.debug_on() {
-            if let Some(e) = self.debug_map(d, kind, dma, size, dir, phys, attrs) {
-                // Strict dma-debug refused it: forget and undo it.
+            // Strict dma-debug may refuse it: then forget and undo it.
+            let undo = || {
                 let _ = self.inner.raw.lock().remove(key);
                 self.unmap_checked(dma, size, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
+            };
+            if let Some(e) = self.debug_map(d, kind, dma, size, dir, phys, attrs, undo) {
                 return Err(e);
             }
         }

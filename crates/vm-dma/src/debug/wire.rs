@@ -225,8 +225,12 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         }
     }
 
-    /// The map hook after a successful single-range map. `Some` (strict
-    /// misuse) means the caller must undo the mapping and fail with it.
+    /// The map hook after a successful single-range map. On strict misuse
+    /// it runs `undo` and returns the error the caller fails with.
+    /// Out of line and cold, as every hook body: the path with debug off
+    /// keeps only the `debug_on` check inline.
+    #[cold]
+    #[inline(never)]
     #[track_caller]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn debug_map(
@@ -238,11 +242,14 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         dir: Direction,
         cpu: u64,
         attrs: Attrs,
+        undo: impl FnOnce(),
     ) -> Option<Error> {
         let entry = MapEntry::new(kind.into(), dma, size, dir, GuestAddress(cpu))
             .with_attrs(attrs)
             .with_ram(!kind.is_mmio());
-        d.map(self.into(), &entry).err().map(Error::from)
+        let event = d.map(self.into(), &entry).err()?;
+        undo();
+        Some(event.into())
     }
 
     /// A map the device refused: checks 17 (`map_single` of what is not
@@ -286,6 +293,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// misuse) means the caller must fail with it, unmapping nothing. The
     /// caller checks [`DmaDevice::debug_on`] first: no `Result<_, Error>`
     /// temporary (whose drop is out of line) on the path with debug off.
+    #[cold]
+    #[inline(never)]
     #[track_caller]
     pub(crate) fn debug_unmap(
         &self,
@@ -335,6 +344,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         self.teardown_with(d, Location::caller(), &t, || op(sg))
     }
 
+    #[cold]
+    #[inline(never)]
     fn teardown_with<T>(
         &self,
         d: &DmaDebug,
@@ -392,9 +403,23 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         to_cpu: bool,
     ) -> Result<()> {
         match self.debug_on() {
-            Some(d) => Ok(d.sync_single(self.into(), dma, size, dir, to_cpu)?),
+            Some(d) => self.debug_sync_on(d, dma, size, dir, to_cpu),
             None => Ok(()),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn debug_sync_on(
+        &self,
+        d: &DmaDebug,
+        dma: DmaAddr,
+        size: u64,
+        dir: Direction,
+        to_cpu: bool,
+    ) -> Result<()> {
+        Ok(d.sync_single(self.into(), dma, size, dir, to_cpu)?)
     }
 
     /// The sync hook of a handle: `size` bytes at `offset` into the mapping.
@@ -420,6 +445,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// The sg map hook after a successful map of `entries` (`count` DMA
     /// segments). `Some` (strict misuse) means undo and fail.
+    #[cold]
+    #[inline(never)]
     #[track_caller]
     pub(crate) fn debug_map_sg(
         &self,
@@ -467,12 +494,24 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         to_cpu: bool,
     ) -> Result<()> {
         match self.debug_on() {
-            Some(d) => {
-                let mapped = dma_segments(entries, nents as usize);
-                Ok(d.sync_sg(self.into(), &mapped, nents as usize, dir, to_cpu)?)
-            }
+            Some(d) => self.debug_sync_sg_on(d, entries, nents, dir, to_cpu),
             None => Ok(()),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn debug_sync_sg_on(
+        &self,
+        d: &DmaDebug,
+        entries: &[SgEntry],
+        nents: u32,
+        dir: Direction,
+        to_cpu: bool,
+    ) -> Result<()> {
+        let mapped = dma_segments(entries, nents as usize);
+        Ok(d.sync_sg(self.into(), &mapped, nents as usize, dir, to_cpu)?)
     }
 
     /// The coherent allocation hook after a successful allocation. `Some`
