@@ -286,11 +286,13 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Linux's `dma_alloc_pages(dev, size, &handle, dir, gfp)`: the same
     /// allocation as [`DmaDevice::alloc_noncoherent`] (there is no separate
     /// `struct page` to return: the buffer's CPU address is its first page).
+    #[track_caller]
     pub fn alloc_pages(&self, size: u64, dir: Direction) -> Result<NoncoherentBuffer> {
         self.alloc_noncoherent(size, dir)
     }
 
     /// Linux's `dma_free_pages()`: as [`DmaDevice::free_noncoherent`].
+    #[track_caller]
     pub fn free_pages(&self, buf: NoncoherentBuffer) -> Result<()> {
         self.free_noncoherent(buf)
     }
