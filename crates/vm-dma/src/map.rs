@@ -391,9 +391,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         };
         if let Some(d) = self.debug_on() {
             // Strict dma-debug may refuse it: then undo, copying nothing back.
-            let undo = || {
-                self.unmap_checked(dma, size, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC)
-            };
+            let undo =
+                || self.unmap_checked(dma, size, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
             if let Some(e) = self.debug_map(d, kind, dma, size, dir, cpu, attrs, undo) {
                 return Err(e);
             }
