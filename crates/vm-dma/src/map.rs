@@ -305,7 +305,13 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         if !self.dma_capable(dma, size) {
             // "swiotlb addr overflow": the pool is out of the device's reach.
             // Nothing was handed out, so nothing is copied back.
-            let _ = tlb.unmap(self.memory(), bounce, size, Direction::ToDevice, Attrs::SKIP_CPU_SYNC);
+            let _ = tlb.unmap(
+                self.memory(),
+                bounce,
+                size,
+                Direction::ToDevice,
+                Attrs::SKIP_CPU_SYNC,
+            );
             if !attrs.contains(Attrs::NO_WARN) {
                 log::warn!(
                     "{}: swiotlb addr {:#x}+{size} overflow (mask {:#x}, bus limit {:#x})",
