@@ -8,11 +8,14 @@
 
 use std::error::Error as StdError;
 
+use std::sync::Arc;
+
+use vm_dma::debug::{DebugConfig, DebugHook, DmaDebug};
 use vm_dma::declared::DeclareFlags;
 use vm_dma::page_alloc::Zone;
-use vm_dma::swiotlb::{BounceConstraints, Swiotlb};
 use vm_dma::{
-    Attrs, DeviceConfig, Direction, DmaAddr, DmaBus, DmaDevice, DmaMask, DmaPool, Error, SgTable,
+    Attrs, BusConfig, DeviceConfig, Direction, DmaAddr, DmaBus, DmaDevice, DmaMask, DmaPool,
+    SgTable,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -30,8 +33,9 @@ fn zone_of(addr: u64) -> &'static str {
 
 fn main() -> Result<()> {
     // 256 MiB in three regions: 0-16 MiB, 16-144 MiB, a hole up to 4 GiB,
-    // and 112 MiB above 4 GiB. The first MiB belongs to "firmware" and the
-    // swiotlb pool; the driver side owns the rest.
+    // and 112 MiB above 4 GiB. The first MiB belongs to "firmware" (and a
+    // declared device window); the driver side owns the rest, less a 4 MiB
+    // swiotlb bounce pool carved at the top of owned memory below 4 GiB.
     let regions = [
         (GuestAddress(0), 16 * MIB),
         (GuestAddress(16 * MIB), 128 * MIB),
@@ -43,7 +47,15 @@ fn main() -> Result<()> {
         (GuestAddress(MIB), 143 * MIB),
         (GuestAddress(4096 * MIB), 112 * MIB),
     ];
-    let bus = DmaBus::with_owned_ranges(mem, &owned)?;
+    let bus = DmaBus::with_config(
+        mem,
+        BusConfig {
+            owned: Some(owned.to_vec()),
+            swiotlb_size: 4 * MIB,
+            swiotlb_areas: 2,
+            ..Default::default()
+        },
+    )?;
     println!("== bus");
     println!(
         "guest memory: {} MiB in {} regions, top {:#x}; required mask {:#x}",
@@ -52,6 +64,14 @@ fn main() -> Result<()> {
         bus.last_addr(),
         bus.required_mask()
     );
+    if let Some(tlb) = bus.swiotlb() {
+        println!(
+            "swiotlb: {} KiB at {:#x} in {} areas",
+            tlb.size() / 1024,
+            tlb.start().0,
+            tlb.nareas()
+        );
+    }
     for z in Zone::ALL {
         let s = bus.pages().stats(z);
         println!(
@@ -143,13 +163,19 @@ fn main() -> Result<()> {
     println!("\n== streaming mappings");
     let high = GuestAddress(4096 * MIB + 0x10_0000);
     nvme.memory().write_slice(b"payload above 4 GiB", high)?;
-    match nic.map_single(high, 19, Direction::ToDevice) {
-        Err(Error::NotCapable { addr, size, limit }) => {
-            println!(
-                "  nic32 cannot reach {addr:#x}+{size}: limit {limit:#x} (no bounce yet: refused)"
-            )
-        }
-        other => return Err(format!("expected NotCapable, got {other:?}").into()),
+    // nic32 cannot reach it: the map bounces through swiotlb.
+    let m = nic.map_single(high, 19, Direction::ToDevice)?;
+    let mut bounced = [0u8; 19];
+    nic.device_view()
+        .read_slice(&mut bounced, GuestAddress(m.dma_addr().raw()))?;
+    println!(
+        "  nic32 cannot reach {:#x}: bounced to dma {} and the device reads {:?}",
+        high.0,
+        m.dma_addr(),
+        String::from_utf8_lossy(&bounced)
+    );
+    if let Err(r) = nic.unmap(m) {
+        return Err(r.error.into());
     }
     let m = nvme.map_single(high, 19, Direction::Bidirectional)?;
     let view = nvme.device_view();
@@ -200,37 +226,64 @@ fn main() -> Result<()> {
         return Err(r.error.into());
     }
 
-    // Bounce buffers: the swiotlb slot pool in the reserved first MiB.
-    println!("\n== swiotlb bounce pool (by hand; the map path uses it in a later release)");
-    let tlb = Swiotlb::new(GuestAddress(0x80000), 256 << 10, 1)?;
-    let c = BounceConstraints {
-        min_align_mask: 0xfff,
-        segment_boundary: u64::MAX,
-        ..Default::default()
-    };
-    let orig = GuestAddress(4096 * MIB + 0x2345);
-    nvme.memory().write_slice(b"bounce me", orig)?;
-    let bounce = tlb.map(nvme.memory(), orig, 9, &c, Attrs::empty())?;
+    // A non-coherent device: the cache model shows a forgotten sync.
+    println!("\n== non-coherent device");
+    let mut cfg = DeviceConfig::new("dsp");
+    cfg.coherent = false;
+    cfg.dma_mask = DmaMask::FULL;
+    let dsp = DmaDevice::with_config(&bus, cfg);
+    let buf = GuestAddress(3 * MIB);
+    dsp.memory().write_slice(b"old data", buf)?;
+    let m = dsp.map_single(buf, 8, Direction::FromDevice)?;
+    dsp.device_view()
+        .write_slice(b"new data", GuestAddress(m.dma_addr().raw()))?;
+    let mut seen = [0u8; 8];
+    dsp.memory().read_slice(&mut seen, buf)?;
     println!(
-        "  {:#x} -> bounce {:#x} (low 12 bits kept: {})",
-        orig.0,
-        bounce.0,
-        bounce.0 & 0xfff == orig.0 & 0xfff
+        "  device wrote; without sync_for_cpu the CPU reads {:?}",
+        String::from_utf8_lossy(&seen)
     );
-    nvme.memory().write_slice(b"BOUNCED", bounce)?;
-    tlb.unmap(
-        nvme.memory(),
-        bounce,
-        9,
+    dsp.sync_single_for_cpu(&m, 0, 8)?;
+    dsp.memory().read_slice(&mut seen, buf)?;
+    println!(
+        "  after sync_for_cpu it reads {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    if let Err(r) = dsp.unmap(m) {
+        return Err(r.error.into());
+    }
+
+    // dma-debug catches a driver that unmaps with the wrong size and one
+    // that leaks a mapping.
+    println!("\n== dma-debug");
+    let tracker = Arc::new(DmaDebug::new(DebugConfig::default()));
+    let mut cfg = DeviceConfig::new("buggy");
+    cfg.debug = DebugHook::new(Arc::clone(&tracker));
+    let buggy = DmaDevice::with_config(&bus, cfg);
+    let dma = buggy.map_single_raw(
+        GuestAddress(5 * MIB),
+        512,
+        Direction::ToDevice,
+        Attrs::empty(),
+    )?;
+    if let Err(e) = buggy.unmap_single_raw(dma, 256, Direction::ToDevice, Attrs::empty()) {
+        println!("  unmap with the wrong size refused: {e}");
+    }
+    let _leaked = buggy.map_single_raw(
+        GuestAddress(6 * MIB),
+        64,
         Direction::FromDevice,
         Attrs::empty(),
     )?;
-    let mut b9 = [0u8; 9];
-    nvme.memory().read_slice(&mut b9, orig)?;
-    println!(
-        "  after unmap the original holds {:?}",
-        String::from_utf8_lossy(&b9)
-    );
+    buggy.unmap_single_raw(dma, 512, Direction::ToDevice, Attrs::empty())?;
+    if let Some(leaks) = buggy.release_debug() {
+        print!("  at release: {leaks}");
+    }
+    let report = tracker.report();
+    println!("\n  {} finding(s) in all:", report.error_count);
+    for e in &report.events {
+        println!("    {e}");
+    }
 
     // Declared coherent memory in the reserved first MiB.
     println!("\n== declared coherent memory");
