@@ -273,11 +273,20 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// `count` bytes when the range lies in the declared window it
     /// allocates from (its own or an ancestor's with `INCLUDES_CHILDREN`).
     pub(crate) fn declared_translate(&self, addr: u64, count: u64) -> Option<GuestAddress> {
-        let may_have = self
-            .inner
-            .has_declared
-            .load(std::sync::atomic::Ordering::Acquire)
-            || self.inner.parent.is_some();
+        // The device view calls this on every access: test the lock-free
+        // flags of the device and its ancestors before taking any region lock.
+        let mut may_have = false;
+        let mut dev = Some(self);
+        while let Some(d) = dev {
+            if d.inner
+                .has_declared
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                may_have = true;
+                break;
+            }
+            dev = d.inner.parent.as_ref();
+        }
         if !may_have || count == 0 {
             return None;
         }
