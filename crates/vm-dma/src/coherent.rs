@@ -25,7 +25,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
 use crate::device::DmaDevice;
 use crate::error::{Error, Result};
-use crate::map::Rejected;
+use crate::iommu_dma::IommuCoherent;
+use crate::map::{Ops, Rejected};
 use crate::page_alloc::MAX_ORDER;
 use crate::types::{get_order, Attrs, DmaAddr, PAGE_SIZE};
 
@@ -228,7 +229,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// limit is free. A failed allocation changes nothing.
     #[track_caller]
     pub fn alloc_attrs(&self, size: u64, attrs: Attrs) -> Result<CoherentBuffer> {
-        match self.alloc_block(size, Kind::Coherent) {
+        match self.alloc_block(size, Kind::Coherent, attrs) {
             Ok((cpu, dma, order)) => {
                 if let Some(e) = self.debug_alloc_coherent(dma, size, cpu, attrs) {
                     // Strict dma-debug refused it: give the block back.
@@ -355,6 +356,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         &self,
         size: u64,
         kind: Kind,
+        attrs: Attrs,
     ) -> Result<(GuestAddress, DmaAddr, u32)> {
         if size == 0 {
             return Err(Error::ZeroSize);
@@ -365,11 +367,26 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 max: MAX_COHERENT_SIZE,
             });
         }
-        let order = get_order(size);
+        let mut order = get_order(size);
         // Linux's dma_alloc_attrs: the device's declared memory first.
-        let (cpu, dma, declared) = match self.alloc_from_declared(size)? {
-            Some((cpu, dma)) => (cpu, dma, true),
-            None => {
+        let (cpu, dma, declared) = match (self.alloc_from_declared(size)?, self.ops()) {
+            (Some((cpu, dma)), _) => (cpu, dma, true),
+            (None, Ops::Iommu(iommu)) => {
+                // Linux's iommu_dma_alloc: pages anywhere, an IOVA below the
+                // coherent limit. The caller logs failures.
+                let limit = self.coherent_limit();
+                let pages = self.bus().pages();
+                let buf = iommu.alloc_coherent(
+                    self.memory(),
+                    pages,
+                    size,
+                    attrs | Attrs::NO_WARN,
+                    limit,
+                )?;
+                order = buf.order();
+                (buf.cpu_addr(), buf.dma_addr(), false)
+            }
+            (None, Ops::Direct) => {
                 let pages = self.bus().pages();
                 let cpu = pages.alloc(order, self.coherent_limit())?;
                 if let Err(e) = zero_guest(self.memory(), cpu, PAGE_SIZE << order) {
@@ -448,6 +465,10 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             // Ok(false): the region was released (Linux's release does no
             // in-use check); nothing is left to give back.
             self.free_to_declared(cpu, size)?;
+        } else if let Ops::Iommu(iommu) = self.ops() {
+            // Unmap (strict or lazy), then the pages go back.
+            let buf = IommuCoherent::from_parts(cpu, dma, size, rec.order);
+            iommu.free_coherent(pages, buf).map_err(|r| r.error)?;
         } else {
             pages.free(cpu, rec.order)?;
         }

@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryBackend;
 use crate::bus::DmaBus;
 use crate::declared::DeclaredMemory;
 use crate::error::{Error, Result};
+use crate::iommu_dma::IommuDma;
 use crate::page_alloc::ZONE_DMA_END;
 use crate::types::{is_low_mask, DmaAddr, DmaMask, DmaParms, PAGE_SIZE};
 
@@ -85,6 +86,9 @@ pub(crate) struct DeviceInner<M: GuestMemoryBackend> {
     pub(crate) shadows: crate::noncoherent::ShadowTable,
     /// The dma-debug tracker, set at most once (unset when off).
     pub(crate) debug: std::sync::OnceLock<Arc<crate::debug::DmaDebug>>,
+    /// The IOMMU DMA ops of the domain the device sits in (Linux's
+    /// `iommu_dma_ops`); `None` for direct mapping.
+    pub(crate) iommu: Option<Arc<IommuDma>>,
 }
 
 /// The driver-side handle of one device on a [`DmaBus`]: its masks, its
@@ -138,6 +142,78 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// A device set up as `config` says.
     pub fn with_config(bus: &DmaBus<M>, config: DeviceConfig) -> Self {
+        Self::build(bus, config, None)
+    }
+
+    /// A device behind an IOMMU: its streaming maps, scatter-gather lists
+    /// and coherent allocations (pools included) go through `iommu`, the
+    /// DMA ops of the IOMMU domain the device is attached to (Linux's
+    /// `iommu_dma_ops` with the domain's `iommu_dma_cookie`). Devices of one
+    /// domain share one [`IommuDma`]. DMA addresses are then IOVAs: the
+    /// device side reaches them through the IOMMU's translated view
+    /// (`vm_iommu::DeviceView` of the device's endpoint), not through
+    /// [`DmaDevice::device_view`], which refuses every access of such a
+    /// device.
+    ///
+    /// In lazy mode ([`crate::iommu_dma::InvalidationMode::Lazy`]) the owner
+    /// of the [`IommuDma`] drives its flush queue: `poll` at `deadline()`
+    /// (an event-loop timer) and `flush` before detaching.
+    ///
+    /// Errors ([`Error::IommuUnsupported`]): a non-coherent device or one
+    /// with `force_bounce` (dma-iommu here has no swiotlb and no cache
+    /// maintenance, see [`crate::iommu_dma`]), or an [`IommuDma`] whose
+    /// coherence flag differs from the device's.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_dma::iommu_dma::{IommuDma, IommuDmaConfig};
+    /// use vm_dma::{DeviceConfig, Direction, DmaBus, DmaDevice, DmaMask};
+    /// use vm_iommu::{Config, Iommu};
+    /// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+    /// let bus = DmaBus::new(mem.clone()).unwrap();
+    /// let iommu = Iommu::new(Config::default()).unwrap();
+    /// iommu.create_domain(1, false).unwrap();
+    /// iommu.attach(7, 1).unwrap();
+    /// let ops = Arc::new(IommuDma::for_vm_iommu(&iommu, 1, &[], IommuDmaConfig::default()).unwrap());
+    /// let dev = DmaDevice::with_iommu(&bus, DeviceConfig::new("blk0"), ops).unwrap();
+    /// dev.set_mask_and_coherent(DmaMask::from_bits(64).unwrap()).unwrap();
+    ///
+    /// mem.write_slice(b"ping", GuestAddress(0x5000)).unwrap();
+    /// let m = dev.map_single(GuestAddress(0x5000), 4, Direction::ToDevice).unwrap();
+    /// // An IOVA, top-down below the mask; the device reads through endpoint 7.
+    /// assert_ne!(m.dma_addr().raw(), 0x5000);
+    /// let view = iommu.view(7, mem.clone()).unwrap();
+    /// let mut buf = [0u8; 4];
+    /// view.read_slice(&mut buf, GuestAddress(m.dma_addr().raw())).unwrap();
+    /// assert_eq!(&buf, b"ping");
+    /// let iova = m.dma_addr();
+    /// dev.unmap(m).unwrap();
+    /// assert!(view.read_slice(&mut buf, GuestAddress(iova.raw())).is_err());
+    /// ```
+    pub fn with_iommu(bus: &DmaBus<M>, config: DeviceConfig, iommu: Arc<IommuDma>) -> Result<Self> {
+        let refuse = |reason: &'static str| Error::IommuUnsupported {
+            device: config.name.clone(),
+            reason,
+        };
+        if !config.coherent {
+            return Err(refuse(
+                "non-coherent devices are not supported behind an iommu",
+            ));
+        }
+        if config.force_bounce {
+            return Err(refuse("bounce buffers are not supported behind an iommu"));
+        }
+        if !iommu.is_coherent() {
+            return Err(refuse(
+                "the iommu dma ops are set up for non-coherent devices",
+            ));
+        }
+        Ok(Self::build(bus, config, Some(iommu)))
+    }
+
+    fn build(bus: &DmaBus<M>, config: DeviceConfig, iommu: Option<Arc<IommuDma>>) -> Self {
         DmaDevice {
             inner: Arc::new(DeviceInner {
                 bus: bus.clone(),
@@ -158,6 +234,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 raw: crate::map::RawTable::default(),
                 shadows: crate::noncoherent::ShadowTable::default(),
                 debug: crate::debug::wire::device_slot(&config.debug, bus),
+                iommu,
             }),
         }
     }
@@ -206,9 +283,11 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Linux's `dma_supported()`: whether the platform can do DMA with
     /// `mask`. The mask must reach the lowest zone: dma-direct accepts a mask
     /// iff it is at least `min(DMA_BIT_MASK(24), last page of memory)`, so a
-    /// 32-bit or wider mask always passes.
+    /// 32-bit or wider mask always passes. Behind an IOMMU every mask is
+    /// supported (Linux's `dma_supported()` answers true for dma-iommu):
+    /// IOVAs are allocated below it, and a map fails when none is left.
     pub fn dma_supported(&self, mask: DmaMask) -> bool {
-        mask.raw() >= self.min_supported_mask()
+        self.inner.iommu.is_some() || mask.raw() >= self.min_supported_mask()
     }
 
     fn min_supported_mask(&self) -> u64 {
@@ -293,7 +372,14 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// Linux's `dma_get_required_mask()`: the mask needed to reach all of
     /// guest memory. Does not change the current mask.
+    ///
+    /// Behind an IOMMU it is 32 bits, as Linux's `mapping.c` answers for
+    /// IOMMU ops (which have no `get_required_mask`): IOVAs are allocated
+    /// below any mask, so no device is limited by its size.
     pub fn required_mask(&self) -> u64 {
+        if self.inner.iommu.is_some() {
+            return DmaMask::BITS_32.raw();
+        }
         self.inner.bus.required_mask()
     }
 
@@ -315,7 +401,13 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// addressing-limited or forced to bounce) it is the swiotlb limit,
     /// 256 KiB less `roundup(min_align_mask, 2 KiB)`; otherwise `u64::MAX`
     /// (Linux's `SIZE_MAX`).
+    ///
+    /// Behind an IOMMU: `u64::MAX` (dma-iommu bounces only untrusted
+    /// devices, which are not supported here).
     pub fn max_mapping_size(&self) -> u64 {
+        if self.inner.iommu.is_some() {
+            return u64::MAX;
+        }
         if self.inner.bus.swiotlb().is_some() && (self.addressing_limited() || self.force_bounce())
         {
             crate::swiotlb::Swiotlb::max_mapping_size(self.min_align_mask())
@@ -326,15 +418,30 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// Linux's `dma_opt_mapping_size()`: the largest size that is still fast,
     /// never above [`DmaDevice::max_mapping_size`]. Direct mapping has no
-    /// slow path, so it equals the maximum.
+    /// slow path, so it equals the maximum. Behind an IOMMU it is the
+    /// largest size the IOVA range cache serves (`iova_rcache_range()`: 32
+    /// granules, 128 KiB with 4 KiB granules); larger maps take the IOVA
+    /// tree's lock.
     pub fn opt_mapping_size(&self) -> u64 {
-        self.max_mapping_size()
+        let max = self.max_mapping_size();
+        match &self.inner.iommu {
+            Some(iommu) => max.min(iommu.granule() * crate::iova::IOVA_RANGE_CACHE_MAX_GRANULES),
+            None => max,
+        }
     }
 
     /// Linux's `dma_get_merge_boundary()`: 0, meaning segments can not be
-    /// merged (direct mapping never merges). Not "unlimited".
+    /// merged (direct mapping never merges). Not "unlimited". Behind an
+    /// IOMMU it is the IOVA granule - 1: `map_sg` merges segments that
+    /// meet on a granule boundary.
     pub fn merge_boundary(&self) -> u64 {
-        0
+        self.inner.iommu.as_ref().map_or(0, |i| i.granule() - 1)
+    }
+
+    /// The IOMMU DMA ops the device maps through, if it sits behind an
+    /// IOMMU ([`DmaDevice::with_iommu`]).
+    pub fn iommu_dma(&self) -> Option<&Arc<IommuDma>> {
+        self.inner.iommu.as_ref()
     }
 
     /// The device's `dma_parms`.

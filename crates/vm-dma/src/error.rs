@@ -415,6 +415,15 @@ pub enum Error {
         /// The IOMMU's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A device cannot be put behind the IOMMU DMA ops
+    /// ([`crate::DmaDevice::with_iommu`]).
+    #[error("device {device} cannot sit behind an iommu: {reason}")]
+    IommuUnsupported {
+        /// The device's name.
+        device: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// A device's `min_align_mask` exceeds what the IOMMU granule preserves
     /// (dma-iommu WARNs and fails the map).
     #[error("min_align_mask {mask:#x} exceeds the iommu granule mask {granule_mask:#x}")]

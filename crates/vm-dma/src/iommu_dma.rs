@@ -325,6 +325,17 @@ pub struct IommuCoherent {
 }
 
 impl IommuCoherent {
+    /// The handle of a buffer recorded elsewhere (the device's coherent
+    /// records).
+    pub(crate) fn from_parts(cpu: GuestAddress, dma: DmaAddr, size: u64, order: u32) -> Self {
+        IommuCoherent {
+            cpu,
+            dma,
+            size,
+            order,
+        }
+    }
+
     /// The CPU (guest-physical) address.
     pub fn cpu_addr(&self) -> GuestAddress {
         self.cpu
@@ -487,6 +498,11 @@ impl IommuDma {
             Mode::Lazy(fq) => fq.poll(now),
             Mode::Strict => false,
         }
+    }
+
+    /// Whether the devices are cache coherent ([`IommuDmaConfig::coherent`]).
+    pub fn is_coherent(&self) -> bool {
+        self.coherent
     }
 
     /// Whether the PCI 32-bit first try is still on.

@@ -20,8 +20,10 @@
 //!   nothing. Only raw calls touch the table.
 //!
 //! Direct mapping: the DMA address equals the guest-physical address (an
-//! identity bus without offset windows). Mapping paths dispatch on a private
-//! `Ops` value so that swiotlb and IOMMU paths can be added beside `Direct`.
+//! identity bus without offset windows), with swiotlb bouncing of what the
+//! device cannot reach. A device made by [`DmaDevice::with_iommu`] maps
+//! through the IOMMU DMA ops instead ([`crate::iommu_dma`]): the DMA address
+//! is an IOVA. Mapping paths dispatch on a private `Ops` value.
 
 use std::fmt;
 
@@ -29,6 +31,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::device::DmaDevice;
 use crate::error::{Error, Result};
+use crate::iommu_dma::IommuDma;
 use crate::types::{Attrs, Direction, DmaAddr, PAGE_SIZE};
 
 mod raw;
@@ -101,9 +104,10 @@ impl MapKind {
 /// [`DmaDevice::map_single`] and its siblings and consumed by
 /// [`DmaDevice::unmap`]. Not `Clone`: one handle, one unmap.
 ///
-/// Dropping a handle without unmapping it leaks nothing for direct mapping
-/// (there is no state behind it), but later dispatch paths (bounce buffers,
-/// an IOMMU) will hold resources: always unmap.
+/// Dropping a handle without unmapping it leaks nothing for plain direct
+/// mapping (there is no state behind it), but a bounce buffer's slots, a
+/// non-coherent device's copy and an IOMMU mapping with its IOVA stay
+/// held: always unmap.
 ///
 /// ```
 /// use vm_dma::{Attrs, DmaBus, DmaDevice, Direction, MapKind};
@@ -171,12 +175,14 @@ impl Mapping {
     }
 }
 
-/// How a device's streaming mappings are implemented. Only `Direct` exists
-/// yet; swiotlb and IOMMU paths are added here.
+/// How a device's DMA is implemented (Linux's `dma_map_ops`, or none).
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Ops {
-    /// Identity bus: DMA address = guest-physical address.
+pub(crate) enum Ops<'a> {
+    /// Identity bus: DMA address = guest-physical address, with swiotlb
+    /// bouncing and the non-coherent cache model (dma-direct).
     Direct,
+    /// Behind an IOMMU: DMA address = IOVA (dma-iommu).
+    Iommu(&'a IommuDma),
 }
 
 pub use raw::MAX_RAW_MAPPINGS;
@@ -192,8 +198,12 @@ fn overlaps_guest_memory<M: GuestMemoryBackend>(mem: &M, addr: u64, last: u64) -
 }
 
 impl<M: GuestMemoryBackend> DmaDevice<M> {
-    pub(crate) fn ops(&self) -> Ops {
-        Ops::Direct
+    #[inline(always)]
+    pub(crate) fn ops(&self) -> Ops<'_> {
+        match &self.inner.iommu {
+            None => Ops::Direct,
+            Some(iommu) => Ops::Iommu(iommu),
+        }
     }
 
     /// The identity token handles of this device carry.
@@ -217,7 +227,13 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
 
     /// The checks every streaming map makes, then the dispatch: Linux's
     /// `dma_map_phys()`. `attrs` containing `MMIO` selects the resource rules.
-    pub(crate) fn map_phys_checked(&self, phys: u64, size: u64, attrs: Attrs) -> Result<DmaAddr> {
+    pub(crate) fn map_phys_checked(
+        &self,
+        phys: u64,
+        size: u64,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result<DmaAddr> {
         if !self.inner.streaming {
             return Err(Error::NoStreamingMask {
                 device: self.inner.name.clone(),
@@ -249,16 +265,21 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 return Err(Error::NotGuestMemory { addr: phys, size });
             }
         }
-        let swiotlb = self.bus().swiotlb();
-        if let Some(tlb) = swiotlb {
-            // The pool is reserved memory, as in Linux: no driver buffer lives
-            // there, so an address in it is always a bounce buffer.
-            let pool_last = tlb.start().0 + (tlb.size() - 1);
-            if phys <= pool_last && last >= tlb.start().0 {
-                return Err(Error::NotOwned { addr: phys, size });
-            }
+        if self.in_bounce_pool(phys, last) {
+            return Err(Error::NotOwned { addr: phys, size });
         }
+        let swiotlb = self.bus().swiotlb();
         match self.ops() {
+            // Linux's iommu_dma_map_phys() / iommu_dma_map_resource(): an
+            // IOVA below the streaming limit, permissions from `dir`.
+            Ops::Iommu(iommu) => iommu.map_phys(
+                phys,
+                size,
+                dir,
+                attrs,
+                &self.parms(),
+                self.streaming_limit(),
+            ),
             Ops::Direct => {
                 // Linux's dma_direct_map_phys(): force bounce first, then
                 // dma_capable(), bouncing only what the device cannot reach.
@@ -330,6 +351,16 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         Ok(dma)
     }
 
+    /// Whether any byte of `[phys, last]` lies in the bus's bounce pool.
+    /// The pool is reserved memory, as in Linux: no driver buffer lives
+    /// there, so an address in it is always a bounce buffer.
+    pub(crate) fn in_bounce_pool(&self, phys: u64, last: u64) -> bool {
+        self.bus().swiotlb().is_some_and(|tlb| {
+            let pool_last = tlb.start().0 + (tlb.size() - 1);
+            phys <= pool_last && last >= tlb.start().0
+        })
+    }
+
     /// Whether `dma` is a bounce buffer address of the bus's pool.
     pub(crate) fn is_bounce(&self, dma: DmaAddr) -> bool {
         self.bus()
@@ -359,6 +390,14 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// and frees its slots.
     pub(crate) fn unmap_checked(&self, dma: DmaAddr, size: u64, dir: Direction, attrs: Attrs) {
         match self.ops() {
+            Ops::Iommu(iommu) => {
+                // Handles and the raw record only hold live mappings, so
+                // only the domain programming itself can fail (a
+                // virtio-iommu request the device refused); log it.
+                if let Err(e) = iommu.unmap(dma, size) {
+                    log::error!("{}: iommu unmap of {dma}+{size:#x}: {e}", self.name());
+                }
+            }
             Ops::Direct => {
                 if let Some(tlb) = self.bus().swiotlb() {
                     let bounce = GuestAddress(dma.raw());
@@ -388,7 +427,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         attrs: Attrs,
         kind: MapKind,
     ) -> Result<Mapping> {
-        let dma = match self.map_phys_checked(cpu, size, attrs) {
+        let dma = match self.map_phys_checked(cpu, size, dir, attrs) {
             Ok(dma) => dma,
             Err(e) => {
                 self.debug_map_refused(kind, cpu, size, attrs, &e);
@@ -656,7 +695,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         attrs: Attrs,
         kind: MapKind,
     ) -> Result<DmaAddr> {
-        let dma = match self.map_phys_checked(phys, size, attrs) {
+        let dma = match self.map_phys_checked(phys, size, dir, attrs) {
             Ok(dma) => dma,
             Err(e) => {
                 self.debug_map_refused(kind, phys, size, attrs, &e);

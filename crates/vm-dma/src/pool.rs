@@ -37,7 +37,7 @@ use crate::debug::PoolMisuse;
 use crate::device::DmaDevice;
 use crate::error::{Error, Result};
 use crate::map::Rejected;
-use crate::types::{get_order, DmaAddr, PAGE_SIZE};
+use crate::types::{get_order, Attrs, DmaAddr, PAGE_SIZE};
 
 /// The smallest block: Linux's `sizeof(struct dma_block)` on 64-bit.
 pub const MIN_BLOCK_SIZE: u64 = 16;
@@ -385,7 +385,9 @@ impl<M: GuestMemoryBackend> DmaPool<M> {
                 // Grow outside the lock, as Linux drops its spinlock to
                 // allocate the page.
                 drop(st);
-                let (cpu, dma, _) = self.dev.alloc_block(self.allocation, Kind::PoolPage)?;
+                let (cpu, dma, _) =
+                    self.dev
+                        .alloc_block(self.allocation, Kind::PoolPage, Attrs::empty())?;
                 st = self.lock();
                 if let Err(e) = self.add_page(&mut st, Page { cpu, dma }) {
                     drop(st);

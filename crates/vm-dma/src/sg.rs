@@ -31,7 +31,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend};
 
 use crate::device::DmaDevice;
 use crate::error::{checked_last, Error, Result};
-use crate::map::{RawKey, RawKind, Rejected};
+use crate::map::{Ops, RawKey, RawKind, Rejected};
 use crate::types::{Attrs, Direction, DmaAddr, DMA_MAPPING_ERROR, PAGE_SIZE};
 
 /// One segment of a scatter-gather list (Linux `struct scatterlist`).
@@ -380,8 +380,10 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     /// Maps every entry; on a failure unmaps the entries already mapped,
-    /// clears their DMA side and returns the error. Returns the count.
-    fn map_entries(&self, entries: &mut [SgEntry], attrs: Attrs) -> Result<u32> {
+    /// clears their DMA side and returns the error. Returns the count of
+    /// DMA segments: every entry for direct mapping, the merged segments
+    /// (in the first `count` entries) behind an IOMMU.
+    fn map_entries(&self, entries: &mut [SgEntry], dir: Direction, attrs: Attrs) -> Result<u32> {
         if attrs.contains(Attrs::MMIO) {
             return Err(Error::InvalidAttrs {
                 attrs: Attrs::MMIO.bits(),
@@ -397,9 +399,14 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         if let Some(index) = entries.iter().position(SgEntry::is_mapped) {
             return Err(Error::AlreadyMapped { index });
         }
+        if let Ops::Iommu(iommu) = self.ops() {
+            self.check_sg_ram(entries)?;
+            let limit = self.streaming_limit();
+            return iommu.map_sg(entries, dir, attrs, &self.parms(), limit);
+        }
         for i in 0..entries.len() {
             let e = entries[i];
-            match self.map_phys_checked(e.addr.raw_value(), u64::from(e.length), attrs) {
+            match self.map_phys_checked(e.addr.raw_value(), u64::from(e.length), dir, attrs) {
                 Ok(dma) => {
                     entries[i].dma_address = dma;
                     entries[i].dma_length = e.length;
@@ -419,7 +426,43 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         Ok(count)
     }
 
+    /// The checks of `dma_map_phys()` for every entry of a list mapped as
+    /// a whole (behind an IOMMU): a streaming mask, and every entry guest
+    /// RAM outside the bounce pool.
+    fn check_sg_ram(&self, entries: &[SgEntry]) -> Result<()> {
+        if !self.inner.streaming {
+            return Err(Error::NoStreamingMask {
+                device: self.inner.name.clone(),
+            });
+        }
+        for e in entries {
+            let (addr, size) = (e.addr.raw_value(), u64::from(e.length));
+            let last = checked_last(addr, size)?;
+            if !GuestMemoryBackend::check_range(self.memory(), e.addr, e.length as usize) {
+                return Err(Error::NotGuestMemory { addr, size });
+            }
+            if self.in_bounce_pool(addr, last) {
+                return Err(Error::NotOwned { addr, size });
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps a list as [`DmaDevice::map_entries`] mapped it and clears the
+    /// DMA side of its entries.
     fn unmap_entries(&self, entries: &mut [SgEntry], dir: Direction, attrs: Attrs) {
+        if let Ops::Iommu(iommu) = self.ops() {
+            let nents = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+            // Handles and the raw record only hold live lists, so only the
+            // domain programming itself can fail; log it.
+            if let Err(e) = iommu.unmap_sg(entries, nents) {
+                log::error!("{}: iommu sg unmap: {e}", self.name());
+            }
+            for e in entries {
+                e.clear_dma();
+            }
+            return;
+        }
         for e in entries {
             self.unmap_checked(e.dma_address, u64::from(e.dma_length), dir, attrs);
             e.clear_dma();
@@ -443,7 +486,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         if table.nents != 0 {
             return Err(Rejected::new(Error::AlreadyMapped { index: 0 }, table));
         }
-        match self.map_entries(&mut table.entries, attrs) {
+        match self.map_entries(&mut table.entries, dir, attrs) {
             Ok(count) => {
                 if let Some(d) = self.debug_on() {
                     if let Some(e) = self.debug_map_sg(d, &table.entries, count, dir, attrs) {
@@ -519,13 +562,17 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// ```
     #[track_caller]
     pub fn map_sg_raw(&self, sg: &mut [SgEntry], dir: Direction, attrs: Attrs) -> Result<u32> {
-        let count = self.map_entries(sg, attrs)?;
+        let count = self.map_entries(sg, dir, attrs)?;
+        // The DMA segments are recorded under the nents of the call (what
+        // the unmap must pass), as dma-debug's `sg_call_ents`.
+        let nents = u32::try_from(sg.len()).unwrap_or(count);
+        let segs = count as usize;
         let mut table = self.inner.raw.lock();
-        for i in 0..sg.len() {
-            if let Err(e) = table.insert(Self::sg_key(&sg[i], dir, count)) {
+        for i in 0..segs {
+            if let Err(e) = table.insert(Self::sg_key(&sg[i], dir, nents)) {
                 for done in &sg[..i] {
                     // Just inserted under the same lock: removal cannot fail.
-                    let _ = table.remove(Self::sg_key(done, dir, count));
+                    let _ = table.remove(Self::sg_key(done, dir, nents));
                 }
                 drop(table);
                 self.unmap_entries(sg, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
@@ -537,8 +584,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
             if let Some(e) = self.debug_map_sg(d, sg, count, dir, attrs) {
                 // Strict dma-debug refused it: forget and undo it.
                 let mut table = self.inner.raw.lock();
-                for done in sg.iter() {
-                    let _ = table.remove(Self::sg_key(done, dir, count));
+                for done in &sg[..segs] {
+                    let _ = table.remove(Self::sg_key(done, dir, nents));
                 }
                 drop(table);
                 self.unmap_entries(sg, Direction::ToDevice, attrs | Attrs::SKIP_CPU_SYNC);
@@ -581,9 +628,10 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         attrs: Attrs,
     ) -> Result<()> {
         let entries = Self::first_nents(sg, nents)?;
+        let segs = self.sg_segments(entries);
         {
             let mut table = self.inner.raw.lock();
-            for i in 0..entries.len() {
+            for i in 0..segs {
                 let e = &entries[i];
                 let key = Self::sg_key(e, dir, nents);
                 let res = if e.is_mapped() {
@@ -605,6 +653,17 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         }
         self.unmap_entries(entries, dir, attrs);
         Ok(())
+    }
+
+    /// How many of the first `nents` entries of a mapped list hold DMA
+    /// segments that the raw record must know: all of them for direct
+    /// mapping; behind an IOMMU the leading mapped ones (at least the
+    /// first, which must be), since merged lists end in cleared entries.
+    pub(crate) fn sg_segments(&self, entries: &[SgEntry]) -> usize {
+        match self.ops() {
+            Ops::Direct => entries.len(),
+            Ops::Iommu(_) => entries.iter().take_while(|e| e.is_mapped()).count().max(1),
+        }
     }
 
     pub(crate) fn first_nents(sg: &mut [SgEntry], nents: u32) -> Result<&mut [SgEntry]> {

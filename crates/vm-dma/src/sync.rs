@@ -38,6 +38,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// original unless `ToDevice`), exactly the synced sub-range.
     fn do_sync(&self, dma: DmaAddr, size: u64, dir: Direction, to: Target) {
         match self.ops() {
+            // dma-iommu for a coherent device without swiotlb: nothing.
+            Ops::Iommu(_) => {}
             Ops::Direct => {
                 let addr = vm_memory::GuestAddress(dma.raw());
                 let Some(tlb) = self.bus().swiotlb().filter(|t| t.contains(addr)) else {
@@ -273,6 +275,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 len: sg.len() as u64,
             });
         };
+        let entries = &entries[..self.sg_segments(entries)];
         {
             let table = self.inner.raw.lock();
             for e in entries {
@@ -348,6 +351,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     pub fn dma_need_sync(&self, dma: DmaAddr) -> bool {
         match self.ops() {
             Ops::Direct => !self.is_coherent() || self.is_bounce(dma),
+            Ops::Iommu(_) => false,
         }
     }
 

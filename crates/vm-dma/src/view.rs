@@ -109,6 +109,11 @@ impl<M: GuestMemoryBackend> DirectView<M> {
         if let Some(bus) = self.dev.declared_translate(addr.0, n) {
             return Ok(bus);
         }
+        if self.dev.inner.iommu.is_some() {
+            // DMA addresses of this device are IOVAs: only the IOMMU's
+            // translated view (vm-iommu's `DeviceView`) resolves them.
+            return Err(addr);
+        }
         self.reach(addr, count)?;
         if self.dev.models_cache() {
             return self
@@ -155,7 +160,10 @@ impl<M: GuestMemoryBackend> GuestMemory for DirectView<M> {
 impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// The device side of this device's direct mapping: a
     /// [`vm_memory::GuestMemory`] over DMA addresses that refuses anything
-    /// beyond the streaming limit. See [`DirectView`].
+    /// beyond the streaming limit. See [`DirectView`]. A device behind an
+    /// IOMMU ([`DmaDevice::with_iommu`]) is reached through the IOMMU's
+    /// translated view of its endpoint instead: its direct view refuses
+    /// every access outside declared coherent memory.
     pub fn device_view(&self) -> DirectView<M> {
         DirectView { dev: self.clone() }
     }

@@ -264,7 +264,9 @@ fn raw_free_of_a_block_not_allocated_as_coherent_is_refused() {
     ));
     assert!(b.pages().is_allocated(page, 0));
     // A pool page is recorded, but not as a coherent buffer.
-    let (cpu, dma, _) = dev.alloc_block(4096, Kind::PoolPage).unwrap();
+    let (cpu, dma, _) = dev
+        .alloc_block(4096, Kind::PoolPage, Attrs::empty())
+        .unwrap();
     assert!(matches!(
         dev.free_coherent_raw(4096, cpu, dma),
         Err(Error::NotCoherent { .. })
