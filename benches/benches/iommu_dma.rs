@@ -10,6 +10,9 @@
 //! - `iommu_dma/direct_map_unmap_4k`: the anchor, `DmaDevice::map_single` +
 //!   `unmap` of the same buffer on a 64-bit device (no IOMMU). Target: the
 //!   IOMMU pair at most 3x this.
+//! - `iommu_dma/device_map_unmap_4k/strict`: the strict pair through
+//!   `DmaDevice::map_single` + `unmap` of a device made by
+//!   `DmaDevice::with_iommu` (dispatch and guest-RAM check included).
 //! - `iommu_dma/map_sg_16x4k`: `map_sg` + `unmap_sg` of 16 scattered page
 //!   entries (one IOVA of 16 granules, 16 map calls, one merged segment).
 //! - `iommu_dma/parts/page_table_map_unmap_4k`: the page-table part alone
@@ -17,6 +20,7 @@
 //! - `iommu_dma/iova_alloc_free`: the IOVA part alone (`alloc(1)` + `free`).
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::Criterion;
@@ -97,6 +101,23 @@ fn bench_iommu_dma(c: &mut Criterion) {
                 .unwrap();
             black_box(m.dma_addr());
             dev.unmap(m).unwrap();
+        })
+    });
+
+    // The same pair through the DMA API of a device behind the IOMMU
+    // (`DmaDevice::with_iommu`): the dispatch and the guest-RAM check on top
+    // of `map_phys` + `unmap`.
+    let (_iommu, ops) = iommu_dma(InvalidationMode::Strict);
+    let mut cfg = DeviceConfig::new("bench-iommu");
+    cfg.dma_mask = DmaMask::FULL;
+    let idev: DmaDevice<Mem> = DmaDevice::with_iommu(&bus, cfg, Arc::new(ops)).unwrap();
+    c.bench_function("iommu_dma/device_map_unmap_4k/strict", |b| {
+        b.iter(|| {
+            let m = idev
+                .map_single(black_box(GuestAddress(BUF)), PAGE, Direction::ToDevice)
+                .unwrap();
+            black_box(m.dma_addr());
+            idev.unmap(m).unwrap();
         })
     });
 
