@@ -301,6 +301,15 @@ struct LiveEntry {
 
 type LiveMap = HashMap<u64, LiveEntry, BuildHasherDefault<PfnHasher>>;
 
+/// Who proves an IOVA live when it is freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tracking {
+    /// The live set (checked frees).
+    Live,
+    /// The caller (owned IOVAs: not in the live set).
+    Owner,
+}
+
 /// An IOVA space: Linux's `struct iova_domain` with its rcache.
 ///
 /// `Send + Sync`: share it (for example in an `Arc`) between the threads
@@ -569,22 +578,44 @@ impl IovaDomain {
     /// assert_eq!(d.alloc_fast(2, u64::MAX, true).unwrap().pfn(), 2);
     /// ```
     pub fn alloc_fast(&self, size: u64, limit: u64, flush_rcache: bool) -> Result<Iova> {
+        self.alloc_inner(size, limit, flush_rcache, Tracking::Live)
+    }
+
+    /// [`IovaDomain::alloc`] for an owner that proves liveness itself
+    /// (Linux's contract for every caller): the IOVA is not entered in the
+    /// live set, so only [`IovaDomain::release_owned`] frees it and
+    /// [`IovaDomain::free`] refuses it. `DmaDevice` uses this for its
+    /// streaming maps, whose handles and raw records already prove each
+    /// IOVA live with its size.
+    pub(crate) fn alloc_owned(&self, size: u64, limit: u64) -> Result<Iova> {
+        self.alloc_inner(size, limit, true, Tracking::Owner)
+    }
+
+    fn alloc_inner(
+        &self,
+        size: u64,
+        limit: u64,
+        flush_rcache: bool,
+        tracking: Tracking,
+    ) -> Result<Iova> {
+        // Errors are built only when returned: dropping an unused `Error`
+        // runs its out-of-line drop glue on the hot path.
+        let exhausted = || Error::IovaExhausted { size, limit };
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        let exhausted = Error::IovaExhausted { size, limit };
         if size > self.end_pfn - self.start_pfn + 1 {
-            return Err(exhausted);
+            return Err(exhausted());
         }
         let asize = Self::alloc_size(size);
         let order = order_of(asize);
         let Some(limit_pfn) = self.limit_pfn(limit) else {
-            return Err(exhausted);
+            return Err(exhausted());
         };
         if let (Some(rc), Some(class)) = (&self.rcache, self.class(asize)) {
             if let Some(max_pfn) = (limit_pfn + 1).checked_sub(asize) {
                 if let Some(pfn) = rc.get(class, max_pfn) {
-                    self.insert_live(pfn, size);
+                    self.insert_live(pfn, size, tracking);
                     return Ok(self.iova(pfn, asize));
                 }
             }
@@ -594,8 +625,10 @@ impl IovaDomain {
             self.flush_cache();
             pfn = lock(&self.tree).alloc(asize, order, limit_pfn);
         }
-        let pfn = pfn.ok_or(exhausted)?;
-        self.insert_live(pfn, size);
+        let Some(pfn) = pfn else {
+            return Err(exhausted());
+        };
+        self.insert_live(pfn, size, tracking);
         Ok(self.iova(pfn, asize))
     }
 
@@ -612,17 +645,38 @@ impl IovaDomain {
     /// assert!(i.last() <= 0xffff_ffff && !fell_back);
     /// ```
     pub fn alloc_32bit_first(&self, size: u64, limit: u64) -> Result<(Iova, bool)> {
-        let clamped = limit.min(self.aperture_end);
-        if clamped > DMA_32BIT_LIMIT {
-            if let Ok(i) = self.alloc_fast(size, DMA_32BIT_LIMIT, false) {
-                return Ok((i, false));
-            }
-            return self.alloc(size, limit).map(|i| (i, true));
-        }
-        self.alloc(size, limit).map(|i| (i, false))
+        self.alloc_32bit_first_inner(size, limit, Tracking::Live)
     }
 
-    fn insert_live(&self, pfn: u64, size: u64) {
+    /// [`IovaDomain::alloc_32bit_first`] for an owner (see
+    /// [`IovaDomain::alloc_owned`]).
+    pub(crate) fn alloc_32bit_first_owned(&self, size: u64, limit: u64) -> Result<(Iova, bool)> {
+        self.alloc_32bit_first_inner(size, limit, Tracking::Owner)
+    }
+
+    fn alloc_32bit_first_inner(
+        &self,
+        size: u64,
+        limit: u64,
+        tracking: Tracking,
+    ) -> Result<(Iova, bool)> {
+        let clamped = limit.min(self.aperture_end);
+        if clamped > DMA_32BIT_LIMIT {
+            if let Ok(i) = self.alloc_inner(size, DMA_32BIT_LIMIT, false, tracking) {
+                return Ok((i, false));
+            }
+            return self
+                .alloc_inner(size, limit, true, tracking)
+                .map(|i| (i, true));
+        }
+        self.alloc_inner(size, limit, true, tracking)
+            .map(|i| (i, false))
+    }
+
+    fn insert_live(&self, pfn: u64, size: u64, tracking: Tracking) {
+        if tracking == Tracking::Owner {
+            return;
+        }
         let prev = lock(&self.live[live_shard(pfn)]).insert(
             pfn,
             LiveEntry {
@@ -645,15 +699,15 @@ impl IovaDomain {
             return Err(Error::ZeroSize);
         }
         let a = addr.raw();
-        let not_allocated = Error::IovaNotAllocated { addr: a, size };
+        let not_allocated = || Error::IovaNotAllocated { addr: a, size };
         if a & (self.granule() - 1) != 0 {
-            return Err(not_allocated);
+            return Err(not_allocated());
         }
         let pfn = a >> self.shift;
         let mut live = lock(&self.live[live_shard(pfn)]);
         match live.entry(pfn) {
-            Entry::Vacant(_) => Err(not_allocated),
-            Entry::Occupied(e) if e.get().queued => Err(not_allocated),
+            Entry::Vacant(_) => Err(not_allocated()),
+            Entry::Occupied(e) if e.get().queued => Err(not_allocated()),
             Entry::Occupied(e) if e.get().size != size => Err(Error::IovaSizeMismatch {
                 addr: a,
                 allocated: e.get().size,
@@ -716,6 +770,13 @@ impl IovaDomain {
         } else {
             log::error!("iova: queued free of {pfn:#x} ({size} granules) is not queued");
         }
+    }
+
+    /// Frees an IOVA of [`IovaDomain::alloc_owned`] (Linux
+    /// `free_iova_fast`): `pfn` and `size` must be exactly what it handed
+    /// out and not yet released; the owner guarantees it.
+    pub(crate) fn release_owned(&self, pfn: u64, size: u64) {
+        self.release(pfn, size);
     }
 
     /// Returns a range that is no longer live to the cache or the tree.

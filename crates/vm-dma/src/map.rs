@@ -271,8 +271,10 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         let swiotlb = self.bus().swiotlb();
         match self.ops() {
             // Linux's iommu_dma_map_phys() / iommu_dma_map_resource(): an
-            // IOVA below the streaming limit, permissions from `dir`.
-            Ops::Iommu(iommu) => iommu.map_phys(
+            // IOVA below the streaming limit, permissions from `dir`. The
+            // handle or the raw record proves the IOVA live until its one
+            // unmap, so the owned form skips the IOVA live set.
+            Ops::Iommu(iommu) => iommu.map_phys_owned(
                 phys,
                 size,
                 dir,
@@ -394,7 +396,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 // Handles and the raw record only hold live mappings, so
                 // only the domain programming itself can fail (a
                 // virtio-iommu request the device refused); log it.
-                if let Err(e) = iommu.unmap(dma, size) {
+                if let Err(e) = iommu.unmap_owned(dma, size) {
                     log::error!("{}: iommu unmap of {dma}+{size:#x}: {e}", self.name());
                 }
             }
