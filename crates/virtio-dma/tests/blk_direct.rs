@@ -52,9 +52,9 @@ fn test_blk_request_from_streaming_mappings_over_direct_view() {
             Direction::ToDevice,
         )
         .unwrap();
-    let data = drv
-        .map_single(GuestAddress(data_cpu), 1024, Direction::FromDevice)
-        .unwrap();
+    let dir = RequestType::In.data_direction().unwrap();
+    assert_eq!(dir, Direction::FromDevice);
+    let data = drv.map_single(GuestAddress(data_cpu), 1024, dir).unwrap();
     let st = drv
         .map_single(GuestAddress(st_cpu), 1, Direction::FromDevice)
         .unwrap();

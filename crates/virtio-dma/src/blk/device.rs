@@ -159,6 +159,10 @@ impl<B: BlockBackend> BlockDevice<B> {
     /// | unknown request type | UNSUPP | unchanged |
     /// | backend I/O error | IOERR | what the backend did |
     ///
+    /// The header's `reserved` field, and its `sector` for requests other
+    /// than IN and OUT, are ignored; device-readable bytes after the header
+    /// of IN, FLUSH and GET_ID are ignored.
+    ///
     /// An IN failing in the backend half-way reports the bytes already
     /// copied in `used_len`. GET_ID writes `min(20, data length)` bytes.
     ///

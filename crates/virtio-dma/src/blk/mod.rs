@@ -45,7 +45,8 @@ pub use backend::{BlockBackend, FileBackend, MemBackend};
 pub use config::{BlockConfig, ConfigSpace, CONFIG_SPACE_SIZE, MAX_SEGMENTS_LIMIT};
 pub use device::{BlockDevice, Completion};
 pub use request::{
-    DiscardSegment, RequestHeader, RequestType, Status, DISCARD_SEGMENT_SIZE, HEADER_SIZE, ID_BYTES,
+    encode_segments, parse_id, DiscardSegment, RequestHeader, RequestType, Status,
+    DISCARD_SEGMENT_SIZE, HEADER_SIZE, ID_BYTES,
 };
 
 /// Size of a virtio-blk sector: request offsets and capacity count in these

@@ -14,7 +14,56 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 
+use vm_dma::Direction;
+
 use super::{Error, Result};
+
+/// Encodes `segs` back to back into `out` (a DISCARD / WRITE_ZEROES data
+/// buffer) and returns the bytes used; fails without writing when `out` is
+/// too short.
+///
+/// ```
+/// use virtio_dma::blk::{encode_segments, DiscardSegment};
+///
+/// let mut buf = [0u8; 64];
+/// let n = encode_segments(&[DiscardSegment::discard(0, 8), DiscardSegment::discard(64, 8)], &mut buf).unwrap();
+/// assert_eq!(n, 32);
+/// assert!(encode_segments(&[DiscardSegment::discard(0, 1); 5], &mut buf).is_err());
+/// ```
+pub fn encode_segments(segs: &[DiscardSegment], out: &mut [u8]) -> Result<usize> {
+    let len = out.len();
+    let need = segs
+        .len()
+        .checked_mul(DISCARD_SEGMENT_SIZE)
+        .ok_or(Error::ShortBuffer {
+            len,
+            need: usize::MAX,
+        })?;
+    let dst = out
+        .get_mut(..need)
+        .ok_or(Error::ShortBuffer { len, need })?;
+    for (chunk, seg) in dst.chunks_exact_mut(DISCARD_SEGMENT_SIZE).zip(segs) {
+        chunk.copy_from_slice(&seg.to_bytes());
+    }
+    Ok(need)
+}
+
+/// The serial in a GET_ID answer: the bytes before the first NUL (all 20
+/// when there is none, as the spec allows).
+///
+/// ```
+/// use virtio_dma::blk::parse_id;
+///
+/// assert_eq!(parse_id(b"disk0\0\0\0"), b"disk0");
+/// assert_eq!(parse_id(b"abc"), b"abc");
+/// ```
+pub fn parse_id(id: &[u8]) -> &[u8] {
+    let id = id.get(..ID_BYTES).unwrap_or(id);
+    match id.iter().position(|&b| b == 0) {
+        Some(n) => id.get(..n).unwrap_or(id),
+        None => id,
+    }
+}
 
 /// Size of the request header `{type, reserved, sector}`.
 pub const HEADER_SIZE: usize = 16;
@@ -54,6 +103,31 @@ impl From<u32> for RequestType {
             VIRTIO_BLK_T_DISCARD => Self::Discard,
             VIRTIO_BLK_T_WRITE_ZEROES => Self::WriteZeroes,
             other => Self::Unsupported(other),
+        }
+    }
+}
+
+impl RequestType {
+    /// How a driver maps the request's data buffers: `ToDevice` (the device
+    /// reads them: OUT, DISCARD, WRITE_ZEROES), `FromDevice` (the device
+    /// writes them: IN, GET_ID), or `None` (FLUSH, unknown types: header and
+    /// status only). The header is always `ToDevice`, the status
+    /// `FromDevice`.
+    ///
+    /// ```
+    /// use virtio_dma::blk::RequestType;
+    /// use vm_dma::Direction;
+    ///
+    /// assert_eq!(RequestType::In.data_direction(), Some(Direction::FromDevice));
+    /// assert_eq!(RequestType::Flush.data_direction(), None);
+    /// ```
+    pub fn data_direction(self) -> Option<Direction> {
+        match self {
+            RequestType::In | RequestType::GetId => Some(Direction::FromDevice),
+            RequestType::Out | RequestType::Discard | RequestType::WriteZeroes => {
+                Some(Direction::ToDevice)
+            }
+            RequestType::Flush | RequestType::Unsupported(_) => None,
         }
     }
 }
@@ -295,6 +369,47 @@ mod tests {
             std::mem::size_of::<virtio_bindings::virtio_blk::virtio_blk_discard_write_zeroes>(),
             DISCARD_SEGMENT_SIZE
         );
+    }
+
+    #[test]
+    fn test_data_direction_follows_the_request_type() {
+        use RequestType::*;
+        for t in [Out, Discard, WriteZeroes] {
+            assert_eq!(t.data_direction(), Some(Direction::ToDevice));
+        }
+        for t in [In, GetId] {
+            assert_eq!(t.data_direction(), Some(Direction::FromDevice));
+        }
+        assert_eq!(Flush.data_direction(), None);
+        assert_eq!(Unsupported(99).data_direction(), None);
+    }
+
+    #[test]
+    fn test_encode_segments_fills_back_to_back_or_refuses_short_buffers() {
+        let segs = [
+            DiscardSegment::write_zeroes(1, 2, true),
+            DiscardSegment::discard(3, 4),
+        ];
+        let mut buf = [0xffu8; 40];
+        assert_eq!(encode_segments(&segs, &mut buf).unwrap(), 32);
+        assert_eq!(buf[..16], segs[0].to_bytes());
+        assert_eq!(buf[16..32], segs[1].to_bytes());
+        assert_eq!(buf[32..], [0xff; 8]);
+        let mut short = [0xffu8; 31];
+        assert!(matches!(
+            encode_segments(&segs, &mut short),
+            Err(Error::ShortBuffer { len: 31, need: 32 })
+        ));
+        assert_eq!(short, [0xff; 31]);
+        assert_eq!(encode_segments(&[], &mut []).unwrap(), 0);
+    }
+
+    #[test]
+    fn test_parse_id_stops_at_the_first_nul_and_at_20_bytes() {
+        assert_eq!(parse_id(b"ab\0cd"), b"ab");
+        assert_eq!(parse_id(&[0u8; 20]), b"");
+        assert_eq!(parse_id(&[b'x'; 25]), &[b'x'; 20][..]);
+        assert_eq!(parse_id(b""), b"");
     }
 
     #[test]
