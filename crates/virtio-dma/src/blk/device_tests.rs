@@ -520,3 +520,33 @@ fn test_device_rejects_invalid_config_and_is_shareable() {
     .unwrap_err();
     assert!(matches!(e, Error::SerialTooLong { len: 21, max: 20 }));
 }
+
+#[test]
+fn test_in_over_dirty_tracked_memory_marks_data_and_status_pages() {
+    use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    type BMem = GuestMemoryMmap<AtomicBitmap>;
+    let m = BMem::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    let dev = device(BlockConfig::default());
+    m.write_slice(
+        &RequestHeader::new(RequestType::In, 0).to_bytes(),
+        GuestAddress(HDR),
+    )
+    .unwrap();
+    let q = MockSplitQueue::create(&m, GuestAddress(0), 16);
+    let raw = [
+        RawDescriptor::from(SplitDescriptor::new(HDR, 16, 0, 0)),
+        RawDescriptor::from(SplitDescriptor::new(DATA + 0x1000, 512, F_WRITE, 0)),
+        RawDescriptor::from(SplitDescriptor::new(STATUS, 1, F_WRITE, 0)),
+    ];
+    let chain = q.build_desc_chain(&raw).unwrap();
+    let bitmap = m.find_region(GuestAddress(0)).unwrap().bitmap();
+    for addr in [DATA, DATA + 0x1000, STATUS] {
+        assert!(!bitmap.dirty_at(addr as usize));
+    }
+    let c = dev.process_chain(&m, chain).unwrap();
+    assert_eq!((c.status, c.used_len), (Status::Ok, 513));
+    assert!(!bitmap.dirty_at(DATA as usize));
+    assert!(bitmap.dirty_at((DATA + 0x1000) as usize));
+    assert!(bitmap.dirty_at(STATUS as usize));
+}
