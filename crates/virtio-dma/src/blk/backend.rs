@@ -4,8 +4,8 @@
 //! in-memory disk and a file-backed disk.
 
 use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -230,9 +230,17 @@ pub struct FileBackend {
 }
 
 impl FileBackend {
-    /// Wraps an open file; its current length is the disk size.
+    /// Wraps an open file; its current length is the disk size (for a
+    /// block device node, whose metadata length is 0, the size its end
+    /// seeks to).
     pub fn new(file: File) -> Result<Self> {
-        let len = file.metadata()?.len();
+        let meta = file.metadata()?;
+        let len = if meta.file_type().is_block_device() {
+            // Positioned I/O ignores the file offset this moves.
+            (&file).seek(SeekFrom::End(0))?
+        } else {
+            meta.len()
+        };
         Ok(Self { file, len })
     }
 
