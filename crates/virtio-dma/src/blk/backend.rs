@@ -108,9 +108,19 @@ pub struct MemBackend {
 }
 
 impl MemBackend {
-    /// A zero-filled disk of `len` bytes.
+    /// A zero-filled disk of `len` bytes (shards are allocated zeroed, so
+    /// untouched pages of a large disk cost no memory).
     pub fn new(len: usize) -> Self {
-        Self::from_vec(vec![0; len])
+        let shards = (0..len.div_ceil(SHARD))
+            .map(|i| {
+                let n = len.saturating_sub(i * SHARD).min(SHARD);
+                RwLock::new(vec![0u8; n].into_boxed_slice())
+            })
+            .collect();
+        Self {
+            shards,
+            len: len as u64,
+        }
     }
 
     /// A disk holding `data`.
@@ -330,6 +340,9 @@ mod tests {
     #[test]
     fn test_mem_backend_access_across_shards_round_trips() {
         let m = MemBackend::new(3 * SHARD + 100);
+        assert_eq!(m.len(), (3 * SHARD + 100) as u64);
+        assert_eq!(m.shards.len(), 4);
+        assert_eq!(m.shards[3].read().unwrap().len(), 100);
         let data: Vec<u8> = (0..2 * SHARD + 10).map(|i| (i % 253) as u8).collect();
         m.write_at(&data, (SHARD - 5) as u64).unwrap();
         let mut back = vec![0u8; data.len()];
