@@ -370,7 +370,9 @@ fn unmap_spec_examples() {
     // The seven examples of the spec's UNMAP section, in 4 KiB pages: (start, end)
     // are page numbers, inclusive.
     let p = |n: u64| n * PAGE;
-    let examples: &[(&[(u64, u64)], (u64, u64), Status, usize)] = &[
+    // (mappings, unmap range, expected status, mappings left)
+    type Example = (&'static [(u64, u64)], (u64, u64), Status, usize);
+    let examples: &[Example] = &[
         (&[], (0, 4), Status::Ok, 0),
         (&[(0, 9)], (0, 9), Status::Ok, 0),
         (&[(0, 4), (5, 9)], (0, 9), Status::Ok, 0),
