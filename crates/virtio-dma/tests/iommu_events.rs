@@ -36,18 +36,32 @@ fn fault_event_arrives_after_unmap() {
     let a = req.request(&attach(1, 1), 4);
     let m = req.request(&map(1, 0x40_0000, 0x40_1fff, DMA_AREA, RW), 4);
     run(&mut dev, &req, &mut rq);
-    assert_eq!((req.status_of(&a), req.status_of(&m)), (Status::Ok, Status::Ok));
-    mem.write_obj(0xfeedu16, GuestAddress(DMA_AREA + 0x1000)).unwrap();
+    assert_eq!(
+        (req.status_of(&a), req.status_of(&m)),
+        (Status::Ok, Status::Ok)
+    );
+    mem.write_obj(0xfeedu16, GuestAddress(DMA_AREA + 0x1000))
+        .unwrap();
     let view = iommu.view(1, mem.clone()).unwrap();
-    assert_eq!(view.read_obj::<u16>(GuestAddress(0x40_1000)).unwrap(), 0xfeed);
-    assert_eq!(dev.deliver_faults(&mem, &mut eq, 16).unwrap(), 0, "no fault yet");
+    assert_eq!(
+        view.read_obj::<u16>(GuestAddress(0x40_1000)).unwrap(),
+        0xfeed
+    );
+    assert_eq!(
+        dev.deliver_faults(&mem, &mut eq, 16).unwrap(),
+        0,
+        "no fault yet"
+    );
 
     let u = req.request(&unmap(1, 0x40_0000, 0x40_1fff), 4);
     run(&mut dev, &req, &mut rq);
     assert_eq!(req.status_of(&u), Status::Ok);
     assert!(view.read_obj::<u16>(GuestAddress(0x40_1000)).is_err());
     assert!(view.write_obj(1u8, GuestAddress(0x40_0010)).is_err());
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(DMA_AREA + 0x10)).unwrap(), 0);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(DMA_AREA + 0x10)).unwrap(),
+        0
+    );
 
     assert_eq!(dev.deliver_faults(&mem, &mut eq, 16).unwrap(), 2);
     assert_eq!(
@@ -57,11 +71,25 @@ fn fault_event_arrives_after_unmap() {
     let addr = VIRTIO_IOMMU_FAULT_F_ADDRESS;
     assert_eq!(
         record(&evt, bufs[0].segs[0].0),
-        (VIRTIO_IOMMU_FAULT_R_MAPPING, [0; 3], VIRTIO_IOMMU_FAULT_F_READ | addr, 1, 0, 0x40_1000)
+        (
+            VIRTIO_IOMMU_FAULT_R_MAPPING,
+            [0; 3],
+            VIRTIO_IOMMU_FAULT_F_READ | addr,
+            1,
+            0,
+            0x40_1000
+        )
     );
     assert_eq!(
         record(&evt, bufs[1].segs[0].0),
-        (VIRTIO_IOMMU_FAULT_R_MAPPING, [0; 3], VIRTIO_IOMMU_FAULT_F_WRITE | addr, 1, 0, 0x40_0010)
+        (
+            VIRTIO_IOMMU_FAULT_R_MAPPING,
+            [0; 3],
+            VIRTIO_IOMMU_FAULT_F_WRITE | addr,
+            1,
+            0,
+            0x40_0010
+        )
     );
     assert_eq!(iommu.pending_faults(), 0);
     assert_eq!(dev.fault_stats().reported, 2);
@@ -78,8 +106,14 @@ fn unattached_endpoint_access_reports_a_domain_fault() {
     assert!(view.read_obj::<u32>(GuestAddress(0x2000)).is_err());
     assert_eq!(dev.deliver_faults(&mem, &mut eq, 1).unwrap(), 1);
     let (reason, _, flags, ep, _, address) = record(&evt, b.segs[0].0);
-    assert_eq!((reason, ep, address), (VIRTIO_IOMMU_FAULT_R_DOMAIN, 3, 0x2000));
-    assert_eq!(flags, VIRTIO_IOMMU_FAULT_F_READ | VIRTIO_IOMMU_FAULT_F_ADDRESS);
+    assert_eq!(
+        (reason, ep, address),
+        (VIRTIO_IOMMU_FAULT_R_DOMAIN, 3, 0x2000)
+    );
+    assert_eq!(
+        flags,
+        VIRTIO_IOMMU_FAULT_F_READ | VIRTIO_IOMMU_FAULT_F_ADDRESS
+    );
 }
 
 #[test]
@@ -89,7 +123,9 @@ fn faults_wait_in_the_log_until_buffers_arrive() {
     let mut evt = Driver::new(&mem, EVT_RING, 8, EVT_DATA);
     let mut eq = evt.queue();
     for i in 0..3u64 {
-        assert!(iommu.translate(1, 0x1000 * i, 4, Permissions::Read).is_err());
+        assert!(iommu
+            .translate(1, 0x1000 * i, 4, Permissions::Read)
+            .is_err());
     }
     assert_eq!(dev.deliver_faults(&mem, &mut eq, 16).unwrap(), 0);
     assert_eq!(iommu.pending_faults(), 3, "kept, not dropped");
@@ -106,7 +142,10 @@ fn faults_wait_in_the_log_until_buffers_arrive() {
         address: 0,
     };
     assert!(dev.report_fault(&mem, &mut eq, &r).unwrap());
-    assert!(!dev.report_fault(&mem, &mut eq, &r).unwrap(), "no buffer left");
+    assert!(
+        !dev.report_fault(&mem, &mut eq, &r).unwrap(),
+        "no buffer left"
+    );
 }
 
 #[test]
@@ -121,7 +160,9 @@ fn too_small_event_buffer_is_returned_empty_and_counted() {
     // A buffer with a device-readable descriptor only has no room at all.
     let readable = evt.submit(&[Seg::R(vec![0x11; 24])]);
     for i in 0..3u64 {
-        assert!(iommu.translate(1, 0x9000 + i, 1, Permissions::Write).is_err());
+        assert!(iommu
+            .translate(1, 0x9000 + i, 1, Permissions::Write)
+            .is_err());
     }
     assert_eq!(dev.deliver_faults(&mem, &mut eq, 16).unwrap(), 1);
     assert_eq!(
@@ -133,10 +174,17 @@ fn too_small_event_buffer_is_returned_empty_and_counted() {
         ]
     );
     assert_eq!(evt.read(small.segs[0].0, 23), vec![0xee; 23], "untouched");
-    assert_eq!(evt.read(readable.segs[0].0, 24), vec![0x11; 24], "untouched");
+    assert_eq!(
+        evt.read(readable.segs[0].0, 24),
+        vec![0x11; 24],
+        "untouched"
+    );
     let mut joined = evt.read(split.segs[0].0, 10);
     joined.extend(evt.read(split.segs[1].0, 14));
-    assert_eq!(u64::from_le_bytes(joined[16..24].try_into().unwrap()), 0x9001);
+    assert_eq!(
+        u64::from_le_bytes(joined[16..24].try_into().unwrap()),
+        0x9001
+    );
     let stats = dev.fault_stats();
     assert_eq!((stats.reported, stats.dropped_bad_buffer), (1, 2));
 }
@@ -152,7 +200,10 @@ fn faults_of_foreign_endpoints_are_not_reported() {
     assert!(foreign.translate(0, 1, Permissions::Read).is_err());
     assert_eq!(dev.deliver_faults(&mem, &mut eq, 16).unwrap(), 0);
     assert_eq!(dev.fault_stats().foreign_endpoint, 1);
-    assert!(evt.take_used().is_empty(), "the buffer stays with the device");
+    assert!(
+        evt.take_used().is_empty(),
+        "the buffer stays with the device"
+    );
 }
 
 #[test]
@@ -178,7 +229,10 @@ fn fault_delivery_is_bounded_per_call_and_the_log_is_bounded() {
     }
     assert_eq!(iommu.pending_faults(), 128);
     assert_eq!(iommu.dropped_faults(), 1000 - 128);
-    assert_eq!(dev.deliver_faults(&mem, &mut eq, usize::MAX).unwrap(), FAULT_BATCH);
+    assert_eq!(
+        dev.deliver_faults(&mem, &mut eq, usize::MAX).unwrap(),
+        FAULT_BATCH
+    );
     assert_eq!(dev.deliver_faults(&mem, &mut eq, 10).unwrap(), 10);
     assert_eq!(iommu.pending_faults(), 128 - FAULT_BATCH - 10);
     assert_eq!(evt.take_used().len(), FAULT_BATCH + 10);

@@ -9,8 +9,6 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRI
 use virtio_dma::iommu::wire::*;
 use virtio_dma::iommu::{DeviceConfig, EndpointConfig, Status, VirtioIommu};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_iommu::Iommu;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -130,9 +128,18 @@ pub enum Seg {
 }
 
 /// The guest side of one split virtqueue, with a bump allocator for buffers.
+///
+/// It lays out and writes the rings itself rather than through virtio-queue's
+/// `MockSplitQueue`: in virtio-queue 0.18 the mock places the used ring at
+/// `avail + 4 + size` bytes (it adds the entry count, not the byte length, in
+/// `SplitQueueRing::end`), so the used ring overlaps the upper half of the
+/// available ring and the device's writes there corrupt avail entries
+/// `size/2..size` once the driver wraps that far.
 pub struct Driver<'a> {
     pub mem: &'a GuestMemoryMmap,
-    pub mock: MockSplitQueue<'a, GuestMemoryMmap>,
+    desc: u64,
+    avail: u64,
+    used: u64,
     size: u16,
     next_desc: u16,
     avail_idx: u16,
@@ -153,9 +160,17 @@ pub struct Submitted {
 impl<'a> Driver<'a> {
     /// A queue of `size` entries at `ring`, buffers carved from `data`.
     pub fn new(mem: &'a GuestMemoryMmap, ring: u64, size: u16, data: std::ops::Range<u64>) -> Self {
+        let avail = ring + 16 * u64::from(size);
+        let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(4);
+        // Zero the rings (flags, indices, entries).
+        let end = used + 6 + 8 * u64::from(size);
+        mem.write_slice(&vec![0; (end - ring) as usize], GuestAddress(ring))
+            .unwrap();
         Driver {
             mem,
-            mock: MockSplitQueue::create(mem, GuestAddress(ring), size),
+            desc: ring,
+            avail,
+            used,
             size,
             next_desc: 0,
             avail_idx: 0,
@@ -168,7 +183,14 @@ impl<'a> Driver<'a> {
 
     /// The device-side queue, ready.
     pub fn queue(&self) -> Queue {
-        self.mock.create_queue::<Queue>().unwrap()
+        let mut q = Queue::new(self.size).unwrap();
+        q.set_size(self.size);
+        q.set_desc_table_address(Some(self.desc as u32), Some((self.desc >> 32) as u32));
+        q.set_avail_ring_address(Some(self.avail as u32), Some((self.avail >> 32) as u32));
+        q.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
+        q.set_ready(true);
+        assert!(q.is_valid(self.mem));
+        q
     }
 
     fn alloc(&mut self, len: u64) -> u64 {
@@ -206,20 +228,19 @@ impl<'a> Driver<'a> {
                 flags |= VRING_DESC_F_NEXT as u16;
             }
             let desc = SplitDescriptor::new(addr, len, flags, self.next_desc);
-            self.mock
-                .desc_table()
-                .store(idx, RawDescriptor::from(desc))
+            self.mem
+                .write_obj(desc, GuestAddress(self.desc + 16 * u64::from(idx)))
                 .unwrap();
             out.push((GuestAddress(addr), len));
         }
-        self.mock
-            .avail()
-            .ring()
-            .ref_at(usize::from(self.avail_idx % self.size))
-            .unwrap()
-            .store(u16::to_le(head));
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
+        self.mem
+            .write_obj(head.to_le(), GuestAddress(slot))
+            .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mock.avail().idx().store(u16::to_le(self.avail_idx));
+        self.mem
+            .write_obj(self.avail_idx.to_le(), GuestAddress(self.avail + 2))
+            .unwrap();
         Submitted { head, segs: out }
     }
 
@@ -230,17 +251,13 @@ impl<'a> Driver<'a> {
 
     /// Used elements (id, len) the device added since the last call.
     pub fn take_used(&mut self) -> Vec<(u32, u32)> {
-        let idx = u16::from_le(self.mock.used().idx().load());
+        let idx = u16::from_le(self.mem.read_obj(GuestAddress(self.used + 2)).unwrap());
         let mut out = Vec::new();
         while self.used_seen != idx {
-            let e = self
-                .mock
-                .used()
-                .ring()
-                .ref_at(usize::from(self.used_seen % self.size))
-                .unwrap()
-                .load();
-            out.push((e.id(), e.len()));
+            let e = self.used + 4 + 8 * u64::from(self.used_seen % self.size);
+            let id = u32::from_le(self.mem.read_obj(GuestAddress(e)).unwrap());
+            let len = u32::from_le(self.mem.read_obj(GuestAddress(e + 4)).unwrap());
+            out.push((id, len));
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         out
@@ -272,9 +289,4 @@ pub const DMA_AREA: u64 = 0x80_0000;
 /// Process the requestq and check that the device asks for a notification.
 pub fn run(dev: &mut VirtioIommu, drv: &Driver<'_>, q: &mut Queue) -> bool {
     dev.process_requestq(drv.mem, q).unwrap()
-}
-
-/// Make sure the ring for `q` is queued (silences unused warnings for QueueT).
-pub fn is_ready(q: &Queue) -> bool {
-    q.ready()
 }
