@@ -237,3 +237,45 @@ fn fault_delivery_is_bounded_per_call_and_the_log_is_bounded() {
     assert_eq!(iommu.pending_faults(), 128 - FAULT_BATCH - 10);
     assert_eq!(evt.take_used().len(), FAULT_BATCH + 10);
 }
+
+#[test]
+fn access_to_a_reserved_region_faults_and_is_reported() {
+    use virtio_dma::iommu::{EndpointConfig, ReservedKind, ReservedRegion};
+    let mem = guest_memory();
+    let (iommu, mut dev) = device_with(
+        vm_iommu::Config::default(),
+        DeviceConfig {
+            endpoints: vec![EndpointConfig {
+                id: 2,
+                reserved: vec![ReservedRegion {
+                    kind: ReservedKind::Msi,
+                    range: 0xfee0_0000..=0xfeef_ffff,
+                }],
+            }],
+            ..Default::default()
+        },
+    );
+    let mut evt = Driver::new(&mem, EVT_RING, 8, EVT_DATA);
+    let mut eq = evt.queue();
+    let b = evt.submit(&[Seg::W(24)]);
+    assert_eq!(status(&mut dev, &attach(1, 2)), Status::Ok);
+    // The window can be neither mapped nor reached: a write there (an MSI) faults
+    // instead of landing in guest memory behind it.
+    assert_eq!(
+        status(&mut dev, &map(1, 0xfee0_0000, 0xfee0_0fff, DMA_AREA, RW)),
+        Status::Range
+    );
+    let view = iommu.view(2, mem.clone()).unwrap();
+    assert!(view.write_obj(0x41u32, GuestAddress(0xfee0_0000)).is_err());
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(DMA_AREA)).unwrap(), 0);
+    assert_eq!(dev.deliver_faults(&mem, &mut eq, 4).unwrap(), 1);
+    let (reason, _, flags, ep, _, address) = record(&evt, b.segs[0].0);
+    assert_eq!(
+        (reason, ep, address),
+        (VIRTIO_IOMMU_FAULT_R_MAPPING, 2, 0xfee0_0000)
+    );
+    assert_eq!(
+        flags,
+        VIRTIO_IOMMU_FAULT_F_WRITE | VIRTIO_IOMMU_FAULT_F_ADDRESS
+    );
+}

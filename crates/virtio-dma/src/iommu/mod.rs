@@ -124,7 +124,7 @@
 //! | RESV_MEM | SHOULD zero `reserved` | `write_reply` | same |
 //! | RESV_MEM | SHOULD NOT present more than one MSI region, nor overlapping regions | `DeviceConfig::validate` | `config.rs` `test_config_rejects_overlapping_duplicate_and_oversized` |
 //! | RESV_MEM | SHOULD reject MAP overlapping a RESV_MEM region | vm-iommu `Reserved` → S_RANGE | C `map_status_codes` |
-//! | RESV_MEM | SHOULD NOT let accesses to RESV_MEM affect other components | vm-iommu: translation inside a reserved region faults | E `fault_event_arrives_after_unmap` (fault path) |
+//! | RESV_MEM | SHOULD NOT let accesses to RESV_MEM affect other components | nothing can be mapped there, so a translated access faults | E `access_to_a_reserved_region_faults_and_is_reported` |
 //! | Faults | SHOULD zero `reserved`, `reserved1` and undefined flags | `FaultReport::encode` | `event.rs` `test_encode_clears_undefined_flags_and_reserved_fields` |
 //! | Faults | SHOULD write a valid endpoint id | `deliver_faults` reports managed endpoints only | E `faults_of_foreign_endpoints_are_not_reported` |
 //! | Faults | MAY omit F_ADDRESS | always set for vm-iommu faults | E `fault_event_arrives_after_unmap` |
