@@ -119,6 +119,17 @@ impl<S: GuestAddressSpace> IommuHandler<S> {
         &self.eventq
     }
 
+    /// The request queue, for the transport to configure (size, addresses, ready)
+    /// after a reset.
+    pub fn requestq_mut(&mut self) -> &mut Queue {
+        &mut self.requestq
+    }
+
+    /// The event queue, for the transport to configure after a reset.
+    pub fn eventq_mut(&mut self) -> &mut Queue {
+        &mut self.eventq
+    }
+
     /// Whether a queue turned out broken; the transport should set
     /// DEVICE_NEEDS_RESET. Processing stops until [`reset`](Self::reset).
     pub fn needs_reset(&self) -> bool {

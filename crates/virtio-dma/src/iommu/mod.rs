@@ -41,7 +41,10 @@
 //!
 //! Every request changes vm-iommu atomically: vm-iommu's map and unmap are
 //! all-or-nothing; an ATTACH that created a domain destroys it again when the
-//! attach fails.
+//! attach fails. A reply is written only after vm-iommu returned, and vm-iommu's
+//! unmap, detach and moving attach are final when they return (they also wait
+//! for endpoints' access guards), so when the driver sees S_OK for UNMAP or
+//! DETACH no device access can use the old translation any more.
 //!
 //! # Status codes
 //!
