@@ -79,8 +79,10 @@
 //! # Device-normative requirements
 //!
 //! Tests are in `tests/iommu_conformance.rs` (C), `tests/iommu_events.rs` (E),
-//! `tests/iommu_caps.rs` (K), `tests/iommu_subscriber.rs` (S) and the unit tests
-//! of the named files.
+//! `tests/iommu_caps.rs` (K), `tests/iommu_subscriber.rs` (S),
+//! `tests/iommu_model.rs` (M, property tests against a model of the spec's MAP
+//! and UNMAP semantics, and arbitrary request bytes) and the unit tests of the
+//! named files.
 //!
 //! | § | requirement | enforced in | tested by |
 //! |---|---|---|---|
@@ -91,7 +93,7 @@
 //! | Config | `bypass` SHOULD NOT change on device reset, SHOULD be restored on system reset | `VirtioIommu::reset`, `system_reset` | same |
 //! | Config | MUST NOT present a `bypass` other than 0 or 1 | `write_config` takes bit 0 | `device.rs` `test_bypass_write_needs_bypass_config_and_takes_bit_zero` |
 //! | Operations | SHOULD set S_OK on success | `request.rs` | C every `*_ok*` test |
-//! | Operations | unknown type: SHOULD NOT write, used length 0 | `request.rs` `handle_io` | C `unknown_type_leaves_the_buffer_untouched` |
+//! | Operations | unknown type: SHOULD NOT write, used length 0 | `request.rs` `handle_io` | C `unknown_type_leaves_the_buffer_untouched`, M `arbitrary_request_bytes_never_panic_and_reply_or_stay_untouched` |
 //! | Operations | MUST ignore head `reserved`; SHOULD zero tail `reserved` | `handle_io`, `write_reply` | C `head_reserved_is_ignored_and_tail_reserved_is_zero` |
 //! | Operations | SHOULD NOT let unattached non-bypass endpoints access memory | vm-iommu `NoDomain` faults; bypass only via `bypass` | C `detach_ok_destroys_the_empty_domain_and_revokes_access`, E `unattached_endpoint_access_reports_a_domain_fault` |
 //! | Operations | request too small to find the tail: return unwritten | `handle_io` | C `short_requests_get_inval_or_are_returned_untouched` |
@@ -116,8 +118,8 @@
 //! | UNMAP | reserved ≠ 0: MAY S_INVAL | ignored | C `unmap_spec_examples` |
 //! | UNMAP | missing domain → SHOULD S_NOENT | `mapping_domain` | C `unmap_status_codes` |
 //! | UNMAP | bypass domain → SHOULD S_INVAL | `mapping_domain` | same |
-//! | UNMAP | would split a mapping → SHOULD S_RANGE, remove nothing | vm-iommu `WouldSplit` | C `unmap_spec_examples`, `unmap_status_codes` |
-//! | UNMAP | range partly unmapped → SHOULD remove covered mappings, S_OK | vm-iommu `unmap` | C `unmap_spec_examples` |
+//! | UNMAP | would split a mapping → SHOULD S_RANGE, remove nothing | vm-iommu `WouldSplit` | C `unmap_spec_examples`, `unmap_status_codes`, M `map_unmap_follow_the_spec_model` |
+//! | UNMAP | range partly unmapped → SHOULD remove covered mappings, S_OK | vm-iommu `unmap` | C `unmap_spec_examples`, M `map_unmap_follow_the_spec_model` |
 //! | PROBE | MUST ignore `reserved` | `probe` | C `probe_reports_reserved_regions_and_zero_fills` |
 //! | PROBE | unknown endpoint → SHOULD S_NOENT | `probe` | C `probe_status_codes` |
 //! | PROBE | PROBE not offered → SHOULD NOT write, used length 0 | `handle_io` | C `probe_status_codes` |
