@@ -647,3 +647,15 @@ fn requests_through_the_queue_split_across_descriptors() {
         0x5555_aaaa
     );
 }
+
+#[test]
+fn a_domain_created_behind_the_device_gives_deverr_and_changes_nothing() {
+    let (iommu, mut dev) = device(&[1]);
+    // Someone else created domain 5 in the shared IOMMU: the device's bookkeeping
+    // and vm-iommu disagree, an internal device error.
+    iommu.create_domain(5, false).unwrap();
+    assert_eq!(status(&mut dev, &attach(5, 1)), Status::DevErr);
+    assert_eq!(iommu.attached_domain(1).unwrap(), None);
+    assert!(iommu.domain(5).is_ok(), "the foreign domain is left alone");
+    assert_eq!(dev.domain_count(), 0);
+}

@@ -51,9 +51,9 @@
 //! | status | when |
 //! |---|---|
 //! | S_OK | the request succeeded |
-//! | S_IOERR | the request fields could not be read although the buffer was long enough |
+//! | S_IOERR | the request fields could not be read although the buffer was long enough (defensive: virtio-queue's `Reader` checks its slices up front, so only a custom byte source reaches it) |
 //! | S_UNSUPP | MAP/UNMAP without VIRTIO_IOMMU_F_MAP_UNMAP negotiated; ATTACH of an endpoint whose reserved region is mapped in the domain (incompatible properties) |
-//! | S_DEVERR | vm-iommu failed in a way the device's bookkeeping rules out (logged) |
+//! | S_DEVERR | vm-iommu failed in a way the device's bookkeeping rules out (logged), e.g. a domain created in the shared `Iommu` behind the device's back (C `a_domain_created_behind_the_device_gives_deverr_and_changes_nothing`) |
 //! | S_INVAL | request shorter than its type; ATTACH reserved field non-zero or unknown flag (BYPASS without BYPASS_CONFIG negotiated counts as unknown), bypass flag inconsistent with the domain; DETACH from a domain the endpoint is not attached to; MAP unknown flag, bypass domain, `virt_end < virt_start`, no READ/WRITE, overlap; UNMAP bypass domain, `virt_end < virt_start`; PROBE with a properties area smaller than `probe_size` |
 //! | S_RANGE | domain outside `domain_range` (all requests with a domain); MAP with `virt_start`, `phys_start` or `virt_end + 1` not aligned to the granule, outside `input_range`, overlapping a reserved region; UNMAP that would split a mapping |
 //! | S_NOENT | unknown endpoint (ATTACH, DETACH, PROBE); MAP/UNMAP on a domain that does not exist |
