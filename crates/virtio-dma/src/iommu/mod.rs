@@ -142,6 +142,7 @@
 
 mod config;
 mod device;
+pub mod driver;
 mod event;
 mod handler;
 mod request;
