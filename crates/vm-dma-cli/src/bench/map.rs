@@ -343,8 +343,9 @@ fn preflight(rig: &Rig, mode: Mode, dir: Direction) -> Result<()> {
 /// run, and returns its report.
 ///
 /// Errors: the impossible combinations and setup failures of
-/// [`rig::build`], a failed [`preflight`] map, a map or unmap that fails
-/// during the run, a thread that cannot start.
+/// [`rig::build`], a failed first map of every buffer before timing
+/// starts, a map or unmap that fails during the run, a thread that cannot
+/// start.
 pub fn run(args: &MapArgs, progress: &Progress) -> Result<MapReport> {
     let mode = args.mode();
     let rig = rig::build(&RigParams {
