@@ -240,8 +240,9 @@ fn spin(ns: u32) {
     if ns == 0 {
         return;
     }
-    let until = Instant::now() + Duration::from_nanos(u64::from(ns));
-    while Instant::now() < until {
+    let start = Instant::now();
+    let wait = Duration::from_nanos(u64::from(ns));
+    while start.elapsed() < wait {
         std::hint::spin_loop();
     }
 }
@@ -401,7 +402,7 @@ pub fn run(args: &MapArgs, progress: &Progress) -> Result<MapReport> {
                 if let Some(iommu) = &rig.iommu_dma {
                     iommu.poll(now);
                 }
-                std::thread::sleep((total - done).min(Duration::from_millis(100)));
+                std::thread::sleep(total.saturating_sub(done).min(Duration::from_millis(100)));
             }
         }
         stop.store(true, Ordering::Relaxed);
@@ -458,12 +459,221 @@ pub fn run(args: &MapArgs, progress: &Progress) -> Result<MapReport> {
         unmap_max_us: us(unmap.max_ns() as f64),
         swiotlb_hiwater_slots: rig.bus.swiotlb().map(|p| p.stats().hiwater),
         flush_queue_capacity: rig.fq_capacity,
-        flushes: rig
-            .iommu_dma
-            .as_ref()
-            .filter(|i| i.is_lazy())
-            .map(|i| i.flush_counts().1 - flushes_before.unwrap_or(0)),
+        flushes: rig.iommu_dma.as_ref().filter(|i| i.is_lazy()).map(|i| {
+            i.flush_counts()
+                .1
+                .saturating_sub(flushes_before.unwrap_or(0))
+        }),
         map,
         unmap,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: MapArgs,
+    }
+
+    fn args(argv: &[&str]) -> MapArgs {
+        let mut full = vec!["map"];
+        full.extend_from_slice(argv);
+        Wrap::try_parse_from(full).unwrap().args
+    }
+
+    #[test]
+    fn directions_parse_as_numbers_or_names() {
+        for (s, d) in [
+            ("0", Direction::Bidirectional),
+            ("bidirectional", Direction::Bidirectional),
+            ("1", Direction::ToDevice),
+            ("to-device", Direction::ToDevice),
+            ("TO_DEVICE", Direction::ToDevice),
+            ("2", Direction::FromDevice),
+            ("From_Device", Direction::FromDevice),
+        ] {
+            assert_eq!(parse_direction(s), Ok(d), "{s}");
+        }
+        for s in ["3", "none", "", "-1", "to device"] {
+            assert!(parse_direction(s).is_err(), "{s}");
+        }
+        assert_eq!(direction_name(Direction::FromDevice), "FROM_DEVICE");
+    }
+
+    #[test]
+    fn flags_select_the_mode_and_linux_defaults() {
+        let a = args(&[]);
+        assert_eq!(
+            (a.threads, a.seconds, a.granule, a.dma_bits, a.delay_ns),
+            (1, 5, 1, 32, 0)
+        );
+        assert_eq!(a.direction, Direction::Bidirectional);
+        assert_eq!(a.mode(), Mode::Direct);
+        assert_eq!(args(&["--bounce"]).mode(), Mode::Bounce);
+        assert_eq!(args(&["--iommu"]).mode(), Mode::IommuStrict);
+        assert_eq!(args(&["--iommu", "--strict"]).mode(), Mode::IommuStrict);
+        assert_eq!(args(&["--iommu", "--lazy"]).mode(), Mode::IommuLazy);
+    }
+
+    fn rig(mode: Mode) -> Rig {
+        rig::build(&RigParams {
+            mode,
+            threads: 1,
+            granule: 1,
+            dma_bits: 32,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn worker_counts_every_loop_until_stopped() {
+        for mode in [
+            Mode::Direct,
+            Mode::Bounce,
+            Mode::IommuStrict,
+            Mode::IommuLazy,
+        ] {
+            let r = rig(mode);
+            let stop = AtomicBool::new(false);
+            let failed = AtomicBool::new(false);
+            let res = std::thread::scope(|s| {
+                let h = s.spawn(|| {
+                    worker(Job {
+                        dev: r.dev.clone(),
+                        buf: r.buffers[0],
+                        size: r.size,
+                        dir: Direction::ToDevice,
+                        delay_ns: 100,
+                        thread: 0,
+                        stop: &stop,
+                        failed: &failed,
+                    })
+                });
+                std::thread::sleep(Duration::from_millis(20));
+                stop.store(true, Ordering::Relaxed);
+                h.join().unwrap()
+            })
+            .unwrap();
+            assert!(res.map.count() > 0, "{mode:?}");
+            assert_eq!(res.map.count(), res.unmap.count());
+            assert!(!failed.load(Ordering::Relaxed));
+            // The CPU stained the buffer before each map.
+            let mut b = [0u8; 1];
+            r.dev.memory().read_slice(&mut b, r.buffers[0]).unwrap();
+            assert_eq!(b[0], 0x66, "{mode:?}");
+            if let Some(pool) = r.bus.swiotlb() {
+                assert_eq!(pool.stats().used, 0, "every bounce slot released");
+            }
+        }
+    }
+
+    #[test]
+    fn worker_reports_a_failed_map_and_stops_the_others() {
+        let r = rig(Mode::Direct);
+        let stop = AtomicBool::new(false);
+        let failed = AtomicBool::new(false);
+        // 1 GiB lies in the hole: not guest memory.
+        let e = worker(Job {
+            dev: r.dev.clone(),
+            buf: GuestAddress(1 << 30),
+            size: r.size,
+            dir: Direction::FromDevice,
+            delay_ns: 0,
+            thread: 7,
+            stop: &stop,
+            failed: &failed,
+        })
+        .err()
+        .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::DmaFailed {
+                    op: "map",
+                    thread: 7,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(failed.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn preflight_refuses_a_buffer_that_cannot_be_mapped() {
+        let mut r = rig(Mode::IommuStrict);
+        preflight(&r, Mode::IommuStrict, Direction::ToDevice).unwrap();
+        r.buffers.push(GuestAddress(1 << 30));
+        let e = preflight(&r, Mode::IommuStrict, Direction::ToDevice).unwrap_err();
+        assert!(
+            matches!(e, Error::Preflight { addr, .. } if addr == 1 << 30),
+            "{e}"
+        );
+        // The buffer mapped before the failure was unmapped again: a
+        // second preflight without the bad buffer succeeds.
+        r.buffers.pop();
+        preflight(&r, Mode::IommuStrict, Direction::ToDevice).unwrap();
+    }
+
+    #[test]
+    fn text_report_starts_with_linux_lines() {
+        let mut map = Latency::default();
+        let mut unmap = Latency::default();
+        for ns in [200, 400] {
+            map.add(Duration::from_nanos(ns));
+            unmap.add(Duration::from_nanos(ns / 2));
+        }
+        let report = MapReport {
+            threads: 4,
+            seconds: 20,
+            node: -1,
+            granule: 8,
+            buffer_bytes: 8 * 4096,
+            direction: "FROM_DEVICE",
+            mask_bits: 32,
+            delay_ns: 0,
+            mode: "iommu-lazy",
+            loops: 2,
+            thread_loops: vec![2, 0, 0, 0],
+            elapsed_s: 20.0,
+            ops_per_s: 0.1,
+            map_avg_us: us(map.mean_ns()),
+            map_stddev_us: us(map.stddev_ns()),
+            map_min_us: 0.2,
+            map_max_us: 0.4,
+            unmap_avg_us: us(unmap.mean_ns()),
+            unmap_stddev_us: us(unmap.stddev_ns()),
+            unmap_min_us: 0.1,
+            unmap_max_us: 0.2,
+            swiotlb_hiwater_slots: None,
+            flush_queue_capacity: Some(32768),
+            flushes: Some(3),
+            map,
+            unmap,
+        };
+        let mut out = Vec::new();
+        report.write_text(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [
+                "dma mapping benchmark: threads:4 seconds:20 node:-1 dir:FROM_DEVICE granule: 8",
+                "average map latency(us):0.3 standard deviation:0.1",
+                "average unmap latency(us):0.1 standard deviation:0.1",
+            ]
+        );
+        assert_eq!(
+            lines[4],
+            "mode:iommu-lazy mask:32 bits buffer:32768 bytes elapsed:20.00s flush-queue:32768 flushes:3"
+        );
+        let map_row: Vec<&str> = lines[7].split_whitespace().collect();
+        assert_eq!(map_row, ["map", "2", "0", "300.0", "100.0", "200", "400"]);
+    }
 }
