@@ -59,7 +59,12 @@ fn assert_measured(v: &Value, mode: &str, threads: u64) {
     ] {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
     }
-    for key in ["map_stddev_us", "unmap_stddev_us"] {
+    for key in [
+        "map_stddev_us",
+        "unmap_stddev_us",
+        "map_min_us",
+        "unmap_min_us",
+    ] {
         assert!(v[key].as_f64().unwrap() >= 0.0, "{key} in {v}");
     }
     assert!(v["map_max_us"].as_f64().unwrap() >= v["map_avg_us"].as_f64().unwrap());

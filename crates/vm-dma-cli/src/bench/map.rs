@@ -19,6 +19,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -261,6 +262,41 @@ fn stain(dev: &DmaDevice<Mem>, buf: GuestAddress, pattern: &[u8], dir: Direction
         })
 }
 
+/// Holds the benchmark threads until all of them exist (Linux creates its
+/// kthreads stopped and wakes them together): creating a thread then never
+/// competes for a CPU with running ones, and every thread runs for the
+/// whole measured time. Opening it hands every thread the deadline, which
+/// each checks against its own clock readings: with more threads than
+/// CPUs, the main thread's wake-up after its sleep can come seconds late.
+#[derive(Default)]
+struct Gate {
+    deadline: Mutex<Option<Instant>>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // A plain value cannot be left half-written: poisoning is ignored.
+        self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the gate opens; returns the deadline.
+    fn wait(&self) -> Instant {
+        let mut deadline = self.lock();
+        loop {
+            if let Some(d) = *deadline {
+                return d;
+            }
+            deadline = self.cv.wait(deadline).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn open(&self, deadline: Instant) {
+        *self.lock() = Some(deadline);
+        self.cv.notify_all();
+    }
+}
+
 struct Job<'a> {
     dev: DmaDevice<Mem>,
     buf: GuestAddress,
@@ -268,6 +304,7 @@ struct Job<'a> {
     dir: Direction,
     delay_ns: u32,
     thread: u32,
+    gate: &'a Gate,
     stop: &'a AtomicBool,
     failed: &'a AtomicBool,
 }
@@ -286,6 +323,7 @@ fn dma_failed(op: &'static str, job: &Job<'_>, source: vm_dma::Error) -> Error {
 fn worker(job: Job<'_>) -> Result<ThreadResult> {
     let pattern = vec![0x66u8; usize::try_from(job.size).unwrap_or(0)];
     let mut r = ThreadResult::default();
+    let deadline = job.gate.wait();
     while !job.stop.load(Ordering::Relaxed) {
         if let Err(e) = stain(&job.dev, job.buf, &pattern, job.dir) {
             job.failed.store(true, Ordering::Relaxed);
@@ -304,6 +342,9 @@ fn worker(job: Job<'_>) -> Result<ThreadResult> {
         unmapped.map_err(|e| dma_failed("unmap", &job, e.error))?;
         r.map.add(t1 - t0);
         r.unmap.add(t3 - t2);
+        if t3 >= deadline {
+            break;
+        }
     }
     Ok(r)
 }
@@ -361,11 +402,11 @@ pub fn run(args: &MapArgs, progress: &Progress) -> Result<MapReport> {
     let total = Duration::from_secs(u64::from(args.seconds));
     let stop = AtomicBool::new(false);
     let failed = AtomicBool::new(false);
+    let gate = Gate::default();
     let flushes_before = rig.iommu_dma.as_ref().map(|i| i.flush_counts().1);
     let (results, elapsed) = std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(rig.buffers.len());
         let mut spawn_err = None;
-        let start = Instant::now();
         for (i, &buf) in rig.buffers.iter().enumerate() {
             let thread = u32::try_from(i).unwrap_or(u32::MAX);
             let job = Job {
@@ -375,6 +416,7 @@ pub fn run(args: &MapArgs, progress: &Progress) -> Result<MapReport> {
                 dir,
                 delay_ns: args.delay_ns,
                 thread,
+                gate: &gate,
                 stop: &stop,
                 failed: &failed,
             };
@@ -389,6 +431,12 @@ pub fn run(args: &MapArgs, progress: &Progress) -> Result<MapReport> {
                 }
             }
         }
+        if spawn_err.is_some() {
+            // The threads already created leave as soon as the gate opens.
+            stop.store(true, Ordering::Relaxed);
+        }
+        let start = Instant::now();
+        gate.open(start.checked_add(total).unwrap_or(start));
         if spawn_err.is_none() {
             // msleep_interruptible(seconds * 1000), with the bar and the
             // flush queue's timer on the side.
@@ -542,6 +590,7 @@ mod tests {
             let r = rig(mode);
             let stop = AtomicBool::new(false);
             let failed = AtomicBool::new(false);
+            let gate = Gate::default();
             let res = std::thread::scope(|s| {
                 let h = s.spawn(|| {
                     worker(Job {
@@ -551,10 +600,15 @@ mod tests {
                         dir: Direction::ToDevice,
                         delay_ns: 100,
                         thread: 0,
+                        gate: &gate,
                         stop: &stop,
                         failed: &failed,
                     })
                 });
+                // Held at the gate: nothing runs before it opens.
+                std::thread::sleep(Duration::from_millis(10));
+                assert!(!h.is_finished());
+                gate.open(Instant::now() + Duration::from_secs(60));
                 std::thread::sleep(Duration::from_millis(20));
                 stop.store(true, Ordering::Relaxed);
                 h.join().unwrap()
@@ -578,6 +632,8 @@ mod tests {
         let r = rig(Mode::Direct);
         let stop = AtomicBool::new(false);
         let failed = AtomicBool::new(false);
+        let gate = Gate::default();
+        gate.open(Instant::now() + Duration::from_secs(60));
         // 1 GiB lies in the hole: not guest memory.
         let e = worker(Job {
             dev: r.dev.clone(),
@@ -586,6 +642,7 @@ mod tests {
             dir: Direction::FromDevice,
             delay_ns: 0,
             thread: 7,
+            gate: &gate,
             stop: &stop,
             failed: &failed,
         })
