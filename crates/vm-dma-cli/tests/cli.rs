@@ -149,6 +149,17 @@ fn json_has_every_field_with_positive_latencies() {
 }
 
 #[test]
+fn many_threads_start_together_and_stop_on_time() {
+    // 256 threads on a 2-CPU machine: each stops at the deadline by its own
+    // clock, so the run does not wait for the main thread to be scheduled.
+    let v = bench_json(&["-t", "256", "--iommu", "--lazy"]);
+    assert_eq!(v["thread_loops"].as_array().unwrap().len(), 256);
+    assert!(v["loops"].as_u64().unwrap() > 0);
+    let elapsed = v["elapsed_s"].as_f64().unwrap();
+    assert!(elapsed < 10.0, "{elapsed}");
+}
+
+#[test]
 fn bounce_mode_goes_through_the_swiotlb_pool() {
     let v = bench_json(&["--bounce", "-t", "2", "-d", "2"]);
     assert_measured(&v, "bounce", 2);
