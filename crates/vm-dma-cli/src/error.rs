@@ -93,13 +93,12 @@ pub enum Error {
         source: vm_iommu::Error,
     },
     /// Building guest memory failed.
-    #[error("cannot create {size} bytes of guest memory: {reason}")]
+    #[error("cannot create {size} bytes of guest memory: {source}")]
     GuestMemory {
         /// Total size asked for.
         size: u64,
-        /// vm-memory's error, as text (its error type is not `'static`-friendly
-        /// across all backends).
-        reason: String,
+        /// vm-memory's error.
+        source: vm_memory::mmap::FromRangesError,
     },
     /// A first mapping made before the timed run failed, so the combination
     /// of flags cannot work (for instance a mask too small for any IOVA).

@@ -113,9 +113,9 @@ fn memory() -> Result<Mem> {
         .iter()
         .map(|&(start, size)| (GuestAddress(start), size as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::GuestMemory {
         size: REGIONS.iter().map(|r| r.1).sum(),
-        reason: e.to_string(),
+        source,
     })
 }
 
