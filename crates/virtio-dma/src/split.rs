@@ -843,7 +843,8 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
     /// Linux's `virtqueue_kick_prepare()`: whether the device wants a
     /// notification for the chains published since the last call. With
     /// `EVENT_IDX`, `vring_need_event(avail_event, new, old)`; without,
-    /// unless the device set `VRING_USED_F_NO_NOTIFY`. After 65535 chains
+    /// unless the device set `VRING_USED_F_NO_NOTIFY`. False when nothing
+    /// was published since the last call. After 65535 chains
     /// without a call, always true (the index comparison would be
     /// ambiguous).
     pub fn kick_prepare(&mut self) -> Result<bool> {
@@ -851,6 +852,11 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
         // suppression state is read (Linux's virtio_mb).
         fence(Ordering::SeqCst);
         let added = std::mem::take(&mut self.num_added);
+        if added == 0 {
+            // Nothing new. Linux would still ask the device's flags; a
+            // notification then only costs the device a wasted ring check.
+            return Ok(false);
+        }
         if added >= u32::from(u16::MAX) {
             return Ok(true);
         }
