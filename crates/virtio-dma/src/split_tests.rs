@@ -278,7 +278,8 @@ fn pop_used_reclaims_out_of_order_and_recycles_descriptors() {
 #[test]
 fn bad_used_values_break_the_queue_until_reset() {
     let d = dev();
-    let cases: [(u32, u32, fn(&Error) -> bool); 3] = [
+    type Case = (u32, u32, fn(&Error) -> bool);
+    let cases: [Case; 3] = [
         (4, 0, |e| {
             matches!(e, Error::UsedIdOutOfRange { id: 4, size: 4 })
         }),
