@@ -8,7 +8,8 @@
 use std::io::{Read, Write};
 
 use virtio_dma::{Features, Request};
-use vm_dma::{BusConfig, DmaBus, DmaDevice};
+use vm_dma::debug::DebugHook;
+use vm_dma::{BusConfig, DeviceConfig, DmaBus, DmaDevice};
 use vm_iommu::{Config, DeviceView, Iommu};
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
@@ -67,6 +68,11 @@ fn holey() -> (Mem, BusConfig, GuestAddress) {
 }
 
 pub fn platform(kind: Kind) -> Platform {
+    platform_with_debug(kind, DebugHook::off())
+}
+
+/// A platform whose device reports to dma-debug through `debug`.
+pub fn platform_with_debug(kind: Kind, debug: DebugHook) -> Platform {
     let (mem, cfg, buffers) = match kind {
         Kind::Bounce => {
             // mmap is lazy: 64 MiB above 4 GiB costs nothing until touched.
@@ -86,7 +92,9 @@ pub fn platform(kind: Kind) -> Platform {
         _ => holey(),
     };
     let bus = DmaBus::with_config(mem, cfg).unwrap();
-    let dev = DmaDevice::new(&bus, format!("{kind:?}"));
+    let mut dcfg = DeviceConfig::new(format!("{kind:?}"));
+    dcfg.debug = debug;
+    let dev = DmaDevice::with_config(&bus, dcfg);
     let iommu = (kind == Kind::IommuView).then(|| {
         let iommu = Iommu::new(Config::default()).unwrap();
         let d = iommu.create_domain(DOMAIN, false).unwrap();
