@@ -7,7 +7,7 @@
 //! data, and at the end nothing is mapped, bounced or leaked (dma-debug in
 //! strict mode reports nothing).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -56,6 +56,10 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+type Segs = Vec<(GuestAddress, u32)>;
+/// An area, out buffers, in buffers, the payload.
+type Bufs = (usize, Segs, Segs, Vec<u8>);
+
 struct Posted {
     area: usize,
     payload: Vec<u8>,
@@ -78,17 +82,7 @@ struct Model<'p> {
 }
 
 impl Model<'_> {
-    fn buffers(
-        &mut self,
-        nout: u8,
-        nin: u8,
-        len: u16,
-    ) -> Option<(
-        usize,
-        Vec<(GuestAddress, u32)>,
-        Vec<(GuestAddress, u32)>,
-        Vec<u8>,
-    )> {
+    fn buffers(&mut self, nout: u8, nin: u8, len: u16) -> Option<Bufs> {
         let area = self.areas.iter().position(|used| !used)?;
         let base = self.p.buffers.0 + area as u64 * AREA;
         let payload = pattern(
