@@ -147,6 +147,8 @@ type Seg = (u64, u32, bool);
 /// [`SplitQueue::pop_used`].
 ///
 /// ```
+/// use std::io::{Read, Write};
+///
 /// use virtio_dma::{DeviceQueue, Features, QueueConfig, SplitQueue};
 /// use vm_dma::{DmaBus, DmaDevice};
 /// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -167,9 +169,9 @@ type Seg = (u64, u32, bool);
 /// device
 ///     .process(|req| {
 ///         let mut buf = [0u8; 4];
-///         req.reader.read_slice(&mut buf)?;
+///         req.reader.read_exact(&mut buf)?;
 ///         buf.reverse();
-///         req.writer.write_slice(&buf)?;
+///         req.writer.write_all(&buf)?;
 ///         Ok::<(), std::io::Error>(())
 ///     })
 ///     .unwrap();
