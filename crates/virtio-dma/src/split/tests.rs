@@ -7,7 +7,15 @@ use std::cell::Cell;
 use vm_dma::{BusConfig, DmaBus, DmaDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use virtio_bindings::virtio_ring::{
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
+};
+use virtio_queue::desc::split::Descriptor;
+use vm_dma::SgTable;
+
 use super::*;
+use crate::notify::Notify;
 
 type Mem = GuestMemoryMmap<()>;
 type Queue = SplitQueue<Mem, u32>;
