@@ -69,6 +69,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod buffers;
 mod device;
 mod error;
 mod notify;

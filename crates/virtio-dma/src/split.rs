@@ -23,6 +23,7 @@ use virtio_queue::desc::split::Descriptor;
 use vm_dma::{CoherentBuffer, DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock, SgTable};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::buffers;
 use crate::error::{Error, Result};
 use crate::ring::{Features, RingAddrs, SplitLayout, DESC_SIZE, MAX_QUEUE_SIZE};
 
@@ -32,9 +33,6 @@ pub const DEFAULT_MAX_INDIRECT: u16 = 32;
 
 /// Largest indirect table: a pool block must fit in one 4 MiB coherent page.
 const MAX_INDIRECT: u32 = 1 << 16;
-
-/// The largest total a chain may carry here (virtio-queue's limit).
-const MAX_CHAIN_BYTES: u64 = u32::MAX as u64;
 
 /// How a [`SplitQueue`] is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,7 +242,7 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
             match DmaPool::create(name, dev, block, DESC_SIZE, 0) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    Self::free_ring(dev, ring);
+                    buffers::free_ring(dev, ring);
                     return Err(e.into());
                 }
             }
@@ -278,12 +276,6 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
         };
         q.init_free_list();
         Ok(q)
-    }
-
-    fn free_ring(dev: &DmaDevice<M>, ring: CoherentBuffer) {
-        if let Err(r) = dev.free_coherent(ring) {
-            log::error!("{}: cannot free virtqueue ring: {}", dev.name(), r.error);
-        }
     }
 
     fn init_free_list(&mut self) {
@@ -397,7 +389,7 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
             }
         }
         if let Some(ring) = &self.ring {
-            if let Err(e) = zero(self.dev.memory(), ring.cpu_addr(), self.layout.total) {
+            if let Err(e) = buffers::zero(self.dev.memory(), ring.cpu_addr(), self.layout.total) {
                 log::error!("{}: cannot clear the virtqueue ring: {e}", self.dev.name());
             }
         }
@@ -422,13 +414,7 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
     }
 
     fn release(&mut self) -> Result<()> {
-        let pool = self.pool.take().map(DmaPool::destroy).transpose();
-        let ring = match self.ring.take() {
-            Some(r) => self.dev.free_coherent(r).map_err(|r| Error::Dma(r.error)),
-            None => Ok(()),
-        };
-        pool?;
-        ring
+        buffers::release_queue(&self.dev, self.pool.take(), self.ring.take())
     }
 }
 
@@ -442,20 +428,6 @@ impl<M: GuestMemoryBackend, T> Drop for SplitQueue<M, T> {
             log::error!("{}: virtqueue teardown: {e}", self.dev.name());
         }
     }
-}
-
-/// Zeroes `len` bytes of guest memory at `addr`, a page at a time.
-fn zero<M: GuestMemoryBackend>(mem: &M, addr: GuestAddress, len: u64) -> Result<()> {
-    const CHUNK: [u8; 4096] = [0; 4096];
-    let mut off = 0u64;
-    while off < len {
-        let n = (len - off).min(CHUNK.len() as u64) as usize;
-        let at = GuestAddress(addr.0 + off);
-        mem.write_slice(CHUNK.get(..n).unwrap_or(&CHUNK), at)
-            .map_err(|source| Error::Ring { addr: at.0, source })?;
-        off += n as u64;
-    }
-    Ok(())
 }
 
 mod add;

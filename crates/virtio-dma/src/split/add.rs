@@ -11,13 +11,14 @@ use virtio_queue::desc::split::Descriptor;
 use vm_dma::{Attrs, Direction, MappedSg, Mapping, PoolBlock, SgTable};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
-use super::{Seg, SgRejected, Slot, SplitQueue, MAX_CHAIN_BYTES};
+use super::{Seg, SgRejected, Slot, SplitQueue};
+use crate::buffers;
 use crate::error::{Error, Rejected, Result};
 use crate::ring::DESC_SIZE;
 
 impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
-    /// Checks the shape of a request: not empty, no zero length, total
-    /// within a chain's limit. Returns the writable total.
+    /// Checks the shape of a request and that the queue is not broken.
+    /// Returns the writable total.
     pub(super) fn check_request<I>(&self, lens: I, n_out: usize) -> Result<u64>
     where
         I: Iterator<Item = u32>,
@@ -25,27 +26,7 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
         if self.broken {
             return Err(Error::Broken);
         }
-        let (mut total, mut in_len, mut n) = (0u64, 0u64, 0usize);
-        for (i, len) in lens.enumerate() {
-            if len == 0 {
-                return Err(Error::ZeroLengthBuffer { index: i });
-            }
-            total += u64::from(len);
-            if i >= n_out {
-                in_len += u64::from(len);
-            }
-            n += 1;
-        }
-        if n == 0 {
-            return Err(Error::EmptyRequest);
-        }
-        if total > MAX_CHAIN_BYTES {
-            return Err(Error::RequestTooLarge {
-                total,
-                max: MAX_CHAIN_BYTES,
-            });
-        }
-        Ok(in_len)
+        buffers::check_request(lens, n_out)
     }
 
     /// Takes an indirect block when the request should use one; `Ok(None)`
@@ -73,32 +54,11 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
     }
 
     pub(super) fn release_block(&self, block: PoolBlock) {
-        if let Some(pool) = &self.pool {
-            if let Err(r) = pool.free(block) {
-                log::error!(
-                    "{}: cannot free indirect table: {}",
-                    self.dev.name(),
-                    r.error
-                );
-            }
-        }
+        buffers::release_block(self.pool.as_ref(), block);
     }
 
     pub(super) fn unmap_all(&self, maps: &mut Vec<Mapping>, sgs: &mut Vec<MappedSg>) {
-        for m in maps.drain(..) {
-            if let Err(r) = self.dev.unmap(m) {
-                log::error!("{}: virtqueue unmap failed: {}", self.dev.name(), r.error);
-            }
-        }
-        for s in sgs.drain(..) {
-            if let Err(r) = self.dev.unmap_sg(s) {
-                log::error!(
-                    "{}: virtqueue sg unmap failed: {}",
-                    self.dev.name(),
-                    r.error
-                );
-            }
-        }
+        buffers::unmap_all(&self.dev, maps, sgs);
     }
 
     /// Adds a request: `out` device-readable buffers, then `inb`
@@ -189,27 +149,12 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
         inb: &[(GuestAddress, u32)],
         maps: &mut Vec<Mapping>,
     ) -> Result<()> {
-        let bufs = out
-            .iter()
-            .map(|b| (b, Direction::ToDevice))
-            .chain(inb.iter().map(|b| (b, Direction::FromDevice)));
-        for (&(addr, len), dir) in bufs {
-            if self.config.features.access_platform {
-                let m = self.dev.map_single(addr, u64::from(len), dir)?;
-                maps.push(m);
-            } else {
-                self.check_guest(addr, len)?;
-            }
-        }
-        Ok(())
+        let ap = self.config.features.access_platform;
+        buffers::map_slices(&self.dev, ap, out, inb, maps)
     }
 
     pub(super) fn check_guest(&self, addr: GuestAddress, len: u32) -> Result<()> {
-        if self.dev.bus().is_guest_memory(addr.0, u64::from(len)) {
-            Ok(())
-        } else {
-            Err(Error::BadBuffer { addr: addr.0, len })
-        }
+        buffers::check_guest(&self.dev, addr, len)
     }
 
     /// Adds a request whose buffers are scatter-gather tables: `out`

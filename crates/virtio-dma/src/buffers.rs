@@ -1,0 +1,176 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! What split and packed drivers share: request checks, buffer mapping and
+//! unmapping through the DMA API, pool and ring release.
+
+use vm_dma::{CoherentBuffer, Direction, DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::error::{Error, Result};
+
+/// The largest total a chain may carry here: virtio allows 2^32 bytes,
+/// virtio-queue's chain walk counts in a `u32`.
+pub(crate) const MAX_CHAIN_BYTES: u64 = u32::MAX as u64;
+
+/// Checks the shape of a request (buffer lengths, out buffers first): not
+/// empty, no zero length, total within [`MAX_CHAIN_BYTES`]. Returns the
+/// device-writable total.
+pub(crate) fn check_request<I>(lens: I, n_out: usize) -> Result<u64>
+where
+    I: Iterator<Item = u32>,
+{
+    let (mut total, mut in_len, mut n) = (0u64, 0u64, 0usize);
+    for (i, len) in lens.enumerate() {
+        if len == 0 {
+            return Err(Error::ZeroLengthBuffer { index: i });
+        }
+        // At most `usize::MAX` lengths below 2^32: no overflow before the
+        // total passes the limit, which returns at once.
+        total += u64::from(len);
+        if total > MAX_CHAIN_BYTES {
+            return Err(Error::RequestTooLarge {
+                total,
+                max: MAX_CHAIN_BYTES,
+            });
+        }
+        if i >= n_out {
+            in_len += u64::from(len);
+        }
+        n += 1;
+    }
+    if n == 0 {
+        return Err(Error::EmptyRequest);
+    }
+    Ok(in_len)
+}
+
+/// Without `ACCESS_PLATFORM` nothing is mapped, but a buffer must still be
+/// guest memory throughout.
+pub(crate) fn check_guest<M: GuestMemoryBackend>(
+    dev: &DmaDevice<M>,
+    addr: GuestAddress,
+    len: u32,
+) -> Result<()> {
+    if dev.bus().is_guest_memory(addr.0, u64::from(len)) {
+        Ok(())
+    } else {
+        Err(Error::BadBuffer { addr: addr.0, len })
+    }
+}
+
+/// Maps `out` `ToDevice` and `inb` `FromDevice` with `map_single`, pushing
+/// the handles on `maps` (with `ap`); without `ap` only checks them. On
+/// failure the handles already pushed stay in `maps` for the caller to
+/// unmap.
+pub(crate) fn map_slices<M: GuestMemoryBackend>(
+    dev: &DmaDevice<M>,
+    ap: bool,
+    out: &[(GuestAddress, u32)],
+    inb: &[(GuestAddress, u32)],
+    maps: &mut Vec<Mapping>,
+) -> Result<()> {
+    let bufs = out
+        .iter()
+        .map(|b| (b, Direction::ToDevice))
+        .chain(inb.iter().map(|b| (b, Direction::FromDevice)));
+    for (&(addr, len), dir) in bufs {
+        if ap {
+            maps.push(dev.map_single(addr, u64::from(len), dir)?);
+        } else {
+            check_guest(dev, addr, len)?;
+        }
+    }
+    Ok(())
+}
+
+/// Unmaps every handle (keeping the vectors' capacity). An unmap the DMA
+/// API refuses (strict dma-debug) is logged: the handle is lost, as Linux
+/// loses a mapping whose unmap it rejects.
+pub(crate) fn unmap_all<M: GuestMemoryBackend>(
+    dev: &DmaDevice<M>,
+    maps: &mut Vec<Mapping>,
+    sgs: &mut Vec<MappedSg>,
+) {
+    for m in maps.drain(..) {
+        if let Err(r) = dev.unmap(m) {
+            log::error!("{}: virtqueue unmap failed: {}", dev.name(), r.error);
+        }
+    }
+    for s in sgs.drain(..) {
+        if let Err(r) = dev.unmap_sg(s) {
+            log::error!("{}: virtqueue sg unmap failed: {}", dev.name(), r.error);
+        }
+    }
+}
+
+/// Returns an indirect table to its pool.
+pub(crate) fn release_block<M: GuestMemoryBackend>(pool: Option<&DmaPool<M>>, block: PoolBlock) {
+    if let Some(pool) = pool {
+        if let Err(r) = pool.free(block) {
+            let name = pool.device().name();
+            log::error!("{name}: cannot free indirect table: {}", r.error);
+        }
+    }
+}
+
+/// Frees a ring allocation, logging a refusal.
+pub(crate) fn free_ring<M: GuestMemoryBackend>(dev: &DmaDevice<M>, ring: CoherentBuffer) {
+    if let Err(r) = dev.free_coherent(ring) {
+        log::error!("{}: cannot free virtqueue ring: {}", dev.name(), r.error);
+    }
+}
+
+/// Frees the pool and the ring of a queue being destroyed.
+pub(crate) fn release_queue<M: GuestMemoryBackend>(
+    dev: &DmaDevice<M>,
+    pool: Option<DmaPool<M>>,
+    ring: Option<CoherentBuffer>,
+) -> Result<()> {
+    let pool = pool.map(DmaPool::destroy).transpose();
+    let ring = match ring {
+        Some(r) => dev.free_coherent(r).map_err(|r| Error::Dma(r.error)),
+        None => Ok(()),
+    };
+    pool?;
+    ring
+}
+
+/// Zeroes `len` bytes of guest memory at `addr`, a page at a time.
+pub(crate) fn zero<M: GuestMemoryBackend>(mem: &M, addr: GuestAddress, len: u64) -> Result<()> {
+    const CHUNK: [u8; 4096] = [0; 4096];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(CHUNK.len() as u64) as usize;
+        let at = GuestAddress(addr.0 + off);
+        mem.write_slice(CHUNK.get(..n).unwrap_or(&CHUNK), at)
+            .map_err(|source| Error::Ring { addr: at.0, source })?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_request_counts_writable_bytes_and_refuses_bad_shapes() {
+        assert_eq!(check_request([1, 2, 3].into_iter(), 1).unwrap(), 5);
+        assert!(matches!(
+            check_request(std::iter::empty(), 0),
+            Err(Error::EmptyRequest)
+        ));
+        assert!(matches!(
+            check_request([4, 0].into_iter(), 1),
+            Err(Error::ZeroLengthBuffer { index: 1 })
+        ));
+        assert!(matches!(
+            check_request([u32::MAX, 1].into_iter(), 2),
+            Err(Error::RequestTooLarge { total, .. }) if total == 1 << 32
+        ));
+        assert_eq!(
+            check_request([u32::MAX].into_iter(), 0).unwrap(),
+            u64::from(u32::MAX)
+        );
+    }
+}
