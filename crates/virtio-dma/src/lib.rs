@@ -73,11 +73,13 @@ mod buffers;
 mod device;
 mod error;
 mod notify;
+mod packed;
 mod ring;
 mod split;
 
 pub use device::{queue_from_rings, DeviceQueue, Processed, Request};
 pub use error::{Error, Rejected, Result};
 pub use notify::Notify;
+pub use packed::{PackedDeviceQueue, PackedQueue, PackedRequest};
 pub use ring::{vring_need_event, Features, RingAddrs, MAX_QUEUE_SIZE};
 pub use split::{QueueConfig, SgRejected, SplitQueue, Used, DEFAULT_MAX_INDIRECT};

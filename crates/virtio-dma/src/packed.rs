@@ -1,0 +1,721 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The driver side of a packed virtqueue (virtio 1.1+ §2.8) over the DMA
+//! API, after Linux's `virtqueue_*_packed`.
+//!
+//! One `alloc_coherent` allocation holds the descriptor ring (16-byte
+//! aligned), the driver event suppression area and, on its own cache line,
+//! the device event suppression area. Buffers are mapped as for the split
+//! queue ([`PackedQueue::add`]: `map_single`, `ToDevice` / `FromDevice`,
+//! guest physical without `ACCESS_PLATFORM`); indirect tables come from a
+//! `DmaPool`. A chain is published by writing its descriptors with the
+//! AVAIL/USED bits of the driver's wrap counter, the head's flags last with
+//! a `Release` store. Buffer ids, the number of descriptors of each chain,
+//! its mappings and writable length are driver-private; a used descriptor
+//! is checked against them (id in range and in flight, length within what
+//! was posted) and a bad one marks the queue broken.
+//!
+//! The device side for tests and simple backends is
+//! [`PackedDeviceQueue`](crate::PackedDeviceQueue), written here because
+//! virtio-queue 0.18 has no packed ring walk.
+
+use std::fmt;
+use std::sync::atomic::{fence, Ordering};
+
+use virtio_bindings::virtio_ring::{
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL,
+    VRING_PACKED_DESC_F_USED, VRING_PACKED_EVENT_FLAG_DESC, VRING_PACKED_EVENT_FLAG_DISABLE,
+    VRING_PACKED_EVENT_FLAG_ENABLE, VRING_PACKED_EVENT_F_WRAP_CTR,
+};
+use virtio_queue::desc::packed::Descriptor;
+use vm_dma::{CoherentBuffer, DmaDevice, DmaPool, Mapping, PoolBlock};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::buffers;
+use crate::error::{Error, Rejected, Result};
+use crate::ring::{vring_need_event, RingAddrs, DESC_SIZE, MAX_QUEUE_SIZE};
+use crate::split::{QueueConfig, Used};
+
+mod device;
+#[cfg(test)]
+mod tests;
+
+pub use device::{PackedDeviceQueue, PackedRequest};
+
+pub(crate) const F_AVAIL: u16 = 1 << VRING_PACKED_DESC_F_AVAIL;
+pub(crate) const F_USED: u16 = 1 << VRING_PACKED_DESC_F_USED;
+pub(crate) const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+pub(crate) const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+pub(crate) const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+pub(crate) const EV_ENABLE: u16 = VRING_PACKED_EVENT_FLAG_ENABLE as u16;
+pub(crate) const EV_DISABLE: u16 = VRING_PACKED_EVENT_FLAG_DISABLE as u16;
+pub(crate) const EV_DESC: u16 = VRING_PACKED_EVENT_FLAG_DESC as u16;
+pub(crate) const WRAP_SHIFT: u32 = VRING_PACKED_EVENT_F_WRAP_CTR;
+
+/// Offset of the device event area from the driver event area: a cache
+/// line apart, so the device's writes do not share the driver's line.
+const DEVICE_AREA_GAP: u64 = 64;
+
+/// The AVAIL/USED bits a driver writes into an available descriptor while
+/// its wrap counter is `wrap`.
+pub(crate) const fn avail_bits(wrap: bool) -> u16 {
+    if wrap {
+        F_AVAIL
+    } else {
+        F_USED
+    }
+}
+
+/// Whether `flags` mark a descriptor used in the lap of wrap counter `wrap`.
+pub(crate) const fn is_used(flags: u16, wrap: bool) -> bool {
+    let avail = flags & F_AVAIL != 0;
+    let used = flags & F_USED != 0;
+    avail == used && used == wrap
+}
+
+/// A position in a packed ring and its wrap counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub(crate) pos: u16,
+    pub(crate) wrap: bool,
+}
+
+impl Cursor {
+    pub(crate) const START: Cursor = Cursor { pos: 0, wrap: true };
+
+    /// Moves `n` descriptors on in a ring of `size` (`n <= size`).
+    pub(crate) fn advance(self, n: u16, size: u16) -> Cursor {
+        let next = u32::from(self.pos) + u32::from(n);
+        if next >= u32::from(size) {
+            Cursor {
+                pos: (next - u32::from(size)) as u16,
+                wrap: !self.wrap,
+            }
+        } else {
+            Cursor {
+                pos: next as u16,
+                wrap: self.wrap,
+            }
+        }
+    }
+
+    /// The event suppression `off_wrap` word for this position.
+    pub(crate) fn off_wrap(self) -> u16 {
+        self.pos | (u16::from(self.wrap) << WRAP_SHIFT)
+    }
+}
+
+/// The event index of an `off_wrap` word seen from a cursor: Linux's
+/// adjustment by the ring size when the wrap counters differ, so that
+/// `vring_need_event` compares positions of the same lap.
+pub(crate) fn event_index(off_wrap: u16, cur: Cursor, size: u16) -> u16 {
+    let wrap = off_wrap >> WRAP_SHIFT != 0;
+    let idx = off_wrap & !(1 << WRAP_SHIFT);
+    if wrap == cur.wrap {
+        idx
+    } else {
+        idx.wrapping_sub(size)
+    }
+}
+
+struct Slot<T> {
+    token: Option<T>,
+    ndesc: u16,
+    in_len: u64,
+    maps: Vec<Mapping>,
+    indirect: Option<PoolBlock>,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            token: None,
+            ndesc: 0,
+            in_len: 0,
+            maps: Vec::new(),
+            indirect: None,
+        }
+    }
+}
+
+/// The driver side of a packed virtqueue whose ring and buffers go through
+/// a [`DmaDevice`]. `T` is the per-request token. The queue size need not
+/// be a power of two (1..=32768).
+///
+/// [`PackedQueue::ring_addrs`] gives `desc` = descriptor ring, `avail` =
+/// driver event suppression area, `used` = device event suppression area:
+/// the transport's queue_desc / queue_driver / queue_device registers.
+///
+/// ```
+/// use virtio_dma::{Features, PackedDeviceQueue, PackedQueue, QueueConfig};
+/// use vm_dma::{DmaBus, DmaDevice};
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+/// let dev = DmaDevice::new(&DmaBus::new(mem).unwrap(), "pq0");
+/// let f = Features { access_platform: true, ..Default::default() };
+/// let mut vq = PackedQueue::new(&dev, QueueConfig::new(10).with_features(f)).unwrap();
+/// dev.memory().write_slice(b"ping", GuestAddress(0x10_0000)).unwrap();
+/// let id = vq.add(&[(GuestAddress(0x10_0000), 4)], &[(GuestAddress(0x20_0000), 4)], 'a').unwrap();
+///
+/// let mut device = PackedDeviceQueue::new(dev.device_view(), vq.ring_addrs(), 10, false).unwrap();
+/// device
+///     .process(|req| {
+///         let mut b = [0u8; 4];
+///         req.read(&mut b)?;
+///         b.reverse();
+///         req.write(&b).map(|_| ())
+///     })
+///     .unwrap();
+/// let used = vq.pop_used().unwrap().unwrap();
+/// assert_eq!((used.token, used.len, used.head), ('a', 4, id));
+/// let mut got = [0u8; 4];
+/// dev.memory().read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
+/// assert_eq!(&got, b"gnip");
+/// ```
+pub struct PackedQueue<M: GuestMemoryBackend, T> {
+    dev: DmaDevice<M>,
+    config: QueueConfig,
+    ring: Option<CoherentBuffer>,
+    cpu_base: u64,
+    dev_base: u64,
+    pool: Option<DmaPool<M>>,
+    next_avail: Cursor,
+    last_used: Cursor,
+    num_free: u16,
+    /// Free buffer ids (a stack with capacity `size`).
+    free_ids: Vec<u16>,
+    slots: Vec<Slot<T>>,
+    in_flight: u16,
+    /// Descriptors published since the last `kick_prepare` (saturating).
+    num_added: u32,
+    /// The driver event flags last written.
+    event_flags: u16,
+    broken: bool,
+}
+
+impl<M: GuestMemoryBackend, T> fmt::Debug for PackedQueue<M, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PackedQueue")
+            .field("device", &self.dev.name())
+            .field("config", &self.config)
+            .field("ring", &self.ring_addrs())
+            .field("num_free", &self.num_free)
+            .field("in_flight", &self.in_flight)
+            .field("next_avail", &self.next_avail)
+            .field("last_used", &self.last_used)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
+    /// Allocates the ring of a packed queue for `dev` and, with
+    /// `indirect_desc`, the pool of indirect tables. Errors as
+    /// [`SplitQueue::new`](crate::SplitQueue::new), except that any size in
+    /// `1..=32768` is accepted.
+    pub fn new(dev: &DmaDevice<M>, config: QueueConfig) -> Result<Self> {
+        let size = config.size;
+        if size == 0 || size > MAX_QUEUE_SIZE {
+            return Err(Error::InvalidQueueSize {
+                size: u32::from(size),
+            });
+        }
+        if config.features.indirect_desc && config.max_indirect == 0 {
+            return Err(Error::InvalidIndirectLen {
+                len: 0,
+                max: u32::from(u16::MAX),
+            });
+        }
+        let total = Self::driver_area(size) + DEVICE_AREA_GAP + 4;
+        let ring = dev.alloc_coherent(total)?;
+        let pool = if config.features.indirect_desc {
+            let block = DESC_SIZE * u64::from(config.max_indirect);
+            let name = format!("{}-pvq-indirect", dev.name());
+            match DmaPool::create(name, dev, block, DESC_SIZE, 0) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    buffers::free_ring(dev, ring);
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
+        let cpu_base = ring.cpu_addr().0;
+        let dev_base = if config.features.access_platform {
+            ring.dma_addr().raw()
+        } else {
+            cpu_base
+        };
+        let mut q = PackedQueue {
+            dev: dev.clone(),
+            config,
+            ring: Some(ring),
+            cpu_base,
+            dev_base,
+            pool,
+            next_avail: Cursor::START,
+            last_used: Cursor::START,
+            num_free: size,
+            free_ids: Vec::with_capacity(usize::from(size)),
+            slots: (0..size).map(|_| Slot::default()).collect(),
+            in_flight: 0,
+            num_added: 0,
+            event_flags: EV_ENABLE,
+            broken: false,
+        };
+        q.init_ids();
+        Ok(q)
+    }
+
+    fn driver_area(size: u16) -> u64 {
+        DESC_SIZE * u64::from(size)
+    }
+
+    fn init_ids(&mut self) {
+        self.free_ids.clear();
+        // Popped from the end: id 0 first.
+        self.free_ids.extend((0..self.config.size).rev());
+    }
+
+    /// The device this queue maps for.
+    pub fn device(&self) -> &DmaDevice<M> {
+        &self.dev
+    }
+
+    /// The queue size.
+    pub fn size(&self) -> u16 {
+        self.config.size
+    }
+
+    /// Device-visible addresses: descriptor ring, driver event area, device
+    /// event area (DMA addresses with `ACCESS_PLATFORM`).
+    pub fn ring_addrs(&self) -> RingAddrs {
+        let driver = Self::driver_area(self.config.size);
+        RingAddrs {
+            desc: self.dev_base,
+            avail: self.dev_base + driver,
+            used: self.dev_base + driver + DEVICE_AREA_GAP,
+        }
+    }
+
+    /// The same addresses as the CPU (guest physical) sees them.
+    pub fn ring_cpu_addrs(&self) -> RingAddrs {
+        let driver = Self::driver_area(self.config.size);
+        RingAddrs {
+            desc: self.cpu_base,
+            avail: self.cpu_base + driver,
+            used: self.cpu_base + driver + DEVICE_AREA_GAP,
+        }
+    }
+
+    /// Free descriptors.
+    pub fn num_free(&self) -> u16 {
+        self.num_free
+    }
+
+    /// Requests added and not yet reclaimed.
+    pub fn in_flight(&self) -> u16 {
+        self.in_flight
+    }
+
+    /// Whether a bad value from the device marked the queue broken.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The indirect table pool, with `indirect_desc`.
+    pub fn indirect_pool(&self) -> Option<&DmaPool<M>> {
+        self.pool.as_ref()
+    }
+
+    fn desc_addr(&self, pos: u16) -> GuestAddress {
+        GuestAddress(self.cpu_base + DESC_SIZE * u64::from(pos))
+    }
+
+    fn ring_err(addr: GuestAddress) -> impl FnOnce(vm_memory::GuestMemoryError) -> Error {
+        move |source| Error::Ring {
+            addr: addr.0,
+            source,
+        }
+    }
+
+    fn store_u16(&self, at: GuestAddress, v: u16, order: Ordering) -> Result<()> {
+        self.dev
+            .memory()
+            .store(v.to_le(), at, order)
+            .map_err(Self::ring_err(at))
+    }
+
+    fn load_u16(&self, at: GuestAddress, order: Ordering) -> Result<u16> {
+        self.dev
+            .memory()
+            .load::<u16>(at, order)
+            .map(u16::from_le)
+            .map_err(Self::ring_err(at))
+    }
+
+    fn slot_mut(&mut self, id: u16) -> &mut Slot<T> {
+        // Ids are below `size` = `slots.len()`; the modulo only keeps this
+        // free of panics.
+        let i = usize::from(id) % self.slots.len().max(1);
+        &mut self.slots[i]
+    }
+
+    /// Adds a request as [`SplitQueue::add`](crate::SplitQueue::add) does
+    /// and returns its buffer id. A chain of `n` descriptors takes `n`
+    /// consecutive ring slots (one with an indirect table).
+    ///
+    /// Errors (nothing changes, the token comes back in the [`Rejected`]):
+    /// [`Error::Broken`], [`Error::EmptyRequest`],
+    /// [`Error::ZeroLengthBuffer`], [`Error::RequestTooLarge`],
+    /// [`Error::QueueFull`], [`Error::BadBuffer`], [`Error::Dma`].
+    pub fn add(
+        &mut self,
+        out: &[(GuestAddress, u32)],
+        inb: &[(GuestAddress, u32)],
+        token: T,
+    ) -> std::result::Result<u16, Rejected<T>> {
+        match self.try_add(out, inb) {
+            Ok(id) => {
+                self.slot_mut(id).token = Some(token);
+                Ok(id)
+            }
+            Err(error) => Err(Rejected { error, token }),
+        }
+    }
+
+    fn try_add(&mut self, out: &[(GuestAddress, u32)], inb: &[(GuestAddress, u32)]) -> Result<u16> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        let in_len = buffers::check_request(out.iter().chain(inb).map(|b| b.1), out.len())?;
+        let n = out.len() + inb.len();
+        let block = self.reserve(n)?;
+        let Some(&id) = self.free_ids.last() else {
+            // Cannot happen: a free descriptor implies a free id.
+            if let Some(b) = block {
+                buffers::release_block(self.pool.as_ref(), b);
+            }
+            return Err(Error::QueueFull { needed: 1, free: 0 });
+        };
+        let ap = self.config.features.access_platform;
+        let mut maps = std::mem::take(&mut self.slot_mut(id).maps);
+        let res = buffers::map_slices(&self.dev, ap, out, inb, &mut maps).and_then(|()| {
+            let segs = out.iter().chain(inb).enumerate().map(|(i, &(addr, len))| {
+                let a = if ap {
+                    maps.get(i).map_or(u64::MAX, |m| m.dma_addr().raw())
+                } else {
+                    addr.0
+                };
+                (a, len, i >= out.len())
+            });
+            self.write_chain(id, segs, n, block.as_ref())
+        });
+        match res {
+            Ok(ndesc) => {
+                self.free_ids.pop();
+                let slot = self.slot_mut(id);
+                slot.maps = maps;
+                slot.ndesc = ndesc;
+                slot.in_len = in_len;
+                slot.indirect = block;
+                self.next_avail = self.next_avail.advance(ndesc, self.config.size);
+                self.num_free = self.num_free.saturating_sub(ndesc);
+                self.in_flight = self.in_flight.saturating_add(1);
+                self.num_added = self.num_added.saturating_add(u32::from(ndesc));
+                Ok(id)
+            }
+            Err(e) => {
+                buffers::unmap_all(&self.dev, &mut maps, &mut Vec::new());
+                self.slot_mut(id).maps = maps;
+                if let Some(b) = block {
+                    buffers::release_block(self.pool.as_ref(), b);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn reserve(&self, n: usize) -> Result<Option<PoolBlock>> {
+        let fits_indirect = n > 1 && n <= usize::from(self.config.max_indirect);
+        if let (Some(pool), true, true) = (&self.pool, fits_indirect, self.num_free >= 1) {
+            match pool.alloc() {
+                Ok(b) => return Ok(Some(b)),
+                Err(e) => log::debug!("{}: indirect table: {e}", self.dev.name()),
+            }
+        }
+        let needed = if fits_indirect && self.pool.is_some() && self.num_free == 0 {
+            1
+        } else {
+            n
+        };
+        if needed > usize::from(self.num_free) || needed == 0 {
+            return Err(Error::QueueFull {
+                needed: u32::try_from(needed).unwrap_or(u32::MAX),
+                free: self.num_free,
+            });
+        }
+        Ok(None)
+    }
+
+    /// Writes the chain at `next_avail` (the head's flags last, `Release`)
+    /// and returns the ring descriptors it takes. Changes no driver state.
+    fn write_chain<I>(&self, id: u16, segs: I, n: usize, block: Option<&PoolBlock>) -> Result<u16>
+    where
+        I: Iterator<Item = (u64, u32, bool)>,
+    {
+        let mem = self.dev.memory();
+        let head = self.next_avail;
+        let write_flag = |w: bool| if w { F_WRITE } else { 0 };
+        let (head_desc, ndesc) = if let Some(b) = block {
+            let mut at = b.cpu_addr();
+            for (addr, len, w) in segs {
+                mem.write_obj(Descriptor::new(addr, len, id, write_flag(w)), at)
+                    .map_err(Self::ring_err(at))?;
+                at = GuestAddress(at.0 + DESC_SIZE);
+            }
+            let table = if self.config.features.access_platform {
+                b.dma_addr().raw()
+            } else {
+                b.cpu_addr().0
+            };
+            let len = u32::try_from(DESC_SIZE * n as u64).unwrap_or(0);
+            ((table, len, F_INDIRECT), 1)
+        } else {
+            let mut head_desc = (0, 0, 0);
+            let mut cur = head;
+            for (i, (addr, len, w)) in segs.enumerate() {
+                let mut flags = write_flag(w);
+                if i + 1 < n {
+                    flags |= F_NEXT;
+                }
+                if i == 0 {
+                    head_desc = (addr, len, flags);
+                } else {
+                    let at = self.desc_addr(cur.pos);
+                    let d = Descriptor::new(addr, len, id, flags | avail_bits(cur.wrap));
+                    mem.write_obj(d, at).map_err(Self::ring_err(at))?;
+                }
+                cur = cur.advance(1, self.config.size);
+            }
+            // `reserve` checked n <= num_free <= size.
+            (head_desc, u16::try_from(n).unwrap_or(0))
+        };
+        let at = self.desc_addr(head.pos);
+        let (addr, len, flags) = head_desc;
+        mem.write_obj(addr.to_le(), at)
+            .map_err(Self::ring_err(at))?;
+        let at8 = GuestAddress(at.0 + 8);
+        mem.write_obj(len.to_le(), at8)
+            .map_err(Self::ring_err(at8))?;
+        let at12 = GuestAddress(at.0 + 12);
+        mem.write_obj(id.to_le(), at12)
+            .map_err(Self::ring_err(at12))?;
+        // Publishing: the device that reads these flags with Acquire sees
+        // the whole chain.
+        let at14 = GuestAddress(at.0 + 14);
+        self.store_u16(at14, flags | avail_bits(head.wrap), Ordering::Release)?;
+        Ok(ndesc)
+    }
+
+    /// Linux's `virtqueue_kick_prepare_packed()`: whether the device wants
+    /// a notification for the descriptors published since the last call,
+    /// from the device event area (ENABLE, DISABLE, or with `EVENT_IDX` a
+    /// descriptor position). False when nothing was published.
+    pub fn kick_prepare(&mut self) -> Result<bool> {
+        fence(Ordering::SeqCst);
+        let added = std::mem::take(&mut self.num_added);
+        if added == 0 {
+            return Ok(false);
+        }
+        if added >= u32::from(u16::MAX) {
+            return Ok(true);
+        }
+        let area = GuestAddress(self.ring_cpu_addrs().used);
+        let off_wrap = self.load_u16(area, Ordering::Relaxed)?;
+        let flags = self.load_u16(GuestAddress(area.0 + 2), Ordering::Relaxed)?;
+        if flags != EV_DESC || !self.config.features.event_idx {
+            return Ok(flags != EV_DISABLE);
+        }
+        let new = self.next_avail.pos;
+        let old = new.wrapping_sub(added as u16);
+        let event = event_index(off_wrap, self.next_avail, self.config.size);
+        Ok(vring_need_event(event, new, old))
+    }
+
+    /// [`PackedQueue::kick_prepare`], then `notifier.notify()` if needed.
+    pub fn kick<N: crate::Notify + ?Sized>(&mut self, notifier: &N) -> Result<bool> {
+        if self.kick_prepare()? {
+            notifier.notify().map_err(Error::Notify)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether the descriptor at the driver's used position is used.
+    pub fn more_used(&self) -> Result<bool> {
+        let at = GuestAddress(self.desc_addr(self.last_used.pos).0 + 14);
+        let flags = self.load_u16(at, Ordering::Acquire)?;
+        Ok(is_used(flags, self.last_used.wrap))
+    }
+
+    fn bad_ring(&mut self, e: Error) -> Error {
+        log::error!("{}: packed virtqueue broken: {e}", self.dev.name());
+        self.broken = true;
+        e
+    }
+
+    /// Linux's `virtqueue_get_buf()` for a packed ring: reclaims the chain
+    /// whose used descriptor sits at the driver's used position, or `None`.
+    /// The flags are read with `Acquire`, then the id and length, which
+    /// must name a buffer in flight ([`Error::UsedIdOutOfRange`],
+    /// [`Error::UsedIdNotInFlight`]) and stay within its writable bytes
+    /// ([`Error::UsedLenTooLarge`]); a bad one marks the queue broken. The
+    /// used position advances by the chain's descriptor count from the
+    /// driver's records; its mappings are unmapped and its indirect table
+    /// freed. `Used::head` is the buffer id.
+    pub fn pop_used(&mut self) -> Result<Option<Used<T>>> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        if !self.more_used()? {
+            return Ok(None);
+        }
+        let at = self.desc_addr(self.last_used.pos);
+        let d: Descriptor = self.dev.memory().read_obj(at).map_err(Self::ring_err(at))?;
+        let (id, len) = (d.id(), d.len());
+        if id >= self.config.size {
+            let e = Error::UsedIdOutOfRange {
+                id: u32::from(id),
+                size: self.config.size,
+            };
+            return Err(self.bad_ring(e));
+        }
+        let (in_flight, writable, ndesc) = {
+            let s = self.slot_mut(id);
+            (s.token.is_some(), s.in_len, s.ndesc)
+        };
+        if !in_flight {
+            return Err(self.bad_ring(Error::UsedIdNotInFlight { id: u32::from(id) }));
+        }
+        if u64::from(len) > writable {
+            let e = Error::UsedLenTooLarge {
+                id: u32::from(id),
+                len,
+                writable,
+            };
+            return Err(self.bad_ring(e));
+        }
+        self.last_used = self.last_used.advance(ndesc, self.config.size);
+        let token = self.detach(id);
+        if self.config.features.event_idx && self.event_flags == EV_DESC {
+            let area = GuestAddress(self.ring_cpu_addrs().avail);
+            self.store_u16(area, self.last_used.off_wrap(), Ordering::SeqCst)?;
+        }
+        Ok(token.map(|token| Used {
+            token,
+            len,
+            head: id,
+        }))
+    }
+
+    fn detach(&mut self, id: u16) -> Option<T> {
+        let (token, ndesc, mut maps, block) = {
+            let s = self.slot_mut(id);
+            let token = s.token.take()?;
+            s.in_len = 0;
+            (
+                token,
+                s.ndesc,
+                std::mem::take(&mut s.maps),
+                s.indirect.take(),
+            )
+        };
+        buffers::unmap_all(&self.dev, &mut maps, &mut Vec::new());
+        self.slot_mut(id).maps = maps;
+        if let Some(b) = block {
+            buffers::release_block(self.pool.as_ref(), b);
+        }
+        self.free_ids.push(id);
+        self.num_free = self.num_free.saturating_add(ndesc);
+        self.in_flight = self.in_flight.saturating_sub(1);
+        Some(token)
+    }
+
+    fn set_event(&mut self, flags: u16) -> Result<()> {
+        self.event_flags = flags;
+        let at = GuestAddress(self.ring_cpu_addrs().avail + 2);
+        self.store_u16(at, flags, Ordering::Relaxed)
+    }
+
+    /// Asks the device not to interrupt (driver event flags = DISABLE).
+    pub fn disable_cb(&mut self) -> Result<()> {
+        if self.event_flags != EV_DISABLE {
+            self.set_event(EV_DISABLE)?;
+        }
+        Ok(())
+    }
+
+    /// Re-enables interrupts (with `EVENT_IDX`: at the next used position,
+    /// flags = DESC; otherwise ENABLE) and returns whether used chains are
+    /// already pending, in which case the caller must poll again.
+    pub fn enable_cb(&mut self) -> Result<bool> {
+        if self.config.features.event_idx {
+            let at = GuestAddress(self.ring_cpu_addrs().avail);
+            self.store_u16(at, self.last_used.off_wrap(), Ordering::Relaxed)?;
+            self.set_event(EV_DESC)?;
+        } else {
+            self.set_event(EV_ENABLE)?;
+        }
+        fence(Ordering::SeqCst);
+        self.more_used()
+    }
+
+    /// Resets the driver side after the device was reset: unmaps every
+    /// chain in flight, frees its indirect table, zeroes the ring and starts
+    /// over at position 0 with both wrap counters set. Returns the tokens.
+    pub fn reset(&mut self) -> Vec<T> {
+        let mut tokens = Vec::with_capacity(usize::from(self.in_flight));
+        for id in 0..self.config.size {
+            if let Some(t) = self.detach(id) {
+                tokens.push(t);
+            }
+        }
+        if let Some(ring) = &self.ring {
+            if let Err(e) = buffers::zero(self.dev.memory(), ring.cpu_addr(), ring.size()) {
+                log::error!("{}: cannot clear the packed ring: {e}", self.dev.name());
+            }
+        }
+        self.init_ids();
+        self.num_free = self.config.size;
+        self.in_flight = 0;
+        self.next_avail = Cursor::START;
+        self.last_used = Cursor::START;
+        self.num_added = 0;
+        self.event_flags = EV_ENABLE;
+        self.broken = false;
+        tokens
+    }
+
+    /// Resets, then frees the pool and the ring. Returns the tokens of the
+    /// chains that were in flight. Dropping the queue does the same.
+    pub fn destroy(mut self) -> Result<Vec<T>> {
+        let tokens = self.reset();
+        buffers::release_queue(&self.dev, self.pool.take(), self.ring.take())?;
+        Ok(tokens)
+    }
+}
+
+impl<M: GuestMemoryBackend, T> Drop for PackedQueue<M, T> {
+    fn drop(&mut self) {
+        if self.ring.is_none() {
+            return;
+        }
+        let _ = self.reset();
+        if let Err(e) = buffers::release_queue(&self.dev, self.pool.take(), self.ring.take()) {
+            log::error!("{}: packed virtqueue teardown: {e}", self.dev.name());
+        }
+    }
+}
