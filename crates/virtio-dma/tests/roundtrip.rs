@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{pattern, platform, reverse, Kind, Mem, Platform, GIB, MIB};
+use common::{build, platform, read_in, reverse, Kind, Mem, GIB, MIB};
 use virtio_dma::{DeviceQueue, Error, QueueConfig, SplitQueue};
 use vm_dma::SgTable;
 use vm_memory::{Bytes, GuestAddress};
@@ -27,53 +27,6 @@ struct Opts {
     event_idx: bool,
     indirect: bool,
     sg: bool,
-}
-
-/// A request: its out buffers (holding `payload`) and in buffers.
-struct Req {
-    payload: Vec<u8>,
-    inb: Vec<(GuestAddress, u32)>,
-}
-
-/// Builds request `token`: 1..=3 out buffers and 1..=2 in buffers, each
-/// starting at an odd offset so some cross page boundaries.
-fn build(p: &Platform, token: u64) -> (Vec<(GuestAddress, u32)>, Req) {
-    let len = 100 + 397 * (token % 11) as usize;
-    let payload = pattern(token, len);
-    let area = p.buffers.0 + (token % 256) * 0x4000;
-    let nout = 1 + (token % 3) as usize;
-    let mut out = Vec::new();
-    let mut off = 0usize;
-    for k in 0..nout {
-        let part = if k + 1 == nout { len - off } else { len / nout };
-        let addr = GuestAddress(area + 0xf00 + (off + k * 0x10) as u64);
-        p.dev
-            .memory()
-            .write_slice(&payload[off..off + part], addr)
-            .unwrap();
-        out.push((addr, part as u32));
-        off += part;
-    }
-    let nin = 1 + (token % 2) as usize;
-    let mut inb = Vec::new();
-    let first = len / nin;
-    for k in 0..nin {
-        let part = if k + 1 == nin { len - first * k } else { first };
-        let addr = GuestAddress(area + 0x2000 + 0x7f0 + (k as u64) * 0x1000);
-        p.dev.memory().write_slice(&vec![0xee; part], addr).unwrap();
-        inb.push((addr, part as u32));
-    }
-    (out, Req { payload, inb })
-}
-
-fn read_in(p: &Platform, inb: &[(GuestAddress, u32)]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for &(addr, len) in inb {
-        let mut part = vec![0u8; len as usize];
-        p.dev.memory().read_slice(&mut part, addr).unwrap();
-        v.extend(part);
-    }
-    v
 }
 
 fn roundtrip(kind: Kind, o: Opts) {

@@ -305,6 +305,9 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
         true
     }
 
+    /// Whether every segment is reachable with its access. Uses
+    /// `get_slices`, as virtio-queue's `Reader`/`Writer` do, so that a
+    /// translated view records the fault (a bare `check_range` is a probe).
     fn reachable(&self) -> bool {
         self.segs.iter().all(|&(addr, len, w)| {
             let perm = if w {
@@ -312,7 +315,10 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
             } else {
                 Permissions::Read
             };
-            self.mem.check_range(GuestAddress(addr), len as usize, perm)
+            self.mem
+                .get_slices(GuestAddress(addr), len as usize, perm)
+                .and_then(|mut it| it.try_for_each(|s| s.map(|_| ())))
+                .is_ok()
         })
     }
 

@@ -7,11 +7,11 @@
 
 use std::io::{Read, Write};
 
-use virtio_dma::{Features, Request};
+use virtio_dma::{Features, PackedRequest, Request};
 use vm_dma::debug::DebugHook;
 use vm_dma::{BusConfig, DeviceConfig, DmaBus, DmaDevice};
 use vm_iommu::{Config, DeviceView, Iommu};
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 pub type Mem = GuestMemoryMmap<()>;
 pub type Dev = DmaDevice<Mem>;
@@ -170,4 +170,61 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| (seed.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8)
         .collect()
+}
+
+/// A request: its out buffers (holding `payload`) and in buffers.
+pub struct Req {
+    pub payload: Vec<u8>,
+    pub inb: Vec<(GuestAddress, u32)>,
+}
+
+/// Builds request `token`: 1..=3 out buffers and 1..=2 in buffers, each
+/// starting at an odd offset so some cross page boundaries.
+pub fn build(p: &Platform, token: u64) -> (Vec<(GuestAddress, u32)>, Req) {
+    let len = 100 + 397 * (token % 11) as usize;
+    let payload = pattern(token, len);
+    let area = p.buffers.0 + (token % 256) * 0x4000;
+    let nout = 1 + (token % 3) as usize;
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    for k in 0..nout {
+        let part = if k + 1 == nout { len - off } else { len / nout };
+        let addr = GuestAddress(area + 0xf00 + (off + k * 0x10) as u64);
+        p.dev
+            .memory()
+            .write_slice(&payload[off..off + part], addr)
+            .unwrap();
+        out.push((addr, part as u32));
+        off += part;
+    }
+    let nin = 1 + (token % 2) as usize;
+    let mut inb = Vec::new();
+    let first = len / nin;
+    for k in 0..nin {
+        let part = if k + 1 == nin { len - first * k } else { first };
+        let addr = GuestAddress(area + 0x2000 + 0x7f0 + (k as u64) * 0x1000);
+        p.dev.memory().write_slice(&vec![0xee; part], addr).unwrap();
+        inb.push((addr, part as u32));
+    }
+    (out, Req { payload, inb })
+}
+
+pub fn read_in(p: &Platform, inb: &[(GuestAddress, u32)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for &(addr, len) in inb {
+        let mut part = vec![0u8; len as usize];
+        p.dev.memory().read_slice(&mut part, addr).unwrap();
+        v.extend(part);
+    }
+    v
+}
+
+/// The reversing device for packed rings.
+pub fn reverse_packed<V: GuestMemory>(req: &mut PackedRequest<'_, V>) -> std::io::Result<()> {
+    let mut data = vec![0u8; req.readable_len() as usize];
+    let n = req.read(&mut data)?;
+    assert_eq!(n, data.len());
+    data.reverse();
+    req.write(&data)?;
+    Ok(())
 }
