@@ -55,17 +55,26 @@
 //! handler give a used entry of length 0; a queue-level fault sets the
 //! NEEDS_RESET state ([`DeviceQueue::needs_reset`]); nothing panics.
 //!
-//! # Packed virtqueues: not yet
+//! # Packed virtqueues: [`PackedQueue`] and [`PackedDeviceQueue`]
 //!
-//! There is no packed-ring driver here yet, and no packed device side.
-//! virtio-queue 0.18 has only packed *descriptor* types
-//! (`virtio_queue::desc::packed`): its `Queue`, `DescriptorChain`, `Reader`
-//! and `Writer` walk split rings only, so a packed driver could be tested
-//! only against a device side this crate would have to write from scratch
-//! (descriptor ring walk with wrap counters, in-order and out-of-order
-//! completion, both event suppression areas). That is a module of its own
-//! and was not started, to finish the split side with its tests first;
-//! nothing in this crate pretends to support `VIRTIO_F_RING_PACKED`.
+//! The packed ring (virtio 1.1+ §2.8) on the driver side mirrors
+//! [`SplitQueue`]: one coherent allocation for the descriptor ring and the
+//! two event suppression areas, indirect tables from a pool, buffers mapped
+//! with `map_single`, chains published with the wrap counter's AVAIL/USED
+//! bits (head flags last, `Release`), buffer ids and descriptor counts kept
+//! driver-side, used descriptors validated (id, in flight, length), event
+//! suppression with ENABLE/DISABLE/DESC. Any size up to 32768, not only
+//! powers of two. No `add_sgs` yet: requests are `(address, length)`
+//! slices.
+//!
+//! virtio-queue 0.18 has packed *descriptor* types only (its `Queue`,
+//! `DescriptorChain`, `Reader` and `Writer` walk split rings), so the device
+//! side is written here: [`PackedDeviceQueue`] processes chains in order
+//! (direct and indirect) over any `GuestMemory` view with bounded walks,
+//! returns unreachable or malformed chains with length 0, sets NEEDS_RESET
+//! on ring faults, and handles both event areas. It completes in order
+//! only; out-of-order completion is exercised against the driver by
+//! hand-written used descriptors in the tests.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
