@@ -54,6 +54,8 @@
 //! the bytes written. Unreachable buffers (an IOMMU fault) or a failing
 //! handler give a used entry of length 0; a queue-level fault sets the
 //! NEEDS_RESET state ([`DeviceQueue::needs_reset`]); nothing panics.
+//! [`QueueSubscriber`] runs a `DeviceQueue` on an event-manager loop: a
+//! kick eventfd in, an interrupt eventfd out.
 //!
 //! # Packed virtqueues: [`PackedQueue`] and [`PackedDeviceQueue`]
 //!
@@ -85,6 +87,7 @@ mod notify;
 mod packed;
 mod ring;
 mod split;
+mod subscriber;
 
 pub use device::{queue_from_rings, DeviceQueue, Processed, Request};
 pub use error::{Error, Rejected, Result};
@@ -92,3 +95,4 @@ pub use notify::Notify;
 pub use packed::{PackedDeviceQueue, PackedQueue, PackedRequest};
 pub use ring::{vring_need_event, Features, RingAddrs, MAX_QUEUE_SIZE};
 pub use split::{QueueConfig, SgRejected, SplitQueue, Used, DEFAULT_MAX_INDIRECT};
+pub use subscriber::QueueSubscriber;
