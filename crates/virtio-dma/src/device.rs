@@ -250,14 +250,14 @@ impl<V: GuestMemory> DeviceQueue<V> {
                         Ok(()) => u32::try_from(req.writer.bytes_written()).unwrap_or(u32::MAX),
                         Err(e) => {
                             log::warn!("virtqueue chain {head}: device error: {e}");
-                            done.failed += 1;
+                            done.failed = done.failed.saturating_add(1);
                             0
                         }
                     }
                 }
                 Err(e) => {
                     log::warn!("virtqueue chain {head}: buffers unreachable: {e}");
-                    done.failed += 1;
+                    done.failed = done.failed.saturating_add(1);
                     0
                 }
             };
@@ -265,7 +265,7 @@ impl<V: GuestMemory> DeviceQueue<V> {
                 self.fault(e);
                 return false;
             }
-            done.chains += 1;
+            done.chains = done.chains.saturating_add(1);
         }
     }
 

@@ -209,3 +209,31 @@ fn packed_reset_and_destroy_leave_no_dma_debug_leak() {
         );
     }
 }
+
+#[test]
+fn packed_device_refuses_rings_it_cannot_reach_or_misaligned() {
+    let p = platform(Kind::Direct);
+    let view = p.dev.device_view();
+    let top = virtio_dma::RingAddrs {
+        desc: u64::MAX - 15,
+        avail: u64::MAX - 3,
+        used: u64::MAX - 3,
+    };
+    assert!(matches!(
+        PackedDeviceQueue::new(view.clone(), top, 4, false),
+        Err(Error::RingsInaccessible { .. })
+    ));
+    let odd = virtio_dma::RingAddrs {
+        desc: 0x1008,
+        avail: 0x2000,
+        used: 0x3000,
+    };
+    assert!(matches!(
+        PackedDeviceQueue::new(view.clone(), odd, 4, false),
+        Err(Error::RingsInaccessible { .. })
+    ));
+    assert!(matches!(
+        PackedDeviceQueue::new(view, odd, 0, false),
+        Err(Error::InvalidQueueSize { size: 0 })
+    ));
+}

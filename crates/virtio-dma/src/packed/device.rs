@@ -221,7 +221,9 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
     }
 
     fn desc_at(&self, pos: u16) -> GuestAddress {
-        GuestAddress(self.rings.desc + DESC_SIZE * u64::from(pos))
+        // The ring range was checked at construction; saturating keeps a
+        // forged configuration from overflowing (the access then fails).
+        GuestAddress(self.rings.desc.saturating_add(DESC_SIZE * u64::from(pos)))
     }
 
     fn fault(&mut self, e: Error) {
@@ -243,7 +245,7 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
 
     /// Whether the descriptor at the device's position is available.
     fn available(&self) -> Result<bool> {
-        let at = GuestAddress(self.desc_at(self.next.pos).0 + 14);
+        let at = GuestAddress(self.desc_at(self.next.pos).0.saturating_add(14));
         let flags = u16::from_le(
             self.mem
                 .load(at, Ordering::Acquire)
@@ -326,11 +328,11 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
     /// (id and length, then the flags with `Release`).
     fn put_used(&self, id: u16, len: u32) -> Result<()> {
         let at = self.desc_at(self.next.pos);
-        let a8 = GuestAddress(at.0 + 8);
+        let a8 = GuestAddress(at.0.saturating_add(8));
         self.mem
             .write_obj(len.to_le(), a8)
             .map_err(Self::ring_err(a8))?;
-        let a12 = GuestAddress(at.0 + 12);
+        let a12 = GuestAddress(at.0.saturating_add(12));
         self.mem
             .write_obj(id.to_le(), a12)
             .map_err(Self::ring_err(a12))?;
@@ -338,7 +340,7 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
         if len > 0 {
             flags |= F_WRITE;
         }
-        let a14 = GuestAddress(at.0 + 14);
+        let a14 = GuestAddress(at.0.saturating_add(14));
         self.mem
             .store(flags.to_le(), a14, Ordering::Release)
             .map_err(Self::ring_err(a14))
@@ -376,8 +378,11 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
                 .mem
                 .store(self.next.off_wrap().to_le(), area, Ordering::Relaxed)
                 .and_then(|()| {
-                    self.mem
-                        .store(EV_DESC.to_le(), GuestAddress(area.0 + 2), Ordering::Relaxed)
+                    self.mem.store(
+                        EV_DESC.to_le(),
+                        GuestAddress(area.0.saturating_add(2)),
+                        Ordering::Relaxed,
+                    )
                 });
             if let Err(e) = armed {
                 self.fault(Self::ring_err(area)(e));
@@ -417,19 +422,19 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
                     Ok(()) => u32::try_from(req.written).unwrap_or(u32::MAX),
                     Err(e) => {
                         log::warn!("packed chain {id}: device error: {e}");
-                        done.failed += 1;
+                        done.failed = done.failed.saturating_add(1);
                         0
                     }
                 }
             } else {
                 log::warn!("packed chain {id}: malformed or unreachable");
-                done.failed += 1;
+                done.failed = done.failed.saturating_add(1);
                 0
             };
             self.put_used(id, len)?;
             self.next = self.next.advance(ndesc, self.size);
             self.used_since = self.used_since.saturating_add(u32::from(ndesc));
-            done.chains += 1;
+            done.chains = done.chains.saturating_add(1);
         }
         Ok(())
     }
@@ -448,7 +453,7 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
             .mem
             .load(area, Ordering::Relaxed)
             .map_err(Self::ring_err(area))?;
-        let fa = GuestAddress(area.0 + 2);
+        let fa = GuestAddress(area.0.saturating_add(2));
         let flags: u16 = self
             .mem
             .load(fa, Ordering::Relaxed)
