@@ -3,7 +3,9 @@
 //! What split and packed drivers share: request checks, buffer mapping and
 //! unmapping through the DMA API, pool and ring release.
 
-use vm_dma::{CoherentBuffer, Direction, DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock};
+use vm_dma::{
+    Attrs, CoherentBuffer, Direction, DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock, SgTable,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::error::{Error, Result};
@@ -81,6 +83,84 @@ pub(crate) fn map_slices<M: GuestMemoryBackend>(
         }
     }
     Ok(())
+}
+
+/// Maps the non-empty tables with `map_sg` (`out` `ToDevice`, `inb`
+/// `FromDevice`) onto `sgs`. On failure nothing stays mapped and both
+/// tables come back as they were.
+pub(crate) fn map_tables<M: GuestMemoryBackend>(
+    dev: &DmaDevice<M>,
+    out: SgTable,
+    inb: SgTable,
+    sgs: &mut Vec<MappedSg>,
+) -> std::result::Result<(), (Error, SgTable, SgTable)> {
+    let (mut out_back, mut in_back) = (SgTable::new(), SgTable::new());
+    let mut error = None;
+    for (t, dir) in [(out, Direction::ToDevice), (inb, Direction::FromDevice)] {
+        if error.is_some() || t.entries().is_empty() {
+            put_back(&mut out_back, &mut in_back, dir, t);
+            continue;
+        }
+        match dev.map_sg(t, dir, Attrs::empty()) {
+            Ok(m) => sgs.push(m),
+            Err(r) => {
+                let (e, t) = r.into_parts();
+                error = Some(Error::Dma(e));
+                put_back(&mut out_back, &mut in_back, dir, t);
+            }
+        }
+    }
+    match error {
+        None => Ok(()),
+        Some(e) => {
+            let (o, i) = unmap_tables(dev, sgs);
+            if !o.entries().is_empty() {
+                out_back = o;
+            }
+            if !i.entries().is_empty() {
+                in_back = i;
+            }
+            Err((e, out_back, in_back))
+        }
+    }
+}
+
+/// Unmaps mapped tables and gives them back as `(out, in)` (empty tables
+/// for a side that had none).
+pub(crate) fn unmap_tables<M: GuestMemoryBackend>(
+    dev: &DmaDevice<M>,
+    sgs: &mut Vec<MappedSg>,
+) -> (SgTable, SgTable) {
+    let (mut out, mut inb) = (SgTable::new(), SgTable::new());
+    for s in sgs.drain(..) {
+        let dir = s.direction();
+        match dev.unmap_sg(s) {
+            Ok(t) => put_back(&mut out, &mut inb, dir, t),
+            Err(r) => log::error!("{}: sg unmap failed: {}", dev.name(), r.error),
+        }
+    }
+    (out, inb)
+}
+
+fn put_back(out: &mut SgTable, inb: &mut SgTable, dir: Direction, t: SgTable) {
+    if dir == Direction::ToDevice {
+        *out = t;
+    } else {
+        *inb = t;
+    }
+}
+
+/// The DMA segments of mapped tables, as `(address, length, writable)`.
+pub(crate) fn sg_segments(sgs: &[MappedSg]) -> impl Iterator<Item = (u64, u32, bool)> + '_ {
+    sgs.iter().flat_map(|s| {
+        let writable = s.direction() == Direction::FromDevice;
+        s.segments().map(move |(d, l)| (d.raw(), l, writable))
+    })
+}
+
+/// The number of DMA segments of mapped tables.
+pub(crate) fn sg_count(sgs: &[MappedSg]) -> usize {
+    sgs.iter().map(|s| s.count() as usize).sum()
 }
 
 /// Unmaps every handle (keeping the vectors' capacity). An unmap the DMA

@@ -62,12 +62,11 @@
 //! The packed ring (virtio 1.1+ §2.8) on the driver side mirrors
 //! [`SplitQueue`]: one coherent allocation for the descriptor ring and the
 //! two event suppression areas, indirect tables from a pool, buffers mapped
-//! with `map_single`, chains published with the wrap counter's AVAIL/USED
+//! with `map_single` or `map_sg`, chains published with the wrap counter's AVAIL/USED
 //! bits (head flags last, `Release`), buffer ids and descriptor counts kept
 //! driver-side, used descriptors validated (id, in flight, length), event
 //! suppression with ENABLE/DISABLE/DESC. Any size up to 32768, not only
-//! powers of two. No `add_sgs` yet: requests are `(address, length)`
-//! slices.
+//! powers of two.
 //!
 //! virtio-queue 0.18 has packed *descriptor* types only (its `Queue`,
 //! `DescriptorChain`, `Reader` and `Writer` walk split rings), so the device

@@ -6,7 +6,8 @@
 //! One `alloc_coherent` allocation holds the descriptor ring (16-byte
 //! aligned), the driver event suppression area and, on its own cache line,
 //! the device event suppression area. Buffers are mapped as for the split
-//! queue ([`PackedQueue::add`]: `map_single`, `ToDevice` / `FromDevice`,
+//! queue ([`PackedQueue::add`]: `map_single`, [`PackedQueue::add_sgs`]:
+//! `map_sg`; `ToDevice` / `FromDevice`,
 //! guest physical without `ACCESS_PLATFORM`); indirect tables come from a
 //! `DmaPool`. A chain is published by writing its descriptors with the
 //! AVAIL/USED bits of the driver's wrap counter, the head's flags last with
@@ -28,13 +29,13 @@ use virtio_bindings::virtio_ring::{
     VRING_PACKED_EVENT_FLAG_ENABLE, VRING_PACKED_EVENT_F_WRAP_CTR,
 };
 use virtio_queue::desc::packed::Descriptor;
-use vm_dma::{CoherentBuffer, DmaDevice, DmaPool, Mapping, PoolBlock};
+use vm_dma::{CoherentBuffer, DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock, SgTable};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::buffers;
 use crate::error::{Error, Rejected, Result};
 use crate::ring::{vring_need_event, RingAddrs, DESC_SIZE, MAX_QUEUE_SIZE};
-use crate::split::{QueueConfig, Used};
+use crate::split::{QueueConfig, SgRejected, Used};
 
 mod device;
 #[cfg(test)]
@@ -123,6 +124,7 @@ struct Slot<T> {
     ndesc: u16,
     in_len: u64,
     maps: Vec<Mapping>,
+    sgs: Vec<MappedSg>,
     indirect: Option<PoolBlock>,
 }
 
@@ -133,6 +135,7 @@ impl<T> Default for Slot<T> {
             ndesc: 0,
             in_len: 0,
             maps: Vec::new(),
+            sgs: Vec::new(),
             indirect: None,
         }
     }
@@ -378,15 +381,20 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
         token: T,
     ) -> std::result::Result<u16, Rejected<T>> {
         match self.try_add(out, inb) {
-            Ok(id) => {
-                self.slot_mut(id).token = Some(token);
+            Ok((id, ndesc, in_len, block)) => {
+                self.commit(id, ndesc, in_len, block, token);
                 Ok(id)
             }
             Err(error) => Err(Rejected { error, token }),
         }
     }
 
-    fn try_add(&mut self, out: &[(GuestAddress, u32)], inb: &[(GuestAddress, u32)]) -> Result<u16> {
+    /// Maps and writes a request; the caller commits it.
+    fn try_add(
+        &mut self,
+        out: &[(GuestAddress, u32)],
+        inb: &[(GuestAddress, u32)],
+    ) -> Result<(u16, u16, u64, Option<PoolBlock>)> {
         if self.broken {
             return Err(Error::Broken);
         }
@@ -415,17 +423,8 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
         });
         match res {
             Ok(ndesc) => {
-                self.free_ids.pop();
-                let slot = self.slot_mut(id);
-                slot.maps = maps;
-                slot.ndesc = ndesc;
-                slot.in_len = in_len;
-                slot.indirect = block;
-                self.next_avail = self.next_avail.advance(ndesc, self.config.size);
-                self.num_free = self.num_free.saturating_sub(ndesc);
-                self.in_flight = self.in_flight.saturating_add(1);
-                self.num_added = self.num_added.saturating_add(u32::from(ndesc));
-                Ok(id)
+                self.slot_mut(id).maps = maps;
+                Ok((id, ndesc, in_len, block))
             }
             Err(e) => {
                 buffers::unmap_all(&self.dev, &mut maps, &mut Vec::new());
@@ -436,6 +435,126 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
                 Err(e)
             }
         }
+    }
+
+    /// Adds a request of scatter-gather tables as
+    /// [`SplitQueue::add_sgs`](crate::SplitQueue::add_sgs) does (`map_sg`
+    /// per non-empty table with `ACCESS_PLATFORM`, its DMA segments as the
+    /// descriptors) and returns the buffer id. Errors as
+    /// [`PackedQueue::add`]; the tables and the token come back unmapped in
+    /// the [`SgRejected`].
+    pub fn add_sgs(
+        &mut self,
+        out: SgTable,
+        inb: SgTable,
+        token: T,
+    ) -> std::result::Result<u16, SgRejected<T>> {
+        let n_out = out.entries().len();
+        let n = n_out + inb.entries().len();
+        let lens = out
+            .entries()
+            .iter()
+            .chain(inb.entries())
+            .map(|e| e.length());
+        let ap = self.config.features.access_platform;
+        let prepared = if self.broken {
+            Err(Error::Broken)
+        } else {
+            buffers::check_request(lens, n_out).and_then(|in_len| {
+                if !ap {
+                    for e in out.entries().iter().chain(inb.entries()) {
+                        buffers::check_guest(&self.dev, e.cpu_addr(), e.length())?;
+                    }
+                }
+                Ok((in_len, self.reserve(n)?))
+            })
+        };
+        let (in_len, block, id) = match prepared {
+            Ok((in_len, block)) => match self.free_ids.last() {
+                Some(&id) => (in_len, block, id),
+                None => {
+                    if let Some(b) = block {
+                        buffers::release_block(self.pool.as_ref(), b);
+                    }
+                    let error = Error::QueueFull { needed: 1, free: 0 };
+                    return Err(SgRejected {
+                        error,
+                        out,
+                        inb,
+                        token,
+                    });
+                }
+            },
+            Err(error) => {
+                return Err(SgRejected {
+                    error,
+                    out,
+                    inb,
+                    token,
+                })
+            }
+        };
+        let mut sgs = std::mem::take(&mut self.slot_mut(id).sgs);
+        let res = if ap {
+            match buffers::map_tables(&self.dev, out, inb, &mut sgs) {
+                Ok(()) => {
+                    let count = buffers::sg_count(&sgs);
+                    let segs = buffers::sg_segments(&sgs);
+                    self.write_chain(id, segs, count, block.as_ref())
+                        .map_err(|e| (e, None))
+                }
+                Err((e, out, inb)) => Err((e, Some((out, inb)))),
+            }
+        } else {
+            let segs = out
+                .entries()
+                .iter()
+                .map(|e| (e.cpu_addr().0, e.length(), false))
+                .chain(
+                    inb.entries()
+                        .iter()
+                        .map(|e| (e.cpu_addr().0, e.length(), true)),
+                );
+            self.write_chain(id, segs, n, block.as_ref())
+                .map_err(|e| (e, Some((out, inb))))
+        };
+        match res {
+            Ok(ndesc) => {
+                self.slot_mut(id).sgs = sgs;
+                self.commit(id, ndesc, in_len, block, token);
+                Ok(id)
+            }
+            Err((error, tables)) => {
+                let (out, inb) = match tables {
+                    Some(t) => t,
+                    None => buffers::unmap_tables(&self.dev, &mut sgs),
+                };
+                self.slot_mut(id).sgs = sgs;
+                if let Some(b) = block {
+                    buffers::release_block(self.pool.as_ref(), b);
+                }
+                Err(SgRejected {
+                    error,
+                    out,
+                    inb,
+                    token,
+                })
+            }
+        }
+    }
+
+    /// Records a written chain and moves past it.
+    fn commit(&mut self, id: u16, ndesc: u16, in_len: u64, block: Option<PoolBlock>, token: T) {
+        self.free_ids.pop();
+        let slot = self.slot_mut(id);
+        slot.token = Some(token);
+        slot.ndesc = ndesc;
+        slot.in_len = in_len;
+        slot.indirect = block;
+        self.next_avail = self.next_avail.advance(ndesc, self.config.size);
+        self.num_free = self.num_free.saturating_sub(ndesc);
+        self.in_flight = self.in_flight.saturating_add(1);
+        self.num_added = self.num_added.saturating_add(u32::from(ndesc));
     }
 
     fn reserve(&self, n: usize) -> Result<Option<PoolBlock>> {
@@ -622,19 +741,17 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
     }
 
     fn detach(&mut self, id: u16) -> Option<T> {
-        let (token, ndesc, mut maps, block) = {
+        let (token, ndesc, mut maps, mut sgs, block) = {
             let s = self.slot_mut(id);
             let token = s.token.take()?;
             s.in_len = 0;
-            (
-                token,
-                s.ndesc,
-                std::mem::take(&mut s.maps),
-                s.indirect.take(),
-            )
+            let (maps, sgs) = (std::mem::take(&mut s.maps), std::mem::take(&mut s.sgs));
+            (token, s.ndesc, maps, sgs, s.indirect.take())
         };
-        buffers::unmap_all(&self.dev, &mut maps, &mut Vec::new());
-        self.slot_mut(id).maps = maps;
+        buffers::unmap_all(&self.dev, &mut maps, &mut sgs);
+        let s = self.slot_mut(id);
+        s.maps = maps;
+        s.sgs = sgs;
         if let Some(b) = block {
             buffers::release_block(self.pool.as_ref(), b);
         }

@@ -17,13 +17,14 @@ use common::{
 };
 use virtio_dma::{Error, PackedDeviceQueue, PackedQueue, QueueConfig};
 use vm_dma::debug::{DebugConfig, DebugHook, DebugMode, DmaDebug};
+use vm_dma::SgTable;
 use vm_iommu::FaultReason;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const SIZE: u16 = 10;
 
-fn roundtrip(kind: Kind, event_idx: bool, indirect: bool) {
+fn roundtrip(kind: Kind, event_idx: bool, indirect: bool, sg: bool) {
     let p = platform(kind);
     let cfg = QueueConfig::new(SIZE).with_features(p.features(event_idx, indirect));
     let mut vq = PackedQueue::<Mem, u64>::new(&p.dev, cfg).unwrap();
@@ -35,13 +36,20 @@ fn roundtrip(kind: Kind, event_idx: bool, indirect: bool) {
             let mut posted = HashMap::new();
             loop {
                 let (out, req) = build(&p, token);
-                match vq.add(&out, &req.inb, token) {
+                let res = if sg {
+                    let t = |v: &[(GuestAddress, u32)]| SgTable::from_entries(v.iter().copied());
+                    vq.add_sgs(t(&out).unwrap(), t(&req.inb).unwrap(), token)
+                        .map_err(|r| r.error)
+                } else {
+                    vq.add(&out, &req.inb, token).map_err(|r| r.error)
+                };
+                match res {
                     Ok(_) => {
                         posted.insert(token, req);
                         token += 1;
                     }
-                    Err(r) if matches!(r.error, Error::QueueFull { .. }) => break,
-                    Err(r) => panic!("{kind:?}: {}", r.error),
+                    Err(Error::QueueFull { .. }) => break,
+                    Err(e) => panic!("{kind:?}: {e}"),
                 }
             }
             assert!(vq.kick(&kick).unwrap(), "round {round}: the device waits");
@@ -69,8 +77,8 @@ fn roundtrip(kind: Kind, event_idx: bool, indirect: bool) {
 }
 
 fn all(kind: Kind) {
-    for bits in 0..4u8 {
-        roundtrip(kind, bits & 1 != 0, bits & 2 != 0);
+    for bits in 0..8u8 {
+        roundtrip(kind, bits & 1 != 0, bits & 2 != 0, bits & 4 != 0);
     }
 }
 
@@ -194,7 +202,9 @@ fn packed_reset_and_destroy_leave_no_dma_debug_leak() {
         vq.pop_used().unwrap().unwrap();
         for t in 4..8 {
             let (out, req) = build(&p, t);
-            vq.add(&out, &req.inb, t).unwrap();
+            let out = SgTable::from_entries(out).unwrap();
+            let inb = SgTable::from_entries(req.inb).unwrap();
+            vq.add_sgs(out, inb, t).unwrap();
         }
         assert_eq!(vq.reset().len(), 7);
         assert_eq!(debug.live_entries(), baseline);

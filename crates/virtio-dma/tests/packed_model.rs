@@ -20,6 +20,7 @@ use proptest::prelude::*;
 use virtio_dma::{Error, PackedQueue, QueueConfig};
 use virtio_queue::desc::packed::Descriptor;
 use vm_dma::debug::{DebugConfig, DebugHook, DebugMode, DmaDebug};
+use vm_dma::SgTable;
 use vm_memory::{Bytes, GuestAddress};
 
 const SIZE: u16 = 7;
@@ -27,7 +28,7 @@ const MAX_INDIRECT: u16 = 3;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Add { nout: u8, nin: u8 },
+    Add { nout: u8, nin: u8, sg: bool },
     Complete { pick: usize, frac: u8 },
     Reclaim,
     Kick,
@@ -35,7 +36,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..3, 0u8..3).prop_map(|(nout, nin)| Op::Add { nout, nin }),
+        4 => (0u8..3, 0u8..3, any::<bool>()).prop_map(|(nout, nin, sg)| Op::Add { nout, nin, sg }),
         3 => (any::<usize>(), 0u8..=4).prop_map(|(pick, frac)| Op::Complete { pick, frac }),
         2 => Just(Op::Reclaim),
         1 => Just(Op::Kick),
@@ -68,7 +69,7 @@ fn run(kind: Kind, indirect: bool, ops: &[Op]) {
     let mut added = false;
     for op in ops {
         match *op {
-            Op::Add { nout, nin } => {
+            Op::Add { nout, nin, sg } => {
                 // Each token gets its own 4 KiB page: no overlap in flight.
                 let base = p.buffers.0 + u64::from(token) * 0x1000;
                 let out: Vec<_> = (0..u64::from(nout))
@@ -83,7 +84,15 @@ fn run(kind: Kind, indirect: bool, ops: &[Op]) {
                 } else {
                     n
                 };
-                match q.add(&out, &inb, token) {
+                let res = if sg {
+                    let t = |v: &[(GuestAddress, u32)]| {
+                        SgTable::from_entries(v.iter().copied()).unwrap()
+                    };
+                    q.add_sgs(t(&out), t(&inb), token).map_err(|r| r.error)
+                } else {
+                    q.add(&out, &inb, token).map_err(|r| r.error)
+                };
+                match res {
                     Ok(id) => {
                         assert!(n > 0 && ndesc <= free);
                         assert!(!inflight.contains_key(&id) && id < SIZE);
@@ -100,11 +109,9 @@ fn run(kind: Kind, indirect: bool, ops: &[Op]) {
                         token += 1;
                         added = true;
                     }
-                    Err(r) => match r.error {
-                        Error::EmptyRequest => assert_eq!(n, 0),
-                        Error::QueueFull { .. } => assert!(ndesc > free),
-                        e => panic!("{e}"),
-                    },
+                    Err(Error::EmptyRequest) => assert_eq!(n, 0),
+                    Err(Error::QueueFull { .. }) => assert!(ndesc > free),
+                    Err(e) => panic!("{e}"),
                 }
                 assert_eq!(q.num_free(), free);
             }

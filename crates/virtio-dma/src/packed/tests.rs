@@ -273,3 +273,30 @@ fn callbacks_write_the_driver_event_area() {
     // With DESC, reclaiming moves the event to the next used position.
     assert_eq!(read_u16(&q, area), 0x8002);
 }
+
+#[test]
+fn add_sgs_maps_tables_and_gives_them_back_on_failure() {
+    use vm_dma::SgTable;
+    let d = dev();
+    let mut q = queue(&d, 4, false, false);
+    let out = SgTable::from_entries([(buf(0), 16), (buf(1), 16)]).unwrap();
+    let inb = SgTable::from_entries([(buf(2), 32)]).unwrap();
+    let id = q.add_sgs(out, inb, 1).unwrap();
+    assert_eq!(desc(&q, 0), (buf(0).0, 16, id, F_NEXT | F_AVAIL));
+    assert_eq!(desc(&q, 2), (buf(2).0, 32, id, F_WRITE | F_AVAIL));
+    // Not enough room: the tables come back as they were.
+    let two = SgTable::from_entries([(buf(3), 8), (buf(4), 8)]).unwrap();
+    let r = q.add_sgs(two.clone(), SgTable::new(), 2).unwrap_err();
+    assert!(matches!(r.error, Error::QueueFull { needed: 2, free: 1 }));
+    assert_eq!((r.out, r.token), (two, 2));
+    device_used(&q, 0, true, id, 32);
+    assert_eq!(q.pop_used().unwrap().unwrap().len, 32);
+    // The writable table cannot be mapped: the readable one is unmapped
+    // and both come back.
+    let bad = SgTable::from_entries([(GuestAddress(64 * MIB), 16)]).unwrap();
+    let one = SgTable::from_entries([(buf(5), 8)]).unwrap();
+    let r = q.add_sgs(one.clone(), bad.clone(), 3).unwrap_err();
+    assert!(matches!(r.error, Error::Dma(_)), "{:?}", r.error);
+    assert_eq!((r.out, r.inb, r.token), (one, bad, 3));
+    assert_eq!((q.num_free(), q.in_flight()), (4, 0));
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
-use vm_dma::{Attrs, Direction, MappedSg, Mapping, PoolBlock, SgTable};
+use vm_dma::{MappedSg, Mapping, PoolBlock, SgTable};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::{Seg, SgRejected, Slot, SplitQueue};
@@ -249,32 +249,14 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
             };
         }
         let mut sgs = std::mem::take(&mut self.slot_mut(head).sgs);
-        let (mut out_back, mut in_back) = (SgTable::new(), SgTable::new());
-        let mut error = None;
-        for (t, dir) in [(out, Direction::ToDevice), (inb, Direction::FromDevice)] {
-            if error.is_some() || t.entries().is_empty() {
-                Self::put_back(&mut out_back, &mut in_back, dir, t);
-                continue;
-            }
-            match self.dev.map_sg(t, dir, Attrs::empty()) {
-                Ok(m) => sgs.push(m),
-                Err(r) => {
-                    let (e, t) = r.into_parts();
-                    error = Some(Error::Dma(e));
-                    Self::put_back(&mut out_back, &mut in_back, dir, t);
-                }
-            }
-        }
-        let res = match error {
-            Some(e) => Err(e),
-            None => {
-                let count: usize = sgs.iter().map(|s| s.count() as usize).sum();
-                let segs = sgs.iter().flat_map(|s| {
-                    let writable = s.direction() == Direction::FromDevice;
-                    s.segments().map(move |(d, l)| (d.raw(), l, writable))
-                });
+        let res = match buffers::map_tables(&self.dev, out, inb, &mut sgs) {
+            Ok(()) => {
+                let count = buffers::sg_count(&sgs);
+                let segs = buffers::sg_segments(&sgs);
                 self.write_chain(segs, count, block.as_ref())
+                    .map_err(|e| (e, None))
             }
+            Err((e, out, inb)) => Err((e, Some((out, inb)))),
         };
         match res {
             Ok((ndesc, last)) => {
@@ -283,33 +265,22 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
                 self.commit(head, token);
                 Ok(head)
             }
-            Err(error) => {
-                for s in sgs.drain(..) {
-                    let dir = s.direction();
-                    match self.dev.unmap_sg(s) {
-                        Ok(t) => Self::put_back(&mut out_back, &mut in_back, dir, t),
-                        Err(r) => log::error!("{}: sg unmap failed: {}", self.dev.name(), r.error),
-                    }
-                }
+            Err((error, tables)) => {
+                let (out, inb) = match tables {
+                    Some(t) => t,
+                    None => buffers::unmap_tables(&self.dev, &mut sgs),
+                };
                 self.slot_mut(head).sgs = sgs;
                 if let Some(b) = block {
                     self.release_block(b);
                 }
                 Err(SgRejected {
                     error,
-                    out: out_back,
-                    inb: in_back,
+                    out,
+                    inb,
                     token,
                 })
             }
-        }
-    }
-
-    pub(super) fn put_back(out: &mut SgTable, inb: &mut SgTable, dir: Direction, t: SgTable) {
-        if dir == Direction::ToDevice {
-            *out = t;
-        } else {
-            *inb = t;
         }
     }
 
