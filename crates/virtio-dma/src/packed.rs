@@ -21,7 +21,7 @@
 //! virtio-queue 0.18 has no packed ring walk.
 
 use std::fmt;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 
 use virtio_bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL,
@@ -34,12 +34,13 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::buffers;
 use crate::error::{Error, Rejected, Result};
-use crate::ring::{vring_need_event, RingAddrs, DESC_SIZE, MAX_QUEUE_SIZE};
-use crate::split::{QueueConfig, SgRejected, Used};
+use crate::ring::{RingAddrs, DESC_SIZE, MAX_QUEUE_SIZE};
+use crate::split::{QueueConfig, SgRejected};
 
 mod device;
 #[cfg(test)]
 mod tests;
+mod used;
 
 pub use device::{PackedDeviceQueue, PackedRequest};
 
@@ -637,157 +638,6 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
         let at14 = GuestAddress(at.0 + 14);
         self.store_u16(at14, flags | avail_bits(head.wrap), Ordering::Release)?;
         Ok(ndesc)
-    }
-
-    /// Linux's `virtqueue_kick_prepare_packed()`: whether the device wants
-    /// a notification for the descriptors published since the last call,
-    /// from the device event area (ENABLE, DISABLE, or with `EVENT_IDX` a
-    /// descriptor position). False when nothing was published.
-    pub fn kick_prepare(&mut self) -> Result<bool> {
-        fence(Ordering::SeqCst);
-        let added = std::mem::take(&mut self.num_added);
-        if added == 0 {
-            return Ok(false);
-        }
-        if added >= u32::from(u16::MAX) {
-            return Ok(true);
-        }
-        let area = GuestAddress(self.ring_cpu_addrs().used);
-        let off_wrap = self.load_u16(area, Ordering::Relaxed)?;
-        let flags = self.load_u16(GuestAddress(area.0 + 2), Ordering::Relaxed)?;
-        if flags != EV_DESC || !self.config.features.event_idx {
-            return Ok(flags != EV_DISABLE);
-        }
-        let new = self.next_avail.pos;
-        let old = new.wrapping_sub(added as u16);
-        let event = event_index(off_wrap, self.next_avail, self.config.size);
-        Ok(vring_need_event(event, new, old))
-    }
-
-    /// [`PackedQueue::kick_prepare`], then `notifier.notify()` if needed.
-    pub fn kick<N: crate::Notify + ?Sized>(&mut self, notifier: &N) -> Result<bool> {
-        if self.kick_prepare()? {
-            notifier.notify().map_err(Error::Notify)?;
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// Whether the descriptor at the driver's used position is used.
-    pub fn more_used(&self) -> Result<bool> {
-        let at = GuestAddress(self.desc_addr(self.last_used.pos).0 + 14);
-        let flags = self.load_u16(at, Ordering::Acquire)?;
-        Ok(is_used(flags, self.last_used.wrap))
-    }
-
-    fn bad_ring(&mut self, e: Error) -> Error {
-        log::error!("{}: packed virtqueue broken: {e}", self.dev.name());
-        self.broken = true;
-        e
-    }
-
-    /// Linux's `virtqueue_get_buf()` for a packed ring: reclaims the chain
-    /// whose used descriptor sits at the driver's used position, or `None`.
-    /// The flags are read with `Acquire`, then the id and length, which
-    /// must name a buffer in flight ([`Error::UsedIdOutOfRange`],
-    /// [`Error::UsedIdNotInFlight`]) and stay within its writable bytes
-    /// ([`Error::UsedLenTooLarge`]); a bad one marks the queue broken. The
-    /// used position advances by the chain's descriptor count from the
-    /// driver's records; its mappings are unmapped and its indirect table
-    /// freed. `Used::head` is the buffer id.
-    pub fn pop_used(&mut self) -> Result<Option<Used<T>>> {
-        if self.broken {
-            return Err(Error::Broken);
-        }
-        if !self.more_used()? {
-            return Ok(None);
-        }
-        let at = self.desc_addr(self.last_used.pos);
-        let d: Descriptor = self.dev.memory().read_obj(at).map_err(Self::ring_err(at))?;
-        let (id, len) = (d.id(), d.len());
-        if id >= self.config.size {
-            let e = Error::UsedIdOutOfRange {
-                id: u32::from(id),
-                size: self.config.size,
-            };
-            return Err(self.bad_ring(e));
-        }
-        let (in_flight, writable, ndesc) = {
-            let s = self.slot_mut(id);
-            (s.token.is_some(), s.in_len, s.ndesc)
-        };
-        if !in_flight {
-            return Err(self.bad_ring(Error::UsedIdNotInFlight { id: u32::from(id) }));
-        }
-        if u64::from(len) > writable {
-            let e = Error::UsedLenTooLarge {
-                id: u32::from(id),
-                len,
-                writable,
-            };
-            return Err(self.bad_ring(e));
-        }
-        self.last_used = self.last_used.advance(ndesc, self.config.size);
-        let token = self.detach(id);
-        if self.config.features.event_idx && self.event_flags == EV_DESC {
-            let area = GuestAddress(self.ring_cpu_addrs().avail);
-            self.store_u16(area, self.last_used.off_wrap(), Ordering::SeqCst)?;
-        }
-        Ok(token.map(|token| Used {
-            token,
-            len,
-            head: id,
-        }))
-    }
-
-    fn detach(&mut self, id: u16) -> Option<T> {
-        let (token, ndesc, mut maps, mut sgs, block) = {
-            let s = self.slot_mut(id);
-            let token = s.token.take()?;
-            s.in_len = 0;
-            let (maps, sgs) = (std::mem::take(&mut s.maps), std::mem::take(&mut s.sgs));
-            (token, s.ndesc, maps, sgs, s.indirect.take())
-        };
-        buffers::unmap_all(&self.dev, &mut maps, &mut sgs);
-        let s = self.slot_mut(id);
-        s.maps = maps;
-        s.sgs = sgs;
-        if let Some(b) = block {
-            buffers::release_block(self.pool.as_ref(), b);
-        }
-        self.free_ids.push(id);
-        self.num_free = self.num_free.saturating_add(ndesc);
-        self.in_flight = self.in_flight.saturating_sub(1);
-        Some(token)
-    }
-
-    fn set_event(&mut self, flags: u16) -> Result<()> {
-        self.event_flags = flags;
-        let at = GuestAddress(self.ring_cpu_addrs().avail + 2);
-        self.store_u16(at, flags, Ordering::Relaxed)
-    }
-
-    /// Asks the device not to interrupt (driver event flags = DISABLE).
-    pub fn disable_cb(&mut self) -> Result<()> {
-        if self.event_flags != EV_DISABLE {
-            self.set_event(EV_DISABLE)?;
-        }
-        Ok(())
-    }
-
-    /// Re-enables interrupts (with `EVENT_IDX`: at the next used position,
-    /// flags = DESC; otherwise ENABLE) and returns whether used chains are
-    /// already pending, in which case the caller must poll again.
-    pub fn enable_cb(&mut self) -> Result<bool> {
-        if self.config.features.event_idx {
-            let at = GuestAddress(self.ring_cpu_addrs().avail);
-            self.store_u16(at, self.last_used.off_wrap(), Ordering::Relaxed)?;
-            self.set_event(EV_DESC)?;
-        } else {
-            self.set_event(EV_ENABLE)?;
-        }
-        fence(Ordering::SeqCst);
-        self.more_used()
     }
 
     /// Resets the driver side after the device was reset: unmaps every
