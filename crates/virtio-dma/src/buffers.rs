@@ -3,8 +3,11 @@
 //! What split and packed drivers share: request checks, buffer mapping and
 //! unmapping through the DMA API, pool and ring release.
 
+use std::sync::Arc;
+
 use vm_dma::{
-    Attrs, CoherentBuffer, Direction, DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock, SgTable,
+    Attrs, CoherentBuffer, Direction, DmaAddr, DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock,
+    SgTable,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -193,26 +196,83 @@ pub(crate) fn release_block<M: GuestMemoryBackend>(pool: Option<&DmaPool<M>>, bl
     }
 }
 
-/// Frees a ring allocation, logging a refusal.
-pub(crate) fn free_ring<M: GuestMemoryBackend>(dev: &DmaDevice<M>, ring: CoherentBuffer) {
-    if let Err(r) = dev.free_coherent(ring) {
-        log::error!("{}: cannot free virtqueue ring: {}", dev.name(), r.error);
+/// Where a queue's rings live: their own coherent allocation, or a block of
+/// a caller's `DmaPool` (many small queues sharing pages).
+pub(crate) enum RingMem<M: GuestMemoryBackend> {
+    Coherent(CoherentBuffer),
+    Pool(Arc<DmaPool<M>>, PoolBlock),
+}
+
+impl<M: GuestMemoryBackend> RingMem<M> {
+    /// `total` zeroed bytes, 16-byte aligned, for `dev`: from `pool` when
+    /// given (its blocks must be large and aligned enough and it must
+    /// allocate for `dev`), else from `alloc_coherent`.
+    pub(crate) fn alloc(
+        dev: &DmaDevice<M>,
+        total: u64,
+        pool: Option<Arc<DmaPool<M>>>,
+    ) -> Result<Self> {
+        let Some(pool) = pool else {
+            return Ok(RingMem::Coherent(dev.alloc_coherent(total)?));
+        };
+        let refuse = |reason| Error::InvalidRingPool {
+            reason,
+            block: pool.size(),
+            needed: total,
+        };
+        if pool.device().id() != dev.id() || !std::ptr::eq(pool.device().memory(), dev.memory()) {
+            return Err(refuse("it allocates for another device"));
+        }
+        if pool.size() < total {
+            return Err(refuse("its blocks are too small"));
+        }
+        if pool.align() < 16 {
+            return Err(refuse("its blocks are not 16-byte aligned"));
+        }
+        let block = pool.zalloc()?;
+        Ok(RingMem::Pool(pool, block))
+    }
+
+    pub(crate) fn cpu_addr(&self) -> GuestAddress {
+        match self {
+            RingMem::Coherent(b) => b.cpu_addr(),
+            RingMem::Pool(_, b) => b.cpu_addr(),
+        }
+    }
+
+    pub(crate) fn dma_addr(&self) -> DmaAddr {
+        match self {
+            RingMem::Coherent(b) => b.dma_addr(),
+            RingMem::Pool(_, b) => b.dma_addr(),
+        }
+    }
+
+    /// Gives the memory back.
+    pub(crate) fn free(self, dev: &DmaDevice<M>) -> Result<()> {
+        match self {
+            RingMem::Coherent(b) => dev.free_coherent(b).map_err(|r| Error::Dma(r.error)),
+            RingMem::Pool(pool, b) => pool.free(b).map_err(|r| Error::Dma(r.error)),
+        }
     }
 }
 
-/// Frees the pool and the ring of a queue being destroyed.
+/// Frees a ring allocation, logging a refusal.
+pub(crate) fn free_ring<M: GuestMemoryBackend>(dev: &DmaDevice<M>, ring: RingMem<M>) {
+    if let Err(e) = ring.free(dev) {
+        log::error!("{}: cannot free virtqueue ring: {e}", dev.name());
+    }
+}
+
+/// Frees the indirect pool and the ring of a queue being destroyed.
 pub(crate) fn release_queue<M: GuestMemoryBackend>(
     dev: &DmaDevice<M>,
     pool: Option<DmaPool<M>>,
-    ring: Option<CoherentBuffer>,
+    ring: Option<RingMem<M>>,
 ) -> Result<()> {
     let pool = pool.map(DmaPool::destroy).transpose();
-    let ring = match ring {
-        Some(r) => dev.free_coherent(r).map_err(|r| Error::Dma(r.error)),
-        None => Ok(()),
-    };
+    let ring = ring.map(|r| r.free(dev)).transpose();
     pool?;
-    ring
+    ring.map(|_| ())
 }
 
 /// Zeroes `len` bytes of guest memory at `addr`, a page at a time.

@@ -31,6 +31,16 @@ pub enum Error {
         /// The largest accepted length.
         max: u32,
     },
+    /// A ring pool given to `with_ring_pool` cannot hold the queue's rings.
+    #[error("ring pool refused: {reason} (block {block:#x}, rings need {needed:#x})")]
+    InvalidRingPool {
+        /// What is wrong with it.
+        reason: &'static str,
+        /// Its block size.
+        block: u64,
+        /// The bytes the rings need.
+        needed: u64,
+    },
     /// A request with no buffer at all.
     #[error("a request needs at least one buffer")]
     EmptyRequest,

@@ -14,7 +14,8 @@
 //!
 //! * **Rings** — one `alloc_coherent` allocation (descriptor table at 0,
 //!   available ring after it, used ring on the next 64-byte boundary; the
-//!   spec's 16/2/4 alignments follow), zeroed. [`SplitQueue::ring_addrs`]
+//!   spec's 16/2/4 alignments follow), zeroed, or one block of a shared
+//!   `DmaPool` ([`SplitQueue::with_ring_pool`]). [`SplitQueue::ring_addrs`]
 //!   gives the addresses the device uses.
 //! * **`VIRTIO_F_ACCESS_PLATFORM`** ([`Features::access_platform`]) — with
 //!   it every address written into the rings is a DMA address from vm-dma
@@ -92,6 +93,8 @@ pub use device::{queue_from_rings, DeviceQueue, Processed, Request};
 pub use error::{Error, Rejected, Result};
 pub use notify::Notify;
 pub use packed::{PackedDeviceQueue, PackedQueue, PackedRequest};
-pub use ring::{vring_need_event, Features, RingAddrs, MAX_QUEUE_SIZE};
+pub use ring::{
+    packed_ring_len, split_ring_len, vring_need_event, Features, RingAddrs, MAX_QUEUE_SIZE,
+};
 pub use split::{QueueConfig, SgRejected, SplitQueue, Used, DEFAULT_MAX_INDIRECT};
 pub use subscriber::QueueSubscriber;

@@ -22,6 +22,7 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL,
@@ -29,12 +30,12 @@ use virtio_bindings::virtio_ring::{
     VRING_PACKED_EVENT_FLAG_ENABLE, VRING_PACKED_EVENT_F_WRAP_CTR,
 };
 use virtio_queue::desc::packed::Descriptor;
-use vm_dma::{CoherentBuffer, DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock, SgTable};
+use vm_dma::{DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock, SgTable};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::buffers;
+use crate::buffers::{self, RingMem};
 use crate::error::{Error, Rejected, Result};
-use crate::ring::{RingAddrs, DESC_SIZE, MAX_QUEUE_SIZE};
+use crate::ring::{packed_ring_len, RingAddrs, DESC_SIZE, MAX_QUEUE_SIZE, PACKED_DEVICE_AREA_GAP};
 use crate::split::{QueueConfig, SgRejected};
 
 mod device;
@@ -53,10 +54,6 @@ pub(crate) const EV_ENABLE: u16 = VRING_PACKED_EVENT_FLAG_ENABLE as u16;
 pub(crate) const EV_DISABLE: u16 = VRING_PACKED_EVENT_FLAG_DISABLE as u16;
 pub(crate) const EV_DESC: u16 = VRING_PACKED_EVENT_FLAG_DESC as u16;
 pub(crate) const WRAP_SHIFT: u32 = VRING_PACKED_EVENT_F_WRAP_CTR;
-
-/// Offset of the device event area from the driver event area: a cache
-/// line apart, so the device's writes do not share the driver's line.
-const DEVICE_AREA_GAP: u64 = 64;
 
 /// The AVAIL/USED bits a driver writes into an available descriptor while
 /// its wrap counter is `wrap`.
@@ -180,7 +177,9 @@ impl<T> Default for Slot<T> {
 pub struct PackedQueue<M: GuestMemoryBackend, T> {
     dev: DmaDevice<M>,
     config: QueueConfig,
-    ring: Option<CoherentBuffer>,
+    ring: Option<RingMem<M>>,
+    /// Bytes of ring memory in use (zeroed on reset).
+    ring_len: u64,
     cpu_base: u64,
     dev_base: u64,
     pool: Option<DmaPool<M>>,
@@ -219,6 +218,28 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
     /// [`SplitQueue::new`](crate::SplitQueue::new), except that any size in
     /// `1..=32768` is accepted.
     pub fn new(dev: &DmaDevice<M>, config: QueueConfig) -> Result<Self> {
+        Self::build(dev, config, None)
+    }
+
+    /// As [`PackedQueue::new`], with the rings in one zeroed block of `pool`
+    /// instead of their own coherent allocation, for many small queues
+    /// sharing pages. The pool must allocate for `dev`, with blocks of at
+    /// least the ring size ([`packed_ring_len`](crate::packed_ring_len)) aligned to at least 16
+    /// bytes ([`Error::InvalidRingPool`]). The block goes back to the pool
+    /// on destroy or drop.
+    pub fn with_ring_pool(
+        dev: &DmaDevice<M>,
+        config: QueueConfig,
+        pool: Arc<DmaPool<M>>,
+    ) -> Result<Self> {
+        Self::build(dev, config, Some(pool))
+    }
+
+    fn build(
+        dev: &DmaDevice<M>,
+        config: QueueConfig,
+        ring_pool: Option<Arc<DmaPool<M>>>,
+    ) -> Result<Self> {
         let size = config.size;
         if size == 0 || size > MAX_QUEUE_SIZE {
             return Err(Error::InvalidQueueSize {
@@ -231,8 +252,8 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
                 max: u32::from(u16::MAX),
             });
         }
-        let total = Self::driver_area(size) + DEVICE_AREA_GAP + 4;
-        let ring = dev.alloc_coherent(total)?;
+        let total = packed_ring_len(size);
+        let ring = RingMem::alloc(dev, total, ring_pool)?;
         let pool = if config.features.indirect_desc {
             let block = DESC_SIZE * u64::from(config.max_indirect);
             let name = format!("{}-pvq-indirect", dev.name());
@@ -256,6 +277,7 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
             dev: dev.clone(),
             config,
             ring: Some(ring),
+            ring_len: total,
             cpu_base,
             dev_base,
             pool,
@@ -283,6 +305,12 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
         self.free_ids.extend((0..self.config.size).rev());
     }
 
+    /// Bytes of ring memory the queue uses (what a ring pool's blocks must
+    /// hold).
+    pub fn ring_len(&self) -> u64 {
+        self.ring_len
+    }
+
     /// The device this queue maps for.
     pub fn device(&self) -> &DmaDevice<M> {
         &self.dev
@@ -300,7 +328,7 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
         RingAddrs {
             desc: self.dev_base,
             avail: self.dev_base + driver,
-            used: self.dev_base + driver + DEVICE_AREA_GAP,
+            used: self.dev_base + driver + PACKED_DEVICE_AREA_GAP,
         }
     }
 
@@ -310,7 +338,7 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
         RingAddrs {
             desc: self.cpu_base,
             avail: self.cpu_base + driver,
-            used: self.cpu_base + driver + DEVICE_AREA_GAP,
+            used: self.cpu_base + driver + PACKED_DEVICE_AREA_GAP,
         }
     }
 
@@ -651,7 +679,7 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
             }
         }
         if let Some(ring) = &self.ring {
-            if let Err(e) = buffers::zero(self.dev.memory(), ring.cpu_addr(), ring.size()) {
+            if let Err(e) = buffers::zero(self.dev.memory(), ring.cpu_addr(), self.ring_len) {
                 log::error!("{}: cannot clear the packed ring: {e}", self.dev.name());
             }
         }

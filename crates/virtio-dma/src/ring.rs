@@ -140,6 +140,35 @@ impl SplitLayout {
     }
 }
 
+/// Bytes of ring memory a split queue of `size` entries uses (its one
+/// allocation: descriptor table, available ring, used ring). `size` above
+/// 32768 is treated as 32768.
+///
+/// ```
+/// // 4096 of descriptors, 518 of available ring, the used ring (2054
+/// // bytes) at the next 64-byte boundary, 4672.
+/// assert_eq!(virtio_dma::split_ring_len(256), 4672 + 2054);
+/// ```
+pub fn split_ring_len(size: u16) -> u64 {
+    SplitLayout::new(size.min(MAX_QUEUE_SIZE)).total
+}
+
+/// Bytes of ring memory a packed queue of `size` entries uses: the
+/// descriptor ring, the driver event area, and the device event area a
+/// cache line further.
+///
+/// ```
+/// assert_eq!(virtio_dma::packed_ring_len(10), 160 + 64 + 4);
+/// ```
+pub fn packed_ring_len(size: u16) -> u64 {
+    DESC_SIZE * u64::from(size.min(MAX_QUEUE_SIZE)) + PACKED_DEVICE_AREA_GAP + 4
+}
+
+/// Offset of a packed ring's device event area from its driver event
+/// area: a cache line apart, so the device's writes do not share the
+/// driver's line.
+pub(crate) const PACKED_DEVICE_AREA_GAP: u64 = 64;
+
 /// The virtio spec's `vring_need_event(event_idx, new_idx, old)`: whether
 /// moving an index from `old` to `new` passed `event_idx`, in 16-bit
 /// wrapping arithmetic.

@@ -18,12 +18,13 @@
 use std::fmt;
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
-use vm_dma::{CoherentBuffer, DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock, SgTable};
+use vm_dma::{DmaDevice, DmaPool, MappedSg, Mapping, PoolBlock, SgTable};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::buffers;
+use crate::buffers::{self, RingMem};
 use crate::error::{Error, Result};
 use crate::ring::{Features, RingAddrs, SplitLayout, DESC_SIZE, MAX_QUEUE_SIZE};
 
@@ -179,7 +180,9 @@ pub struct SplitQueue<M: GuestMemoryBackend, T> {
     config: QueueConfig,
     layout: SplitLayout,
     /// `None` only once destroyed.
-    ring: Option<CoherentBuffer>,
+    ring: Option<RingMem<M>>,
+    /// Bytes of ring memory in use (zeroed on reset).
+    ring_len: u64,
     cpu_base: u64,
     dev_base: u64,
     pool: Option<DmaPool<M>>,
@@ -222,6 +225,28 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
     /// [`Error::Dma`] when the allocation fails. Nothing stays allocated on
     /// failure.
     pub fn new(dev: &DmaDevice<M>, config: QueueConfig) -> Result<Self> {
+        Self::build(dev, config, None)
+    }
+
+    /// As [`SplitQueue::new`], with the rings in one zeroed block of `pool`
+    /// instead of their own coherent allocation, for many small queues
+    /// sharing pages. The pool must allocate for `dev`, with blocks of at
+    /// least the ring size ([`split_ring_len`](crate::split_ring_len)) aligned to at least 16
+    /// bytes ([`Error::InvalidRingPool`]). The block goes back to the pool
+    /// on destroy or drop.
+    pub fn with_ring_pool(
+        dev: &DmaDevice<M>,
+        config: QueueConfig,
+        pool: Arc<DmaPool<M>>,
+    ) -> Result<Self> {
+        Self::build(dev, config, Some(pool))
+    }
+
+    fn build(
+        dev: &DmaDevice<M>,
+        config: QueueConfig,
+        ring_pool: Option<Arc<DmaPool<M>>>,
+    ) -> Result<Self> {
         let size = config.size;
         if size == 0 || size > MAX_QUEUE_SIZE || !size.is_power_of_two() {
             return Err(Error::InvalidQueueSize {
@@ -235,7 +260,7 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
             });
         }
         let layout = SplitLayout::new(size);
-        let ring = dev.alloc_coherent(layout.total)?;
+        let ring = RingMem::alloc(dev, layout.total, ring_pool)?;
         let pool = if config.features.indirect_desc {
             let block = DESC_SIZE * u64::from(config.max_indirect);
             let name = format!("{}-vq-indirect", dev.name());
@@ -260,6 +285,7 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
             config,
             layout,
             ring: Some(ring),
+            ring_len: layout.total,
             cpu_base,
             dev_base,
             pool,
@@ -284,6 +310,12 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
             .extend((1..=self.config.size).map(|i| i % self.config.size));
         self.free_head = 0;
         self.num_free = self.config.size;
+    }
+
+    /// Bytes of ring memory the queue uses (what a ring pool's blocks must
+    /// hold).
+    pub fn ring_len(&self) -> u64 {
+        self.ring_len
     }
 
     /// The device this queue maps for.
@@ -389,7 +421,7 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
             }
         }
         if let Some(ring) = &self.ring {
-            if let Err(e) = buffers::zero(self.dev.memory(), ring.cpu_addr(), self.layout.total) {
+            if let Err(e) = buffers::zero(self.dev.memory(), ring.cpu_addr(), self.ring_len) {
                 log::error!("{}: cannot clear the virtqueue ring: {e}", self.dev.name());
             }
         }

@@ -163,3 +163,37 @@ fn a_buffer_across_the_memory_hole_is_refused() {
         assert_eq!((e.token, vq.num_free()), (1, 4));
     }
 }
+
+#[test]
+fn queues_with_rings_from_a_shared_pool_roundtrip() {
+    use std::sync::Arc;
+    use virtio_dma::{split_ring_len, DeviceQueue as Dq};
+    use vm_dma::DmaPool;
+
+    for kind in [Kind::Direct, Kind::Bounce, Kind::IommuView] {
+        let p = platform(kind);
+        let pool = Arc::new(DmaPool::create("rings", &p.dev, split_ring_len(SIZE), 64, 0).unwrap());
+        let cfg = QueueConfig::new(SIZE).with_features(p.features(true, true));
+        let mut queues: Vec<_> = (0..3)
+            .map(|_| {
+                SplitQueue::<Mem, u64>::with_ring_pool(&p.dev, cfg, Arc::clone(&pool)).unwrap()
+            })
+            .collect();
+        assert_eq!(pool.nr_active(), 3);
+        with_view!(p, |view| {
+            for (i, vq) in queues.iter_mut().enumerate() {
+                let mut device = Dq::new(view.clone(), vq.ring_addrs(), SIZE, true).unwrap();
+                let token = 10 + i as u64;
+                let (out, req) = build(&p, token);
+                vq.add(&out, &req.inb, token).unwrap();
+                assert_eq!(device.process(reverse).unwrap().chains, 1);
+                let u = vq.pop_used().unwrap().unwrap();
+                let mut want = req.payload.clone();
+                want.reverse();
+                assert_eq!((u.token, read_in(&p, &req.inb)), (token, want));
+            }
+        });
+        drop(queues);
+        assert_eq!(pool.nr_active(), 0);
+    }
+}

@@ -300,3 +300,21 @@ fn add_sgs_maps_tables_and_gives_them_back_on_failure() {
     assert_eq!((r.out, r.inb, r.token), (one, bad, 3));
     assert_eq!((q.num_free(), q.in_flight()), (4, 0));
 }
+
+#[test]
+fn packed_rings_from_a_pool_go_back_on_drop() {
+    use std::sync::Arc;
+    use vm_dma::DmaPool;
+
+    let d = dev();
+    let pool = Arc::new(DmaPool::create("prings", &d, crate::packed_ring_len(10), 16, 0).unwrap());
+    let mut q =
+        PackedQueue::<Mem, u32>::with_ring_pool(&d, QueueConfig::new(10), Arc::clone(&pool))
+            .unwrap();
+    assert_eq!(q.ring_len(), crate::packed_ring_len(10));
+    q.add(&[(buf(0), 8)], &[], 1).unwrap();
+    assert_eq!(desc(&q, 0).3, F_AVAIL);
+    assert_eq!(pool.nr_active(), 1);
+    drop(q);
+    assert_eq!(pool.nr_active(), 0);
+}

@@ -399,3 +399,33 @@ fn add_sgs_maps_tables_and_gives_them_back_on_failure() {
     assert_eq!((r.out, r.inb, r.token), (one, bad, 3));
     assert_eq!((q.num_free(), q.in_flight()), (4, 0));
 }
+
+#[test]
+fn rings_can_share_a_pool_of_the_same_device() {
+    use std::sync::Arc;
+    use vm_dma::DmaPool;
+
+    let d = dev();
+    let len = crate::split_ring_len(16);
+    let pool = Arc::new(DmaPool::create("rings", &d, len, 64, 0).unwrap());
+    let a = Queue::with_ring_pool(&d, QueueConfig::new(16), Arc::clone(&pool)).unwrap();
+    let b = Queue::with_ring_pool(&d, QueueConfig::new(16), Arc::clone(&pool)).unwrap();
+    assert_eq!((pool.nr_active(), pool.nr_pages()), (2, 1));
+    assert_eq!(a.ring_len(), len);
+    assert_eq!(a.ring_addrs().desc % 64, 0);
+    assert_ne!(a.ring_addrs().desc, b.ring_addrs().desc);
+    // A larger queue does not fit, another device's pool is refused, and a
+    // pool aligned below 16 bytes too.
+    let big = Queue::with_ring_pool(&d, QueueConfig::new(32), Arc::clone(&pool));
+    assert!(matches!(big, Err(Error::InvalidRingPool { .. })));
+    let other = dev();
+    let foreign = Queue::with_ring_pool(&other, QueueConfig::new(16), Arc::clone(&pool));
+    assert!(matches!(foreign, Err(Error::InvalidRingPool { .. })));
+    let loose = Arc::new(DmaPool::create("loose", &d, len, 8, 0).unwrap());
+    let r = Queue::with_ring_pool(&d, QueueConfig::new(16), loose);
+    assert!(matches!(r, Err(Error::InvalidRingPool { .. })));
+    assert_eq!(pool.nr_active(), 2);
+    a.destroy().unwrap();
+    drop(b);
+    assert_eq!(pool.nr_active(), 0);
+}
