@@ -49,6 +49,53 @@ where
     Ok(in_len)
 }
 
+/// Decides how a request of `nsegs` buffers goes into a ring of `size`
+/// descriptors with `num_free` free: an indirect table from `pool` when it
+/// has one, the request has 2..=`max_indirect` buffers and a descriptor is
+/// free (`Ok(Some(block))`), else direct descriptors (`Ok(None)`, enough are
+/// free). A failed indirect allocation falls back to direct descriptors,
+/// as in Linux. A request that can never fit directly is
+/// [`Error::ChainTooLong`] (or the allocation error when only an indirect
+/// table could carry it).
+pub(crate) fn reserve<M: GuestMemoryBackend>(
+    pool: Option<&DmaPool<M>>,
+    max_indirect: u16,
+    size: u16,
+    num_free: u16,
+    nsegs: usize,
+) -> Result<Option<PoolBlock>> {
+    let full = |needed: usize| Error::QueueFull {
+        needed: u32::try_from(needed).unwrap_or(u32::MAX),
+        free: num_free,
+    };
+    let mut alloc_err = None;
+    if let Some(pool) = pool.filter(|_| nsegs > 1 && nsegs <= usize::from(max_indirect)) {
+        if num_free == 0 {
+            return Err(full(1));
+        }
+        match pool.alloc() {
+            Ok(b) => return Ok(Some(b)),
+            Err(e) => {
+                log::debug!("{}: indirect table: {e}", pool.device().name());
+                alloc_err = Some(e);
+            }
+        }
+    }
+    if nsegs > usize::from(size) {
+        return Err(match alloc_err {
+            Some(e) => Error::Dma(e),
+            None => Error::ChainTooLong {
+                descriptors: u32::try_from(nsegs).unwrap_or(u32::MAX),
+                size,
+            },
+        });
+    }
+    if nsegs > usize::from(num_free) {
+        return Err(full(nsegs));
+    }
+    Ok(None)
+}
+
 /// Without `ACCESS_PLATFORM` nothing is mapped, but a buffer must still be
 /// guest memory throughout.
 pub(crate) fn check_guest<M: GuestMemoryBackend>(

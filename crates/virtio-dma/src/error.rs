@@ -77,6 +77,15 @@ pub enum Error {
         /// Descriptors free.
         free: u16,
     },
+    /// A request needs more direct descriptors than the queue has (and no
+    /// indirect table can carry it): it can never be added.
+    #[error("request needs {descriptors} descriptors, the queue has {size}")]
+    ChainTooLong {
+        /// Descriptors the request needs.
+        descriptors: u32,
+        /// The queue size.
+        size: u16,
+    },
     /// The queue was marked broken by a bad value from the device; only
     /// `reset` brings it back.
     #[error("virtqueue is broken: reset it")]

@@ -402,7 +402,8 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
     /// Errors (nothing changes, the token comes back in the [`Rejected`]):
     /// [`Error::Broken`], [`Error::EmptyRequest`],
     /// [`Error::ZeroLengthBuffer`], [`Error::RequestTooLarge`],
-    /// [`Error::QueueFull`], [`Error::BadBuffer`], [`Error::Dma`].
+    /// [`Error::QueueFull`], [`Error::ChainTooLong`], [`Error::BadBuffer`],
+    /// [`Error::Dma`].
     pub fn add(
         &mut self,
         out: &[(GuestAddress, u32)],
@@ -587,25 +588,8 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
     }
 
     fn reserve(&self, n: usize) -> Result<Option<PoolBlock>> {
-        let fits_indirect = n > 1 && n <= usize::from(self.config.max_indirect);
-        if let (Some(pool), true, true) = (&self.pool, fits_indirect, self.num_free >= 1) {
-            match pool.alloc() {
-                Ok(b) => return Ok(Some(b)),
-                Err(e) => log::debug!("{}: indirect table: {e}", self.dev.name()),
-            }
-        }
-        let needed = if fits_indirect && self.pool.is_some() && self.num_free == 0 {
-            1
-        } else {
-            n
-        };
-        if needed > usize::from(self.num_free) || needed == 0 {
-            return Err(Error::QueueFull {
-                needed: u32::try_from(needed).unwrap_or(u32::MAX),
-                free: self.num_free,
-            });
-        }
-        Ok(None)
+        let c = &self.config;
+        buffers::reserve(self.pool.as_ref(), c.max_indirect, c.size, self.num_free, n)
     }
 
     /// Writes the chain at `next_avail` (the head's flags last, `Release`)

@@ -29,28 +29,16 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
         buffers::check_request(lens, n_out)
     }
 
-    /// Takes an indirect block when the request should use one; `Ok(None)`
-    /// means direct descriptors (and that enough are free).
+    /// [`buffers::reserve`] for this queue.
     pub(super) fn reserve(&self, nsegs: usize) -> Result<Option<PoolBlock>> {
-        let fits_indirect = nsegs > 1 && nsegs <= usize::from(self.config.max_indirect);
-        if let (Some(pool), true) = (&self.pool, fits_indirect) {
-            if self.num_free == 0 {
-                return Err(Error::QueueFull { needed: 1, free: 0 });
-            }
-            match pool.alloc() {
-                Ok(b) => return Ok(Some(b)),
-                // Linux falls back to direct descriptors when the indirect
-                // allocation fails.
-                Err(e) => log::debug!("{}: indirect table: {e}", self.dev.name()),
-            }
-        }
-        if nsegs > usize::from(self.num_free) {
-            return Err(Error::QueueFull {
-                needed: u32::try_from(nsegs).unwrap_or(u32::MAX),
-                free: self.num_free,
-            });
-        }
-        Ok(None)
+        let c = &self.config;
+        buffers::reserve(
+            self.pool.as_ref(),
+            c.max_indirect,
+            c.size,
+            self.num_free,
+            nsegs,
+        )
     }
 
     pub(super) fn release_block(&self, block: PoolBlock) {
@@ -79,7 +67,8 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
     /// Errors (nothing changes, the token comes back in the [`Rejected`]):
     /// [`Error::Broken`], [`Error::EmptyRequest`],
     /// [`Error::ZeroLengthBuffer`], [`Error::RequestTooLarge`],
-    /// [`Error::QueueFull`], [`Error::BadBuffer`], [`Error::Dma`].
+    /// [`Error::QueueFull`], [`Error::ChainTooLong`], [`Error::BadBuffer`],
+    /// [`Error::Dma`].
     ///
     /// Allocation-free once every head has been used once (each head keeps
     /// the capacity of its mapping list).

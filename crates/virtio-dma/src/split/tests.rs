@@ -185,9 +185,9 @@ fn indirect_requests_use_one_ring_descriptor_and_a_pool_table() {
     let r = q.add(&many, &[], 11).unwrap_err();
     assert!(matches!(
         r.error,
-        Error::QueueFull {
-            needed: 40,
-            free: 2
+        Error::ChainTooLong {
+            descriptors: 40,
+            size: 4
         }
     ));
     device_used(&q, u32::from(head), 80);
@@ -214,7 +214,17 @@ fn a_refused_add_changes_nothing_and_returns_the_token() {
         .unwrap_err();
     assert!(matches!(r.error, Error::Dma(_)), "{:?}", r.error);
     let r = q.add(&[(buf(0), 1); 5], &[], 9).unwrap_err();
-    assert!(matches!(r.error, Error::QueueFull { needed: 5, free: 4 }));
+    assert!(matches!(
+        r.error,
+        Error::ChainTooLong {
+            descriptors: 5,
+            size: 4
+        }
+    ));
+    q.add(&[(buf(0), 1); 2], &[], 11).unwrap();
+    let r = q.add(&[(buf(0), 1); 3], &[], 12).unwrap_err();
+    assert!(matches!(r.error, Error::QueueFull { needed: 3, free: 2 }));
+    assert_eq!(q.reset(), vec![11]);
     assert_eq!((q.num_free(), q.in_flight(), avail_idx(&q)), (4, 0, 0));
     assert_eq!(q.add(&[(buf(0), 1); 4], &[], 10).unwrap(), 0);
 }
