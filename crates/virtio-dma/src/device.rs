@@ -173,9 +173,9 @@ impl<V: GuestMemory> DeviceQueue<V> {
     /// Pops every available chain, hands it to `handler` as a [`Request`]
     /// and puts it on the used ring with the number of bytes the handler
     /// wrote (0 if the handler failed or the chain's buffers could not be
-    /// reached), then tells whether the driver wants an interrupt. With
-    /// `EVENT_IDX`, notifications are disabled while draining and the queue
-    /// is re-checked after enabling them, so no chain is missed.
+    /// reached), then tells whether the driver wants an interrupt. Driver
+    /// notifications are suppressed while draining and the queue is
+    /// re-checked after enabling them, so no chain is missed.
     ///
     /// Returns [`Error::NeedsReset`] without touching the queue if it is in
     /// NEEDS_RESET; a fault while processing sets NEEDS_RESET, stops, and
@@ -190,17 +190,15 @@ impl<V: GuestMemory> DeviceQueue<V> {
         }
         let mut done = Processed::default();
         loop {
-            if self.event_idx {
-                if let Err(e) = self.queue.disable_notification(&self.mem) {
-                    self.fault(e);
-                    return Ok(done);
-                }
+            // No kicks while draining (VRING_USED_F_NO_NOTIFY, or with
+            // EVENT_IDX simply not moving avail_event), then re-enable and
+            // look again, so a chain published meanwhile is not missed.
+            if let Err(e) = self.queue.disable_notification(&self.mem) {
+                self.fault(e);
+                return Ok(done);
             }
             if !self.drain(&mut handler, &mut done) {
                 return Ok(done);
-            }
-            if !self.event_idx {
-                break;
             }
             match self.queue.enable_notification(&self.mem) {
                 Ok(true) => continue,

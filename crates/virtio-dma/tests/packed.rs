@@ -247,3 +247,39 @@ fn packed_device_refuses_rings_it_cannot_reach_or_misaligned() {
         Err(Error::InvalidQueueSize { size: 0 })
     ));
 }
+
+#[test]
+fn packed_device_rearms_driver_notifications_after_draining() {
+    for event_idx in [false, true] {
+        let p = platform(Kind::Direct);
+        let cfg = QueueConfig::new(4).with_features(p.features(event_idx, false));
+        let mut vq = PackedQueue::<Mem, u64>::new(&p.dev, cfg).unwrap();
+        let mut device =
+            PackedDeviceQueue::new(p.dev.device_view(), vq.ring_addrs(), 4, event_idx).unwrap();
+        let req = |t: u64| {
+            let base = p.buffers.0 + t * 0x1000;
+            ([(GuestAddress(base), 8)], [(GuestAddress(base + 0x800), 8)])
+        };
+        for t in 0..2 {
+            let (out, inb) = req(t);
+            vq.add(&out, &inb, t).unwrap();
+        }
+        assert!(vq.kick_prepare().unwrap());
+        assert_eq!(device.process(reverse_packed).unwrap().chains, 2);
+        let area = GuestAddress(vq.ring_cpu_addrs().used);
+        let word: [u16; 2] = p.dev.memory().read_obj(area).unwrap();
+        let tokens: Vec<_> = std::iter::from_fn(|| vq.pop_used().unwrap())
+            .map(|u| u.token)
+            .collect();
+        assert_eq!(tokens, [0, 1]);
+        if event_idx {
+            // DESC at slot 0 of lap 2 (wrap counter 0).
+            assert_eq!(word, [0, 2]);
+            let (out, inb) = req(2);
+            vq.add(&out, &inb, 2).unwrap();
+            assert!(vq.kick_prepare().unwrap());
+        } else {
+            assert_eq!(word[1], 0, "ENABLE");
+        }
+    }
+}

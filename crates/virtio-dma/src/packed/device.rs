@@ -17,7 +17,8 @@ use virtio_queue::desc::packed::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::{
-    event_index, Cursor, EV_DESC, EV_DISABLE, F_AVAIL, F_INDIRECT, F_NEXT, F_USED, F_WRITE,
+    event_index, Cursor, EV_DESC, EV_DISABLE, EV_ENABLE, F_AVAIL, F_INDIRECT, F_NEXT, F_USED,
+    F_WRITE,
 };
 use crate::device::Processed;
 use crate::error::{Error, Result};
@@ -136,6 +137,17 @@ impl Buf<'_> {
             Buf::Out(b) => b.len(),
         }
     }
+}
+
+/// What the device asks of driver notifications.
+#[derive(Clone, Copy)]
+enum Notify {
+    /// Do not notify (DISABLE).
+    Off,
+    /// Notify on every publish (ENABLE).
+    On,
+    /// Notify when publishing at this `off_wrap` position (DESC).
+    At(u16),
 }
 
 /// Largest indirect table accepted (entries).
@@ -362,30 +374,24 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
         }
         let mut done = Processed::default();
         loop {
-            match self.drain(&mut handler, &mut done) {
-                Ok(()) => {}
-                Err(e) => {
-                    self.fault(e);
-                    return Ok(done);
-                }
+            // No kicks while draining; then ask for one (at the next
+            // position with EVENT_IDX) and look once more, so a chain
+            // published meanwhile is not missed.
+            if let Err(e) = self.set_device_event(Notify::Off) {
+                self.fault(e);
+                return Ok(done);
             }
-            if !self.event_idx {
-                break;
+            if let Err(e) = self.drain(&mut handler, &mut done) {
+                self.fault(e);
+                return Ok(done);
             }
-            // Ask for a kick at the next position, then look once more.
-            let area = GuestAddress(self.rings.used);
-            let armed = self
-                .mem
-                .store(self.next.off_wrap().to_le(), area, Ordering::Relaxed)
-                .and_then(|()| {
-                    self.mem.store(
-                        EV_DESC.to_le(),
-                        GuestAddress(area.0.saturating_add(2)),
-                        Ordering::Relaxed,
-                    )
-                });
-            if let Err(e) = armed {
-                self.fault(Self::ring_err(area)(e));
+            let want = if self.event_idx {
+                Notify::At(self.next.off_wrap())
+            } else {
+                Notify::On
+            };
+            if let Err(e) = self.set_device_event(want) {
+                self.fault(e);
                 return Ok(done);
             }
             fence(Ordering::SeqCst);
@@ -400,6 +406,25 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
         }
         done.notify = self.needs_interrupt()?;
         Ok(done)
+    }
+
+    /// Writes the device event area.
+    fn set_device_event(&self, want: Notify) -> Result<()> {
+        let area = GuestAddress(self.rings.used);
+        let flags = match want {
+            Notify::Off => EV_DISABLE,
+            Notify::On => EV_ENABLE,
+            Notify::At(off_wrap) => {
+                self.mem
+                    .store(off_wrap.to_le(), area, Ordering::Relaxed)
+                    .map_err(Self::ring_err(area))?;
+                EV_DESC
+            }
+        };
+        let fa = GuestAddress(area.0.saturating_add(2));
+        self.mem
+            .store(flags.to_le(), fa, Ordering::Relaxed)
+            .map_err(Self::ring_err(fa))
     }
 
     fn drain<F, E>(&mut self, handler: &mut F, done: &mut Processed) -> Result<()>
