@@ -98,6 +98,8 @@ pub struct DeviceQueue<V: GuestMemory> {
     rings: RingAddrs,
     size: u16,
     event_idx: bool,
+    /// Chains used since the last interrupt decision.
+    used_since: u32,
     needs_reset: Option<Error>,
 }
 
@@ -136,6 +138,7 @@ impl<V: GuestMemory> DeviceQueue<V> {
             rings,
             size,
             event_idx,
+            used_since: 0,
             needs_reset: None,
         })
     }
@@ -159,6 +162,7 @@ impl<V: GuestMemory> DeviceQueue<V> {
     /// the same rings.
     pub fn reset(&mut self) -> Result<()> {
         self.queue = queue_from_rings(self.rings, self.size, self.event_idx)?;
+        self.used_since = 0;
         self.needs_reset = None;
         Ok(())
     }
@@ -195,21 +199,23 @@ impl<V: GuestMemory> DeviceQueue<V> {
             // look again, so a chain published meanwhile is not missed.
             if let Err(e) = self.queue.disable_notification(&self.mem) {
                 self.fault(e);
-                return Ok(done);
+                break;
             }
             if !self.drain(&mut handler, &mut done) {
-                return Ok(done);
+                break;
             }
             match self.queue.enable_notification(&self.mem) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
                     self.fault(e);
-                    return Ok(done);
+                    break;
                 }
             }
         }
-        done.notify = self.needs_interrupt()?;
+        // Chains used before a fault are still announced. An event area
+        // that cannot be read gets an interrupt: a spurious one is allowed.
+        done.notify = self.needs_interrupt().unwrap_or(true);
         Ok(done)
     }
 
@@ -264,6 +270,7 @@ impl<V: GuestMemory> DeviceQueue<V> {
                 return false;
             }
             done.chains = done.chains.saturating_add(1);
+            self.used_since = self.used_since.saturating_add(1);
         }
     }
 
@@ -272,6 +279,9 @@ impl<V: GuestMemory> DeviceQueue<V> {
     /// the driver's `VRING_AVAIL_F_NO_INTERRUPT` flag (which virtio-queue
     /// 0.18 does not read).
     pub fn needs_interrupt(&mut self) -> Result<bool> {
+        if std::mem::take(&mut self.used_since) == 0 {
+            return Ok(false);
+        }
         if self.event_idx {
             return self
                 .queue

@@ -54,6 +54,10 @@ fn interrupts_follow_the_drivers_suppression() {
         assert_eq!(irq.read().unwrap(), 1);
         assert_eq!(vq.pop_used().unwrap().unwrap().token, 2);
         assert_eq!(mgr.subscriber_mut(id).unwrap().total().chains, 3);
+        // A kick with nothing new raises no interrupt.
+        kick.write(1).unwrap();
+        assert_eq!(mgr.run_with_timeout(1000).unwrap(), 1);
+        assert!(irq.read().is_err());
     }
 }
 

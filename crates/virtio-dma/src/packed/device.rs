@@ -379,11 +379,11 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
             // published meanwhile is not missed.
             if let Err(e) = self.set_device_event(Notify::Off) {
                 self.fault(e);
-                return Ok(done);
+                break;
             }
             if let Err(e) = self.drain(&mut handler, &mut done) {
                 self.fault(e);
-                return Ok(done);
+                break;
             }
             let want = if self.event_idx {
                 Notify::At(self.next.off_wrap())
@@ -392,7 +392,7 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
             };
             if let Err(e) = self.set_device_event(want) {
                 self.fault(e);
-                return Ok(done);
+                break;
             }
             fence(Ordering::SeqCst);
             match self.available() {
@@ -400,11 +400,13 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
                 Ok(false) => break,
                 Err(e) => {
                     self.fault(e);
-                    return Ok(done);
+                    break;
                 }
             }
         }
-        done.notify = self.needs_interrupt()?;
+        // Chains used before a fault are still announced. An event area
+        // that cannot be read gets an interrupt: a spurious one is allowed.
+        done.notify = self.needs_interrupt().unwrap_or(true);
         Ok(done)
     }
 
