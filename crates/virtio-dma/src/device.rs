@@ -92,6 +92,36 @@ pub struct Processed {
 
 /// A device's side of one split virtqueue: a `virtio_queue::Queue` over the
 /// memory view `V` the device reaches.
+///
+/// ```
+/// use virtio_dma::{DeviceQueue, Features, QueueConfig, SplitQueue};
+/// use vm_dma::{DmaBus, DmaDevice};
+/// use vm_iommu::{Config, Iommu};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap, Permissions};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+/// let dev = DmaDevice::new(&DmaBus::new(mem.clone()).unwrap(), "vq0");
+/// let f = Features { access_platform: true, ..Default::default() };
+/// let mut vq = SplitQueue::new(&dev, QueueConfig::new(8).with_features(f)).unwrap();
+///
+/// // The device sits behind a vIOMMU that maps only the first 8 MiB.
+/// let iommu = Iommu::new(Config::default()).unwrap();
+/// let domain = iommu.create_domain(1, false).unwrap();
+/// domain.map(0, 0, 8 << 20, Permissions::ReadWrite).unwrap();
+/// iommu.attach(5, 1).unwrap();
+/// let view = iommu.view(5, mem).unwrap();
+/// let mut device = DeviceQueue::new(view, vq.ring_addrs(), 8, false).unwrap();
+///
+/// vq.add(&[(GuestAddress(0x10_0000), 64)], &[], "inside").unwrap();
+/// vq.add(&[(GuestAddress(0xa0_0000), 64)], &[], "outside").unwrap();
+/// let done = device.process(|_req| Ok::<(), std::io::Error>(())).unwrap();
+/// // The unreachable chain comes back empty and the IOMMU logged a fault.
+/// assert_eq!((done.chains, done.failed), (2, 1));
+/// assert_eq!(iommu.drain_faults(8)[0].iova, 0xa0_0000);
+/// assert_eq!(vq.pop_used().unwrap().unwrap().token, "inside");
+/// assert_eq!(vq.pop_used().unwrap().unwrap().token, "outside");
+/// assert!(device.needs_reset().is_none());
+/// ```
 pub struct DeviceQueue<V: GuestMemory> {
     mem: V,
     queue: Queue,
