@@ -72,6 +72,19 @@ pub(crate) const fn is_used(flags: u16, wrap: bool) -> bool {
     avail == used && used == wrap
 }
 
+/// An event suppression area as one 32-bit word (`off_wrap` in the low
+/// half, `flags` in the high half, little endian), so that each side reads
+/// and writes it atomically, as Linux snapshots it: a reader never pairs
+/// the flags of one write with the position of another.
+pub(crate) const fn event_word(off_wrap: u16, flags: u16) -> u32 {
+    off_wrap as u32 | ((flags as u32) << 16)
+}
+
+/// `(off_wrap, flags)` of an event word.
+pub(crate) const fn event_parts(word: u32) -> (u16, u16) {
+    (word as u16, (word >> 16) as u16)
+}
+
 /// A position in a packed ring and its wrap counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Cursor {
@@ -377,6 +390,30 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
         self.dev
             .memory()
             .store(v.to_le(), at, order)
+            .map_err(Self::ring_err(at))
+    }
+
+    /// Reads an event area as one word: `(off_wrap, flags)`.
+    fn load_event(&self, at: GuestAddress) -> Result<(u16, u16)> {
+        let w = self
+            .dev
+            .memory()
+            .load::<u32>(at, Ordering::Acquire)
+            .map_err(Self::ring_err(at))?;
+        Ok(event_parts(u32::from_le(w)))
+    }
+
+    /// Writes an event area as one word.
+    fn store_event(
+        &self,
+        at: GuestAddress,
+        off_wrap: u16,
+        flags: u16,
+        order: Ordering,
+    ) -> Result<()> {
+        self.dev
+            .memory()
+            .store(event_word(off_wrap, flags).to_le(), at, order)
             .map_err(Self::ring_err(at))
     }
 

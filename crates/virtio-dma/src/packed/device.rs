@@ -17,8 +17,8 @@ use virtio_queue::desc::packed::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::{
-    event_index, Cursor, EV_DESC, EV_DISABLE, EV_ENABLE, F_AVAIL, F_INDIRECT, F_NEXT, F_USED,
-    F_WRITE,
+    event_index, event_parts, event_word, Cursor, EV_DESC, EV_DISABLE, EV_ENABLE, F_AVAIL,
+    F_INDIRECT, F_NEXT, F_USED, F_WRITE,
 };
 use crate::device::Processed;
 use crate::error::{Error, Result};
@@ -410,23 +410,17 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
         Ok(done)
     }
 
-    /// Writes the device event area.
+    /// Writes the device event area (one word, see `event_word`).
     fn set_device_event(&self, want: Notify) -> Result<()> {
-        let area = GuestAddress(self.rings.used);
-        let flags = match want {
-            Notify::Off => EV_DISABLE,
-            Notify::On => EV_ENABLE,
-            Notify::At(off_wrap) => {
-                self.mem
-                    .store(off_wrap.to_le(), area, Ordering::Relaxed)
-                    .map_err(Self::ring_err(area))?;
-                EV_DESC
-            }
+        let (off_wrap, flags) = match want {
+            Notify::Off => (0, EV_DISABLE),
+            Notify::On => (0, EV_ENABLE),
+            Notify::At(off_wrap) => (off_wrap, EV_DESC),
         };
-        let fa = GuestAddress(area.0.saturating_add(2));
+        let area = GuestAddress(self.rings.used);
         self.mem
-            .store(flags.to_le(), fa, Ordering::Relaxed)
-            .map_err(Self::ring_err(fa))
+            .store(event_word(off_wrap, flags).to_le(), area, Ordering::Release)
+            .map_err(Self::ring_err(area))
     }
 
     fn drain<F, E>(&mut self, handler: &mut F, done: &mut Processed) -> Result<()>
@@ -476,16 +470,11 @@ impl<V: GuestMemory> PackedDeviceQueue<V> {
             return Ok(false);
         }
         let area = GuestAddress(self.rings.avail);
-        let off_wrap: u16 = self
+        let word: u32 = self
             .mem
-            .load(area, Ordering::Relaxed)
+            .load(area, Ordering::Acquire)
             .map_err(Self::ring_err(area))?;
-        let fa = GuestAddress(area.0.saturating_add(2));
-        let flags: u16 = self
-            .mem
-            .load(fa, Ordering::Relaxed)
-            .map_err(Self::ring_err(fa))?;
-        let (off_wrap, flags) = (u16::from_le(off_wrap), u16::from_le(flags));
+        let (off_wrap, flags) = event_parts(u32::from_le(word));
         if flags != EV_DESC || !self.event_idx || used >= u32::from(u16::MAX) {
             return Ok(flags != EV_DISABLE);
         }

@@ -27,9 +27,7 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
         if added >= u32::from(u16::MAX) {
             return Ok(true);
         }
-        let area = GuestAddress(self.ring_cpu_addrs().used);
-        let off_wrap = self.load_u16(area, Ordering::Relaxed)?;
-        let flags = self.load_u16(GuestAddress(area.0 + 2), Ordering::Relaxed)?;
+        let (off_wrap, flags) = self.load_event(GuestAddress(self.ring_cpu_addrs().used))?;
         if flags != EV_DESC || !self.config.features.event_idx {
             return Ok(flags != EV_DISABLE);
         }
@@ -105,8 +103,10 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
         self.last_used = self.last_used.advance(ndesc, self.config.size);
         let token = self.detach(id);
         if self.config.features.event_idx && self.event_flags == EV_DESC {
-            let area = GuestAddress(self.ring_cpu_addrs().avail);
-            self.store_u16(area, self.last_used.off_wrap(), Ordering::SeqCst)?;
+            self.set_event(EV_DESC)?;
+            // Linux's virtio_store_mb: the new position is visible before
+            // the next used descriptor is read.
+            fence(Ordering::SeqCst);
         }
         Ok(token.map(|token| Used {
             token,
@@ -136,10 +136,12 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
         Some(token)
     }
 
+    /// Writes the driver event area: `flags` with the current used
+    /// position (what DESC means; ignored otherwise).
     pub(super) fn set_event(&mut self, flags: u16) -> Result<()> {
         self.event_flags = flags;
-        let at = GuestAddress(self.ring_cpu_addrs().avail + 2);
-        self.store_u16(at, flags, Ordering::Relaxed)
+        let at = GuestAddress(self.ring_cpu_addrs().avail);
+        self.store_event(at, self.last_used.off_wrap(), flags, Ordering::Release)
     }
 
     /// Asks the device not to interrupt (driver event flags = DISABLE).
@@ -155,8 +157,6 @@ impl<M: GuestMemoryBackend, T> PackedQueue<M, T> {
     /// already pending, in which case the caller must poll again.
     pub fn enable_cb(&mut self) -> Result<bool> {
         if self.config.features.event_idx {
-            let at = GuestAddress(self.ring_cpu_addrs().avail);
-            self.store_u16(at, self.last_used.off_wrap(), Ordering::Relaxed)?;
             self.set_event(EV_DESC)?;
         } else {
             self.set_event(EV_ENABLE)?;
