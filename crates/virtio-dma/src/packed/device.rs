@@ -125,6 +125,25 @@ impl<'a, V: GuestMemory> PackedRequest<'a, V> {
     }
 }
 
+/// The readable buffers as a byte stream.
+impl<V: GuestMemory> io::Read for PackedRequest<'_, V> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        PackedRequest::read(self, buf)
+    }
+}
+
+/// The writable buffers as a byte stream; a write past their end writes 0
+/// bytes (so `write_all` fails with `WriteZero`).
+impl<V: GuestMemory> io::Write for PackedRequest<'_, V> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        PackedRequest::write(self, data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 enum Buf<'b> {
     In(&'b mut [u8]),
     Out(&'b [u8]),

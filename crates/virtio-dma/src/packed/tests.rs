@@ -318,3 +318,34 @@ fn packed_rings_from_a_pool_go_back_on_drop() {
     drop(q);
     assert_eq!(pool.nr_active(), 0);
 }
+
+#[test]
+fn packed_requests_are_io_streams() {
+    use std::io::{Read, Write};
+
+    let d = dev();
+    let mut q = queue(&d, 4, false, false);
+    d.memory().write_slice(b"abcdefgh", buf(0)).unwrap();
+    d.memory().write_slice(b"ijkl", buf(1)).unwrap();
+    q.add(&[(buf(0), 8), (buf(1), 4)], &[(buf(2), 3), (buf(3), 3)], 1)
+        .unwrap();
+    let rings = q.ring_addrs();
+    let mut dq = PackedDeviceQueue::new(d.device_view(), rings, 4, false).unwrap();
+    dq.process(|req| {
+        assert_eq!((req.readable_len(), req.writable_len()), (12, 6));
+        let mut all = Vec::new();
+        req.read_to_end(&mut all)?;
+        assert_eq!(all, b"abcdefghijkl");
+        req.write_all(b"xyz12")?;
+        // One byte left: a longer write_all fails, a write fits what it can.
+        assert!(req.write_all(b"34").is_err());
+        assert_eq!(req.bytes_written(), 6);
+        Ok::<(), std::io::Error>(())
+    })
+    .unwrap();
+    let u = q.pop_used().unwrap().unwrap();
+    assert_eq!(u.len, 6);
+    let mut got = [0u8; 3];
+    d.memory().read_slice(&mut got, buf(3)).unwrap();
+    assert_eq!(&got, b"123");
+}
