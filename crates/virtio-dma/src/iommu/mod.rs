@@ -146,6 +146,7 @@ pub mod driver;
 mod event;
 mod handler;
 mod request;
+pub mod transport;
 pub mod wire;
 
 pub use config::{
