@@ -133,6 +133,9 @@ pub fn decode_iotlb(b: &[u8; IOTLB_MSG_SIZE]) -> Result<VhostIotlbMsg> {
 /// consuming it. `Ok(None)` means the peer closed the connection.
 pub fn peek_request(sock: &UnixStream) -> Result<Option<RawHeader>> {
     let mut buf = [0u8; HEADER_SIZE];
+    // MSG_WAITALL returns early with a partial header only at EOF (or on a signal):
+    // give a slow writer one second, then give up on the connection.
+    let mut partial = 0u32;
     loop {
         // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes that outlives
         // the call, and `sock` is an open socket. MSG_PEEK leaves the data (and any
@@ -156,7 +159,13 @@ pub fn peek_request(sock: &UnixStream) -> Result<Option<RawHeader>> {
             Ok(0) => return Ok(None),
             Ok(HEADER_SIZE) => return Ok(Some(RawHeader::from_bytes(&buf))),
             // A header split over several writes: wait for the rest.
-            _ => std::thread::sleep(Duration::from_micros(50)),
+            _ => {
+                partial += 1;
+                if partial > 1000 {
+                    return Err(Error::Protocol("truncated message header"));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 }
