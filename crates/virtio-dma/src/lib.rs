@@ -9,3 +9,5 @@
 //! `DeviceView` for IOVAs, vm-dma's `DirectView` for bus addresses).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod blk;
