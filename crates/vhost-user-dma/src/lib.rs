@@ -59,6 +59,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod blk;
 mod device;
 mod handler;
 mod iotlb;
@@ -68,6 +69,7 @@ mod view;
 pub mod wire;
 pub mod worker;
 
+pub use blk::{serve, ServeArgs, BLK_MAX_QUEUE_SIZE};
 pub use device::{EchoDevice, VirtioDevice};
 pub use handler::{DaemonHandler, DaemonOptions};
 pub use iotlb::{Iotlb, IotlbStats, DEFAULT_MAX_ENTRIES, DOMAIN_ID, ENDPOINT_ID};
@@ -162,6 +164,9 @@ pub enum Error {
     /// The vhost crate reported an error on the connection.
     #[error("vhost: {0}")]
     Vhost(String),
+    /// The disk could not be opened or the block device configured.
+    #[error("disk: {0}")]
+    Disk(String),
     /// A lock was poisoned by a panicking thread.
     #[error("a lock was poisoned")]
     Poisoned,
