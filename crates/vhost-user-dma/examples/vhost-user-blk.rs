@@ -39,7 +39,7 @@ fn main() {
         .ok()
         .and_then(|l| l.parse().ok())
         .unwrap_or(log::LevelFilter::Error);
-    let _ = log::set_boxed_logger(Box::new(StderrLog(level)));
+    let _ = log::set_logger(Box::leak(Box::new(StderrLog(level))));
     log::set_max_level(level);
     let cli = Cli::parse();
     if let Err(e) = vhost_user_dma::serve(&cli.serve) {
