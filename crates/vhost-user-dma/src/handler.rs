@@ -163,6 +163,15 @@ impl<D: VirtioDevice> DaemonHandler<D> {
         Ok(())
     }
 
+    /// Number of IOTLB misses sent on the back-end channel.
+    pub fn misses_sent(&self) -> u64 {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.backend.as_ref().map(|b| b.misses()))
+            .unwrap_or(0)
+    }
+
     /// Whether `REPLY_ACK` was negotiated.
     pub fn reply_ack(&self) -> bool {
         self.state

@@ -76,6 +76,15 @@ impl<D: VirtioDevice> Daemon<D> {
         )?);
         let res = Self::run(&handler, stream);
         handler.shutdown();
+        let st = handler.iotlb().stats();
+        info!(
+            "connection done: access_platform={} iotlb updates={} invalidations={} evictions={} misses={}",
+            handler.access_platform(),
+            st.updates,
+            st.invalidations,
+            st.evictions,
+            handler.misses_sent()
+        );
         res
     }
 

@@ -19,6 +19,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -261,6 +262,7 @@ const ACK_POLL: Duration = Duration::from_millis(20);
 pub struct BackendChannel {
     sock: Mutex<UnixStream>,
     timeout: Duration,
+    misses: AtomicU64,
 }
 
 /// Why a miss produced no acknowledgement.
@@ -280,7 +282,13 @@ impl BackendChannel {
         Ok(BackendChannel {
             sock: Mutex::new(sock),
             timeout,
+            misses: AtomicU64::new(0),
         })
+    }
+
+    /// Number of misses sent.
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
     }
 
     /// Send a MISS for `iova` needing `perm` and wait for the front-end's ack.
@@ -319,6 +327,7 @@ impl BackendChannel {
         ));
         msg[HEADER_SIZE..].copy_from_slice(&body);
         sock.write_all(&msg).map_err(Error::Socket)?;
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let mut reply = [0u8; HEADER_SIZE + 8];
         let mut got = 0;

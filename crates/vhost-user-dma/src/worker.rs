@@ -24,6 +24,7 @@ use log::{debug, warn};
 use std::fs::File;
 use std::io::{Read, Write};
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::poll::PollContext;
 
@@ -168,6 +169,12 @@ impl<D: VirtioDevice> Runner<D> {
         let view = &self.s.view;
         view.begin_attempt();
         let _guard = view.pin();
+        // Probe the avail ring header first: a miss there is then recorded by the
+        // view instead of being logged as an error by virtio-queue's iterator.
+        let avail = GuestAddress(self.s.queue.avail_ring());
+        if !view.check_range(avail, 4, Permissions::Read) {
+            return Outcome::Empty;
+        }
         let Some(chain) = self.s.queue.pop_descriptor_chain(view) else {
             return Outcome::Empty;
         };
