@@ -5,7 +5,7 @@
 # vhost-user-blk daemon, with no IOMMU, with virtio-iommu and with intel-iommu.
 #
 # Usage: tests/e2e/qemu.sh [--setup] [--strict] [--iommu "none virtio intel"]
-#                          [--workdir DIR] [--runs N] [-- BOOT.PY ARGS...]
+#                          [--queues N] [--workdir DIR] [--runs N] [-- BOOT.PY ARGS...]
 #
 #   --setup        (re)run harness/setup.sh first (root, apt, downloads QEMU 10 and
 #                  the Linux 6.12 guest kernel from the machine's Debian sources;
@@ -15,6 +15,10 @@
 #   --iommu LIST   the modes to run (default: "none virtio intel")
 #   --workdir DIR  harness work directory (default: $E2E_WORKDIR or target/e2e)
 #   --runs N       boot each mode N times (default 1)
+#   --queues N     request queues of the daemon and the device (default 1)
+#
+# Example, the larger multi-queue test:
+#   tests/e2e/qemu.sh --queues 2 -- --smp 2 --sectors 16384 --jobs 8
 #
 # For each boot the daemon (the vhost-user-dma `vhost-user-blk` example, i.e.
 # what `vm-dma serve` runs) is started on a fresh copy of the test disk, serves
@@ -33,6 +37,7 @@ SETUP=0
 STRICT=0
 MODES="none virtio intel"
 RUNS=1
+QUEUES=1
 WORKDIR=${E2E_WORKDIR:-$ROOT/target/e2e}
 EXTRA=()
 while [ $# -gt 0 ]; do
@@ -42,6 +47,7 @@ while [ $# -gt 0 ]; do
     --iommu) MODES=$2; shift ;;
     --workdir) WORKDIR=$2; shift ;;
     --runs) RUNS=$2; shift ;;
+    --queues) QUEUES=$2; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -h | --help) awk 'NR > 2 && !/^#/ { exit } NR > 2 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "qemu.sh: unknown option $1" >&2; exit 2 ;;
@@ -80,16 +86,16 @@ STRICTS=("")
 for mode in $MODES; do
     for strict in "${STRICTS[@]}"; do
         for run in $(seq 1 "$RUNS"); do
-            name="$mode${strict:+ strict} #$run"
+            name="$mode${strict:+ strict} q=$QUEUES #$run"
             rm -f "$SOCK"
             cp --sparse=always "$WORKDIR/disk.img" "$IMG"
             dlog=$WORKDIR/logs/daemon-$mode${strict:+-strict}-$run.log
             VHOST_USER_DMA_LOG=${VHOST_USER_DMA_LOG:-info} \
-                "$DAEMON" --socket-path "$SOCK" --disk "$IMG" --connections 1 > "$dlog" 2>&1 &
+                "$DAEMON" --socket-path "$SOCK" --disk "$IMG" --queues "$QUEUES" --connections 1 > "$dlog" 2>&1 &
             DPID=$!
             t0=$(date +%s.%N)
             set +e
-            out=$(python3 "$HARNESS/boot.py" -q --socket "$SOCK" --iommu "$mode" $strict \
+            out=$(python3 "$HARNESS/boot.py" -q --socket "$SOCK" --iommu "$mode" $strict --num-queues "$QUEUES" \
                 --verify-image "$IMG" "${EXTRA[@]}" 2>&1)
             rc=$?
             set -e
