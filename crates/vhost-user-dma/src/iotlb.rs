@@ -357,3 +357,52 @@ mod tests {
         assert!(v.read_obj::<u8>(GuestAddress(0x1234)).is_ok());
     }
 }
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod final_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use vhost::vhost_user::message::VhostUserMemoryRegion;
+    use vmm_sys_util::tempfile::TempFile;
+
+    #[test]
+    fn test_iotlb_invalidate_waits_for_guarded_access() {
+        let f = TempFile::new().unwrap().into_file();
+        f.set_len(0x10_0000).unwrap();
+        let regs = [VhostUserMemoryRegion::new(
+            0,
+            0x10_0000,
+            0x7f00_0000_0000,
+            0,
+        )];
+        let m = MemTable::new(
+            &regs,
+            vec![f],
+            &Arc::new(crate::memory::DirtyLog::default()),
+        )
+        .unwrap();
+        let t = Arc::new(Iotlb::new(16).unwrap());
+        t.set_enabled(true).unwrap();
+        t.update(0x1000, 0x1000, 0x7f00_0000_0000, Permissions::Read, &m)
+            .unwrap();
+        let v = vm_iommu::DeviceView::new(t.endpoint().unwrap(), m.by_uaddr().clone());
+        let done = Arc::new(AtomicBool::new(false));
+        let d2 = Arc::clone(&done);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            let _g = v.pin();
+            tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            d2.store(true, Ordering::SeqCst);
+        });
+        rx.recv().unwrap();
+        assert_eq!(t.invalidate(0x1000, 0x1000).unwrap(), 1);
+        assert!(
+            done.load(Ordering::SeqCst),
+            "invalidate returned while a guard was alive"
+        );
+        h.join().unwrap();
+    }
+}

@@ -252,3 +252,83 @@ fn test_dirty_log_marks_guest_physical_pages_under_iommu() {
     drop(fe);
     assert!(daemon.join().unwrap().is_ok());
 }
+
+/// A device that holds each request for a while between reading and writing.
+struct SlowDevice {
+    started: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    finished: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl vhost_user_dma::VirtioDevice for SlowDevice {
+    fn device_type(&self) -> u32 {
+        0xfffe
+    }
+    fn device_features(&self) -> u64 {
+        0
+    }
+    fn num_queues(&self) -> usize {
+        1
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn process<M, T>(&self, q: u16, mem: &M, chain: virtio_queue::DescriptorChain<T>) -> u32
+    where
+        M: vm_memory::GuestMemory,
+        T: std::ops::Deref + Clone,
+        T::Target: vm_memory::GuestMemory + Sized,
+    {
+        use std::sync::atomic::Ordering;
+        // Translate both buffers first (a miss fails here), then hold them.
+        let probe = virtio_queue::Reader::new(mem, chain.clone())
+            .is_ok_and(|r| r.available_bytes() == 5)
+            && virtio_queue::Writer::new(mem, chain.clone())
+                .is_ok_and(|w| w.available_bytes() == 16);
+        if probe {
+            self.started.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let n = EchoDevice.process(q, mem, chain);
+        if probe {
+            self.finished.store(true, Ordering::SeqCst);
+        }
+        n
+    }
+}
+
+#[test]
+fn test_invalidate_is_acked_only_after_in_flight_request_finished() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let started = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
+    let dev = SlowDevice {
+        started: Arc::clone(&started),
+        finished: Arc::clone(&finished),
+    };
+    let (sock, daemon) = spawn_daemon(dev, DaemonOptions::default());
+    let mut fe = Fe::new(sock, true, 0);
+    fe.mem
+        .write_slice(b"inval", GuestAddress(0x20_000))
+        .unwrap();
+    fe.map(0x20_000 + IOVA_OFF, 0x20_000, 1);
+    fe.map(0x21_000 + IOVA_OFF, 0x21_000, 2);
+    echo_chain(&fe, 0x20_000, 0x21_000);
+    fe.start_queue();
+    fe.submit(0);
+    let deadline = std::time::Instant::now() + T;
+    while !started.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        fe.serve_one_miss();
+    }
+    assert!(started.load(Ordering::SeqCst));
+    // The request holds translations of the destination page: the ack must wait.
+    assert_eq!(fe.iotlb(3, 0x21_000 + IOVA_OFF, 0x1000, 0, 0), 0);
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "INVALIDATE acked while a request used the entry"
+    );
+    assert!(fe.serve_until_used(1, T));
+    assert_eq!(fe.used_elem(0), (0, 5));
+    drop(fe);
+    assert!(daemon.join().unwrap().is_ok());
+}
