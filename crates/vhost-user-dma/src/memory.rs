@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
 use vhost::vhost_user::message::VhostUserMemoryRegion;
-use vm_memory::bitmap::{Bitmap, BitmapSlice, WithBitmapSlice};
+use vm_memory::bitmap::{Bitmap, RefSlice, WithBitmapSlice};
 use vm_memory::mmap::NewBitmap;
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion, VolatileMemory,
@@ -128,11 +128,11 @@ impl GpaLog {
     }
 }
 
-impl WithBitmapSlice<'_> for GpaLog {
-    type S = Self;
+// Slices borrow the region's bitmap (vm-memory's `RefSlice`), so handing out a
+// slice costs no reference-count traffic on the shared log.
+impl<'a> WithBitmapSlice<'a> for GpaLog {
+    type S = RefSlice<'a, GpaLog>;
 }
-
-impl BitmapSlice for GpaLog {}
 
 impl Bitmap for GpaLog {
     fn mark_dirty(&self, offset: usize, len: usize) {
@@ -147,11 +147,8 @@ impl Bitmap for GpaLog {
             .is_some_and(|l| l.is_dirty(self.gpa.saturating_add(offset as u64)))
     }
 
-    fn slice_at(&self, offset: usize) -> Self {
-        GpaLog {
-            log: self.log.clone(),
-            gpa: self.gpa.saturating_add(offset as u64),
-        }
+    fn slice_at(&self, offset: usize) -> RefSlice<'_, GpaLog> {
+        RefSlice::new(self, offset)
     }
 }
 
