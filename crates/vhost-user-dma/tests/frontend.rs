@@ -332,3 +332,47 @@ fn test_invalidate_is_acked_only_after_in_flight_request_finished() {
     drop(fe);
     assert!(daemon.join().unwrap().is_ok());
 }
+
+#[test]
+fn test_disabled_ring_waits_and_mem_table_change_restarts_queues() {
+    use vhost::VhostUserMemoryRegionInfo;
+    let (sock, daemon) = spawn_daemon(EchoDevice, DaemonOptions::default());
+    let mut fe = Fe::new(sock, true, 0);
+    fe.mem
+        .write_slice(b"later", GuestAddress(0x20_000))
+        .unwrap();
+    fe.map(0x20_000 + IOVA_OFF, 0x20_000, 1);
+    fe.map(0x21_000 + IOVA_OFF, 0x21_000, 2);
+    echo_chain(&fe, 0x20_000, 0x21_000);
+    fe.start_queue();
+    fe.fe.set_vring_enable(0, false).unwrap();
+    fe.submit(0);
+    // Disabled: nothing is processed.
+    assert!(!fe.serve_until_used(1, Duration::from_millis(200)));
+    fe.fe.set_vring_enable(0, true).unwrap();
+    assert!(fe.serve_until_used(1, T));
+    assert_eq!(fe.used_elem(0), (0, 5));
+
+    // The same memory again, through a new file descriptor: the queue restarts on
+    // the new table and keeps its position and its IOTLB.
+    let file = fe.memfd_clone();
+    fe.fe
+        .set_mem_table(&[VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE,
+            userspace_addr: fe.uaddr,
+            mmap_offset: 0,
+            mmap_handle: std::os::fd::AsRawFd::as_raw_fd(&file),
+        }])
+        .unwrap();
+    let before = fe.misses;
+    fe.submit(0);
+    assert!(fe.serve_until_used(2, T));
+    assert_eq!(fe.used_elem(1), (0, 5));
+    assert_eq!(
+        fe.misses, before,
+        "translations survive a memory table update"
+    );
+    drop(fe);
+    assert!(daemon.join().unwrap().is_ok());
+}

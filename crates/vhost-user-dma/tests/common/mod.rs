@@ -56,6 +56,7 @@ pub struct Fe {
     pub pages: HashMap<u64, (u64, u8)>,
     pub misses: usize,
     pub next_avail: u16,
+    pub file: File,
     pub daemon: Option<JoinHandle<vhost_user_dma::Result<()>>>,
 }
 
@@ -130,6 +131,7 @@ impl Fe {
             pages: HashMap::new(),
             misses: 0,
             next_avail: 0,
+            file: file.try_clone().unwrap(),
             daemon: None,
         };
         f.chan
@@ -147,6 +149,11 @@ impl Fe {
             }
         }
         f
+    }
+
+    /// Another descriptor of the guest memory file.
+    pub fn memfd_clone(&self) -> File {
+        self.file.try_clone().unwrap()
     }
 
     /// Address the daemon is told for guest-physical `gpa` (descriptors).
