@@ -175,6 +175,8 @@ struct Entry {
     pfn: u64,
     size: u64,
     counter: u64,
+    /// Allocated with `IovaDomain::alloc_owned`: not in the live set.
+    owned: bool,
 }
 
 /// A fixed ring of entries (Linux `struct iova_fq`).
@@ -340,7 +342,11 @@ impl<I: Invalidate> FlushQueue<I> {
                 break;
             }
             ring.pop();
-            self.domain.free_queued(e.pfn, e.size);
+            if e.owned {
+                self.domain.release_owned(e.pfn, e.size);
+            } else {
+                self.domain.free_queued(e.pfn, e.size);
+            }
         }
     }
 
@@ -351,6 +357,19 @@ impl<I: Invalidate> FlushQueue<I> {
     /// IOVA that is not live with that size, or already queued.
     pub fn queue(&self, addr: DmaAddr, size: u64) -> Result<()> {
         let pfn = self.domain.mark_queued(addr, size)?;
+        self.push(pfn, size, false).inspect_err(|_| {
+            self.domain.unmark_queued(pfn);
+        })
+    }
+
+    /// [`FlushQueue::queue`] for an IOVA of `IovaDomain::alloc_owned`
+    /// (granule `pfn`, `size` granules): the owner guarantees it is live
+    /// and queued once; the flush releases it with `release_owned`.
+    pub(crate) fn queue_owned(&self, pfn: u64, size: u64) -> Result<()> {
+        self.push(pfn, size, true)
+    }
+
+    fn push(&self, pfn: u64, size: u64, owned: bool) -> Result<()> {
         let mut ring = lock(&self.rings[thread_slot() % self.rings.len()]);
         self.ring_free(&mut ring);
         if ring.is_full() {
@@ -361,11 +380,10 @@ impl<I: Invalidate> FlushQueue<I> {
             pfn,
             size,
             counter: self.start_cnt.load(Ordering::SeqCst),
+            owned,
         };
         if !ring.push(entry) {
             // Unreachable: the flush above released every entry of the ring.
-            drop(ring);
-            self.domain.unmark_queued(pfn);
             return Err(Error::TooManyMappings {
                 limit: self.rings.len(),
             });

@@ -512,26 +512,51 @@ impl IommuDma {
 
     /// `iommu_dma_alloc_iova`: `n` granules whose last byte is at most
     /// `limit`, below 4 GiB first while the PCI trick is on.
-    fn alloc_iova(&self, n: u64, limit: u64) -> Result<DmaAddr> {
+    /// `owned`: the IOVA is proven live by the caller's own records (see
+    /// [`IommuDma::map_phys_owned`]) rather than by the IOVA live set.
+    fn alloc_iova(&self, n: u64, limit: u64, owned: bool) -> Result<DmaAddr> {
         if self.try_32bit.load(Ordering::Relaxed) && limit > DMA_32BIT_LIMIT {
-            let (i, fell_back) = self.iova.alloc_32bit_first(n, limit)?;
+            let (i, fell_back) = if owned {
+                self.iova.alloc_32bit_first_owned(n, limit)?
+            } else {
+                self.iova.alloc_32bit_first(n, limit)?
+            };
             if fell_back && self.try_32bit.swap(false, Ordering::Relaxed) {
                 let bits = 64 - limit.leading_zeros();
                 log::info!("iommu_dma: Using {bits}-bit DMA addresses");
             }
             return Ok(i.addr());
         }
-        Ok(self.iova.alloc(n, limit)?.addr())
+        let i = if owned {
+            self.iova.alloc_owned(n, limit)?
+        } else {
+            self.iova.alloc(n, limit)?
+        };
+        Ok(i.addr())
+    }
+
+    /// Frees an IOVA of [`IommuDma::alloc_iova`] whose map failed.
+    fn free_iova(&self, iova: DmaAddr, n: u64, owned: bool) {
+        if owned {
+            self.iova.release_owned(iova.raw() >> self.shift, n);
+        } else if let Err(free_err) = self.iova.free(iova, n) {
+            log::error!("iommu_dma: cannot free iova {iova} after a failed map: {free_err}");
+        }
     }
 
     /// `__iommu_dma_map` for the aligned range `[phys_aligned, +len)`.
-    fn map_aligned(&self, phys_aligned: u64, len: u64, prot: Prot, limit: u64) -> Result<DmaAddr> {
+    fn map_aligned(
+        &self,
+        phys_aligned: u64,
+        len: u64,
+        prot: Prot,
+        limit: u64,
+        owned: bool,
+    ) -> Result<DmaAddr> {
         let n = len >> self.shift;
-        let iova = self.alloc_iova(n, limit)?;
+        let iova = self.alloc_iova(n, limit, owned)?;
         if let Err(e) = self.ops.map(iova.raw(), phys_aligned, len, prot) {
-            if let Err(free_err) = self.iova.free(iova, n) {
-                log::error!("iommu_dma: cannot free iova {iova} after a failed map: {free_err}");
-            }
+            self.free_iova(iova, n, owned);
             return Err(e);
         }
         Ok(iova)
@@ -559,6 +584,42 @@ impl IommuDma {
         parms: &DmaParms,
         dma_limit: u64,
     ) -> Result<DmaAddr> {
+        self.map_phys_inner(phys, size, dir, attrs, parms, dma_limit, false)
+    }
+
+    /// [`IommuDma::map_phys`] for a caller whose own records prove every
+    /// mapping live with its size until it calls
+    /// [`IommuDma::unmap_owned`] exactly once (Linux's contract for every
+    /// caller of `__iommu_dma_unmap`). `DmaDevice` qualifies: its handles
+    /// are consumed by unmap and its raw mappings are recorded. The IOVA
+    /// skips the IOVA live set (two lock round trips per map and unmap);
+    /// [`IommuDma::unmap`] refuses it. Were a caller to break the contract,
+    /// the IOMMU's page table still refuses to map over a live mapping.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn map_phys_owned(
+        &self,
+        phys: u64,
+        size: u64,
+        dir: Direction,
+        attrs: Attrs,
+        parms: &DmaParms,
+        dma_limit: u64,
+    ) -> Result<DmaAddr> {
+        self.map_phys_inner(phys, size, dir, attrs, parms, dma_limit, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn map_phys_inner(
+        &self,
+        phys: u64,
+        size: u64,
+        dir: Direction,
+        attrs: Attrs,
+        parms: &DmaParms,
+        dma_limit: u64,
+        owned: bool,
+    ) -> Result<DmaAddr> {
         let mask = self.mask();
         if parms.min_align_mask > mask {
             log::warn!(
@@ -575,9 +636,9 @@ impl IommuDma {
         let len = size
             .checked_add(iova_off)
             .and_then(|v| align_up(v, mask))
-            .ok_or(Error::Overflow { addr: phys, size })?;
+            .ok_or_else(|| Error::Overflow { addr: phys, size })?;
         let prot = Prot::new(dir, self.coherent, attrs);
-        let iova = self.map_aligned(phys - iova_off, len, prot, dma_limit)?;
+        let iova = self.map_aligned(phys - iova_off, len, prot, dma_limit, owned)?;
         Ok(DmaAddr(iova.raw() | iova_off))
     }
 
@@ -589,7 +650,7 @@ impl IommuDma {
         let len = size
             .checked_add(off)
             .and_then(|v| align_up(v, mask))
-            .ok_or(Error::Overflow {
+            .ok_or_else(|| Error::Overflow {
                 addr: dma.raw(),
                 size,
             })?;
@@ -611,6 +672,26 @@ impl IommuDma {
     pub fn unmap(&self, dma: DmaAddr, size: u64) -> Result<()> {
         let (iova, len, n) = self.iova_range(dma, size)?;
         self.unmap_iova(iova, len, n)
+    }
+
+    /// Unmaps what [`IommuDma::map_phys_owned`] returned, with the size
+    /// passed to it: page-table unmap, then strict: invalidate and release
+    /// the IOVA; lazy: queue it. A page-table unmap that fails leaves the
+    /// mapping and its IOVA in place.
+    ///
+    /// Errors: [`Error::ZeroSize`], [`Error::Overflow`], [`Error::IommuOp`].
+    pub(crate) fn unmap_owned(&self, dma: DmaAddr, size: u64) -> Result<()> {
+        let (iova, len, n) = self.iova_range(dma, size)?;
+        self.ops.unmap(iova.raw(), len)?;
+        let pfn = iova.raw() >> self.shift;
+        match &self.mode {
+            Mode::Strict => {
+                self.ops.flush_iotlb_all();
+                self.iova.release_owned(pfn, n);
+                Ok(())
+            }
+            Mode::Lazy(fq) => fq.queue_owned(pfn, n),
+        }
     }
 
     fn unmap_iova(&self, iova: DmaAddr, len: u64, n: u64) -> Result<()> {
@@ -704,7 +785,7 @@ impl IommuDma {
         zero_guest(mem, cpu, PAGE_SIZE << order).map_err(give_back)?;
         let prot = Prot::new(Direction::Bidirectional, self.coherent, attrs);
         let dma = self
-            .map_aligned(cpu.0, len, prot, coherent_limit)
+            .map_aligned(cpu.0, len, prot, coherent_limit, false)
             .map_err(give_back)?;
         Ok(IommuCoherent {
             cpu,

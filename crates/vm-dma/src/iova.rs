@@ -100,20 +100,20 @@
 //! ```
 
 mod gap_tree;
+mod live;
 mod rcache;
 #[cfg(test)]
 mod tests;
 mod tree;
 
-use std::collections::hash_map::{Entry, OccupiedEntry};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 use crate::error::{checked_last, Error, Result};
 use crate::types::DmaAddr;
 use gap_tree::GapTree;
+use live::LiveMap;
 pub(crate) use rcache::{lock, thread_slot};
 use rcache::{Magazine, Rcache};
 pub use rcache::{IOVA_MAG_SIZE, IOVA_RANGE_CACHE_MAX_SIZE};
@@ -261,45 +261,14 @@ pub struct IovaStats {
     pub reserved: usize,
 }
 
-/// splitmix64's finalizer: every output bit depends on every input bit, so
-/// neither the bucket index nor hashbrown's 7-bit tags correlate with the
-/// live shard (picked by a multiplicative hash of the same pfn).
-fn mix64(v: u64) -> u64 {
-    let mut z = v;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// Who proves an IOVA live when it is freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tracking {
+    /// The live set (checked frees).
+    Live,
+    /// The caller (owned IOVAs: not in the live set).
+    Owner,
 }
-
-/// The hasher of the live set (pfn keys).
-#[derive(Clone, Copy, Debug, Default)]
-struct PfnHasher(u64);
-
-impl Hasher for PfnHasher {
-    fn finish(&self) -> u64 {
-        mix64(self.0)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8)) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 ^= v;
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct LiveEntry {
-    /// The size passed to alloc.
-    size: u64,
-    /// Handed to a flush queue: only the queue may free it.
-    queued: bool,
-}
-
-type LiveMap = HashMap<u64, LiveEntry, BuildHasherDefault<PfnHasher>>;
 
 /// An IOVA space: Linux's `struct iova_domain` with its rcache.
 ///
@@ -343,10 +312,6 @@ fn order_of(size: u64) -> u32 {
     } else {
         64 - (size - 1).leading_zeros()
     }
-}
-
-fn live_shard(pfn: u64) -> usize {
-    (pfn.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % LIVE_SHARDS
 }
 
 impl IovaDomain {
@@ -569,22 +534,44 @@ impl IovaDomain {
     /// assert_eq!(d.alloc_fast(2, u64::MAX, true).unwrap().pfn(), 2);
     /// ```
     pub fn alloc_fast(&self, size: u64, limit: u64, flush_rcache: bool) -> Result<Iova> {
+        self.alloc_inner(size, limit, flush_rcache, Tracking::Live)
+    }
+
+    /// [`IovaDomain::alloc`] for an owner that proves liveness itself
+    /// (Linux's contract for every caller): the IOVA is not entered in the
+    /// live set, so only [`IovaDomain::release_owned`] frees it and
+    /// [`IovaDomain::free`] refuses it. `DmaDevice` uses this for its
+    /// streaming maps, whose handles and raw records already prove each
+    /// IOVA live with its size.
+    pub(crate) fn alloc_owned(&self, size: u64, limit: u64) -> Result<Iova> {
+        self.alloc_inner(size, limit, true, Tracking::Owner)
+    }
+
+    fn alloc_inner(
+        &self,
+        size: u64,
+        limit: u64,
+        flush_rcache: bool,
+        tracking: Tracking,
+    ) -> Result<Iova> {
+        // Errors are built only when returned: dropping an unused `Error`
+        // runs its out-of-line drop glue on the hot path.
+        let exhausted = || Error::IovaExhausted { size, limit };
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        let exhausted = Error::IovaExhausted { size, limit };
         if size > self.end_pfn - self.start_pfn + 1 {
-            return Err(exhausted);
+            return Err(exhausted());
         }
         let asize = Self::alloc_size(size);
         let order = order_of(asize);
         let Some(limit_pfn) = self.limit_pfn(limit) else {
-            return Err(exhausted);
+            return Err(exhausted());
         };
         if let (Some(rc), Some(class)) = (&self.rcache, self.class(asize)) {
             if let Some(max_pfn) = (limit_pfn + 1).checked_sub(asize) {
                 if let Some(pfn) = rc.get(class, max_pfn) {
-                    self.insert_live(pfn, size);
+                    self.insert_live(pfn, size, tracking);
                     return Ok(self.iova(pfn, asize));
                 }
             }
@@ -594,8 +581,10 @@ impl IovaDomain {
             self.flush_cache();
             pfn = lock(&self.tree).alloc(asize, order, limit_pfn);
         }
-        let pfn = pfn.ok_or(exhausted)?;
-        self.insert_live(pfn, size);
+        let Some(pfn) = pfn else {
+            return Err(exhausted());
+        };
+        self.insert_live(pfn, size, tracking);
         Ok(self.iova(pfn, asize))
     }
 
@@ -612,110 +601,39 @@ impl IovaDomain {
     /// assert!(i.last() <= 0xffff_ffff && !fell_back);
     /// ```
     pub fn alloc_32bit_first(&self, size: u64, limit: u64) -> Result<(Iova, bool)> {
+        self.alloc_32bit_first_inner(size, limit, Tracking::Live)
+    }
+
+    /// [`IovaDomain::alloc_32bit_first`] for an owner (see
+    /// [`IovaDomain::alloc_owned`]).
+    pub(crate) fn alloc_32bit_first_owned(&self, size: u64, limit: u64) -> Result<(Iova, bool)> {
+        self.alloc_32bit_first_inner(size, limit, Tracking::Owner)
+    }
+
+    fn alloc_32bit_first_inner(
+        &self,
+        size: u64,
+        limit: u64,
+        tracking: Tracking,
+    ) -> Result<(Iova, bool)> {
         let clamped = limit.min(self.aperture_end);
         if clamped > DMA_32BIT_LIMIT {
-            if let Ok(i) = self.alloc_fast(size, DMA_32BIT_LIMIT, false) {
+            if let Ok(i) = self.alloc_inner(size, DMA_32BIT_LIMIT, false, tracking) {
                 return Ok((i, false));
             }
-            return self.alloc(size, limit).map(|i| (i, true));
+            return self
+                .alloc_inner(size, limit, true, tracking)
+                .map(|i| (i, true));
         }
-        self.alloc(size, limit).map(|i| (i, false))
+        self.alloc_inner(size, limit, true, tracking)
+            .map(|i| (i, false))
     }
 
-    fn insert_live(&self, pfn: u64, size: u64) {
-        let prev = lock(&self.live[live_shard(pfn)]).insert(
-            pfn,
-            LiveEntry {
-                size,
-                queued: false,
-            },
-        );
-        debug_assert!(prev.is_none(), "iova {pfn:#x} handed out twice");
-    }
-
-    /// Checks that `addr` is live with `size`, and applies `f` to its entry
-    /// (with the shard locked); returns what `f` returns.
-    fn with_live<T>(
-        &self,
-        addr: DmaAddr,
-        size: u64,
-        f: impl FnOnce(OccupiedEntry<'_, u64, LiveEntry>) -> T,
-    ) -> Result<T> {
-        if size == 0 {
-            return Err(Error::ZeroSize);
-        }
-        let a = addr.raw();
-        let not_allocated = Error::IovaNotAllocated { addr: a, size };
-        if a & (self.granule() - 1) != 0 {
-            return Err(not_allocated);
-        }
-        let pfn = a >> self.shift;
-        let mut live = lock(&self.live[live_shard(pfn)]);
-        match live.entry(pfn) {
-            Entry::Vacant(_) => Err(not_allocated),
-            Entry::Occupied(e) if e.get().queued => Err(not_allocated),
-            Entry::Occupied(e) if e.get().size != size => Err(Error::IovaSizeMismatch {
-                addr: a,
-                allocated: e.get().size,
-                requested: size,
-            }),
-            Entry::Occupied(e) => Ok(f(e)),
-        }
-    }
-
-    /// Frees an IOVA: `addr` from [`Iova::addr`] and the `size` passed to
-    /// alloc (Linux `free_iova_fast`). Cached sizes go to the cache.
-    ///
-    /// Errors (nothing changes): [`Error::ZeroSize`];
-    /// [`Error::IovaNotAllocated`] if `addr` is not a live IOVA (never
-    /// allocated, already freed, or queued for a lazy free);
-    /// [`Error::IovaSizeMismatch`] for another size.
-    ///
-    /// ```
-    /// use vm_dma::iova::IovaDomain;
-    /// use vm_dma::Error;
-    ///
-    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
-    /// let i = d.alloc(3, u64::MAX).unwrap();
-    /// assert!(matches!(d.free(i.addr(), 4), Err(Error::IovaSizeMismatch { .. })));
-    /// d.free(i.addr(), 3).unwrap();
-    /// assert!(matches!(d.free(i.addr(), 3), Err(Error::IovaNotAllocated { .. })));
-    /// ```
-    pub fn free(&self, addr: DmaAddr, size: u64) -> Result<()> {
-        let pfn = self.with_live(addr, size, |e| e.remove_entry().0)?;
+    /// Frees an IOVA of [`IovaDomain::alloc_owned`] (Linux
+    /// `free_iova_fast`): `pfn` and `size` must be exactly what it handed
+    /// out and not yet released; the owner guarantees it.
+    pub(crate) fn release_owned(&self, pfn: u64, size: u64) {
         self.release(pfn, size);
-        Ok(())
-    }
-
-    /// Marks a live IOVA as queued for a lazy free (flush queue).
-    pub(crate) fn mark_queued(&self, addr: DmaAddr, size: u64) -> Result<u64> {
-        self.with_live(addr, size, |mut e| {
-            e.get_mut().queued = true;
-            *e.key()
-        })
-    }
-
-    /// Undoes [`IovaDomain::mark_queued`].
-    pub(crate) fn unmark_queued(&self, pfn: u64) {
-        if let Some(e) = lock(&self.live[live_shard(pfn)]).get_mut(&pfn) {
-            e.queued = false;
-        }
-    }
-
-    /// Frees an IOVA that [`IovaDomain::mark_queued`] accepted.
-    pub(crate) fn free_queued(&self, pfn: u64, size: u64) {
-        let removed = {
-            let mut live = lock(&self.live[live_shard(pfn)]);
-            match live.get(&pfn) {
-                Some(e) if e.queued && e.size == size => live.remove(&pfn).is_some(),
-                _ => false,
-            }
-        };
-        if removed {
-            self.release(pfn, size);
-        } else {
-            log::error!("iova: queued free of {pfn:#x} ({size} granules) is not queued");
-        }
     }
 
     /// Returns a range that is no longer live to the cache or the tree.

@@ -178,7 +178,7 @@ impl IommuDma {
         }
         let n = lay.len >> self.shift;
         let prot = Prot::new(dir, self.coherent, attrs);
-        let iova = self.alloc_iova(n, dma_limit)?;
+        let iova = self.alloc_iova(n, dma_limit, false)?;
         if let Err((mapped, e)) = self.map_runs(entries, iova.raw(), seg_mask, prot) {
             if mapped != 0 {
                 if let Err(un) = self.ops.unmap(iova.raw(), mapped) {
