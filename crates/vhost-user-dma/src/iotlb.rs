@@ -137,7 +137,9 @@ impl Iotlb {
     /// Apply an UPDATE: `iova..iova+size` → `uaddr..uaddr+size` with `perm`.
     ///
     /// The user range must lie inside one region of `mem`. On a validation error
-    /// nothing changes.
+    /// nothing changes. If vm-iommu then refuses the mapping (its page-table cap),
+    /// the entries the update overlapped stay removed: dropping cached translations
+    /// is always safe (they are asked for again).
     pub fn update(
         &self,
         iova: u64,
