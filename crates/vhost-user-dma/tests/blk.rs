@@ -130,3 +130,70 @@ fn test_serve_args_open_the_disk_and_configure_the_device() {
     args.disk = dir.as_path().join("missing.img");
     assert!(args.block_device().is_err());
 }
+
+#[test]
+fn test_blk_two_queues_miss_concurrently_behind_iommu() {
+    let cfg = BlockConfig {
+        num_queues: 2,
+        ..BlockConfig::default()
+    };
+    let dev = BlockDevice::new(MemBackend::new(1 << 20), cfg).unwrap();
+    let (sock, daemon) = spawn_daemon(dev, DaemonOptions::default());
+    let mut fe = Fe::new(sock, true, 0);
+    fe.start_queue();
+    fe.start_queue1();
+    // Queue 0 writes sectors 10.. from 0x20000, queue 1 sectors 20.. from 0x30000,
+    // ten rounds, every buffer page learned through a miss in round one; both
+    // workers miss at the same time and share the back-end channel.
+    let (h1, d1, s1) = (0x30_000u64, 0x31_000u64, 0x33_000u64);
+    for i in 0..2 {
+        let off = i * 0x10_000;
+        fe.map(HDR + off + IOVA_OFF, HDR + off, 1);
+        fe.map(DATA + off + IOVA_OFF, DATA + off, 3);
+        fe.map(STATUS + off + IOVA_OFF, STATUS + off, 2);
+    }
+    for round in 0..10u16 {
+        for (q, (h, d, st)) in [(HDR, DATA, STATUS), (h1, d1, s1)].into_iter().enumerate() {
+            let sector = 10 + 10 * q as u64 + u64::from(round);
+            fe.mem
+                .write_slice(
+                    &RequestHeader::new(RequestType::Out, sector).to_bytes(),
+                    GuestAddress(h),
+                )
+                .unwrap();
+            fe.mem
+                .write_slice(&[(q as u8) << 4 | round as u8; 512], GuestAddress(d))
+                .unwrap();
+            let desc = |fe: &Fe, i, gpa, len, flags, next| {
+                if q == 0 {
+                    fe.desc(i, gpa, len, flags, next)
+                } else {
+                    fe.desc1(i, gpa, len, flags, next)
+                }
+            };
+            desc(&fe, 0, h, 16, NEXT, 1);
+            desc(&fe, 1, d, 512, NEXT, 2);
+            desc(&fe, 2, st, 1, WRITE, 0);
+        }
+        fe.submit(0);
+        fe.submit1(0);
+        assert!(fe.serve_until_both_used(round + 1, T), "round {round}");
+        assert_eq!(fe.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
+        assert_eq!(fe.mem.read_obj::<u8>(GuestAddress(s1)).unwrap(), 0);
+    }
+    assert!(fe.misses >= 6, "{} misses", fe.misses);
+    // Read everything back through queue 0.
+    for q in 0..2u64 {
+        for round in 0..10u64 {
+            request(&mut fe, RequestType::In, 10 + 10 * q + round);
+            fe.desc(1, DATA, 512, NEXT | WRITE, 2);
+            let n = fe.used_idx().wrapping_add(1);
+            fe.submit(0);
+            assert!(fe.serve_until_used(n, T));
+            let got: u8 = fe.mem.read_obj(GuestAddress(DATA + 511)).unwrap();
+            assert_eq!(got, (q as u8) << 4 | round as u8);
+        }
+    }
+    drop(fe);
+    assert!(daemon.join().unwrap().is_ok());
+}

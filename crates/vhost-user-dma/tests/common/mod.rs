@@ -58,7 +58,12 @@ pub struct Fe {
     pub next_avail: u16,
     pub file: File,
     pub daemon: Option<JoinHandle<vhost_user_dma::Result<()>>>,
+    /// Queue 1 (rings at +`Q1_OFF`): kick, call, next avail.
+    pub q1: Option<(EventFd, EventFd, u16)>,
 }
+
+/// Offset of queue 1's rings from queue 0's.
+pub const Q1_OFF: u64 = 0x4000;
 
 pub fn spawn_daemon<D: VirtioDevice>(
     dev: D,
@@ -82,7 +87,7 @@ impl Fe {
         .unwrap();
         let uaddr = mem.find_region(GuestAddress(0)).unwrap().as_ptr() as u64;
         let raw = sock.try_clone().unwrap();
-        let mut fe = Frontend::from_stream(sock, 1);
+        let mut fe = Frontend::from_stream(sock, 2);
         let offered = fe.get_features().unwrap();
         assert_ne!(offered & ACCESS_PLATFORM, 0);
         assert_ne!(
@@ -133,6 +138,7 @@ impl Fe {
             next_avail: 0,
             file: file.try_clone().unwrap(),
             daemon: None,
+            q1: None,
         };
         f.chan
             .as_ref()
@@ -204,6 +210,83 @@ impl Fe {
             let page = USED + IOVA_OFF;
             assert_eq!(self.iotlb(2, page, 0x1000, self.uaddr + USED, 3), 0);
         }
+    }
+
+    /// Set up and start queue 1 (rings at `Q1_OFF` above queue 0's).
+    pub fn start_queue1(&mut self) {
+        if self.iommu {
+            for gpa in [DESC, AVAIL, USED] {
+                self.map(gpa + Q1_OFF + IOVA_OFF, gpa + Q1_OFF, 3);
+            }
+        }
+        self.fe.set_vring_num(1, QSIZE).unwrap();
+        self.fe
+            .set_vring_addr(
+                1,
+                &VringConfigData {
+                    queue_max_size: 256,
+                    queue_size: QSIZE,
+                    flags: 0,
+                    desc_table_addr: self.ring_addr(DESC + Q1_OFF),
+                    used_ring_addr: self.ring_addr(USED + Q1_OFF),
+                    avail_ring_addr: self.ring_addr(AVAIL + Q1_OFF),
+                    log_addr: None,
+                },
+            )
+            .unwrap();
+        self.fe.set_vring_base(1, 0).unwrap();
+        let kick = EventFd::new(0).unwrap();
+        let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        self.fe.set_vring_call(1, &call).unwrap();
+        self.fe.set_vring_kick(1, &kick).unwrap();
+        self.fe.set_vring_enable(1, true).unwrap();
+        if self.iommu {
+            let page = USED + Q1_OFF + IOVA_OFF;
+            assert_eq!(
+                self.iotlb(2, page, 0x1000, self.uaddr + USED + Q1_OFF, 3),
+                0
+            );
+        }
+        self.q1 = Some((kick, call, 0));
+    }
+
+    /// Write descriptor `i` of queue 1.
+    pub fn desc1(&self, i: u16, gpa: u64, len: u32, flags: u16, next: u16) {
+        let a = DESC + Q1_OFF + u64::from(i) * 16;
+        self.mem.write_obj(self.dma(gpa), GuestAddress(a)).unwrap();
+        self.mem.write_obj(len, GuestAddress(a + 8)).unwrap();
+        self.mem.write_obj(flags, GuestAddress(a + 12)).unwrap();
+        self.mem.write_obj(next, GuestAddress(a + 14)).unwrap();
+    }
+
+    /// Make chain `head` of queue 1 available and kick.
+    pub fn submit1(&mut self, head: u16) {
+        let (kick, _, next) = self.q1.as_mut().unwrap();
+        let slot = u64::from(*next % QSIZE);
+        self.mem
+            .write_obj(head, GuestAddress(AVAIL + Q1_OFF + 4 + slot * 2))
+            .unwrap();
+        *next = next.wrapping_add(1);
+        self.mem
+            .write_obj(*next, GuestAddress(AVAIL + Q1_OFF + 2))
+            .unwrap();
+        kick.write(1).unwrap();
+    }
+
+    pub fn used_idx1(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(USED + Q1_OFF + 2)).unwrap()
+    }
+
+    /// Answer misses until both queues' used indexes reach `idx`.
+    pub fn serve_until_both_used(&mut self, idx: u16, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.used_idx() == idx && self.used_idx1() == idx {
+                return true;
+            }
+            self.serve_one_miss();
+        }
+        false
     }
 
     /// Send an IOTLB message on the main socket; returns the reply value.
