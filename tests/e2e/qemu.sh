@@ -117,6 +117,6 @@ for mode in $MODES; do
 done
 
 echo
-echo "qemu.sh summary ($(date -u +%Y-%m-%dT%H:%MZ), $("$WORKDIR/qemu-10.sh" --version | head -1)):"
+echo "qemu.sh summary ($(date -u +%Y-%m-%dT%H:%MZ); boot.py args: ${EXTRA[*]:-none}; harness QEMU 10: $("$WORKDIR/qemu-10.sh" --version | head -1)):"
 printf '  %s\n' "${RESULTS[@]}"
 exit $FAILED

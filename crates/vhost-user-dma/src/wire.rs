@@ -105,21 +105,33 @@ fn u64_at(b: &[u8; IOTLB_MSG_SIZE], i: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
-/// Decode a `struct vhost_iotlb_msg`; unknown permission or type values are errors.
+/// Decode a `struct vhost_iotlb_msg`; unknown type values are errors, and so are
+/// unknown permission values except in an INVALIDATE, whose `perm` and `uaddr` the
+/// front-end leaves undefined (QEMU 7.2 sends garbage there): it decodes with
+/// `VhostAccess::No` and `userspace_addr` 0.
 pub fn decode_iotlb(b: &[u8; IOTLB_MSG_SIZE]) -> Result<VhostIotlbMsg> {
-    let perm = match b[24] {
-        0 => VhostAccess::No,
-        1 => VhostAccess::ReadOnly,
-        2 => VhostAccess::WriteOnly,
-        3 => VhostAccess::ReadWrite,
-        p => return Err(Error::IotlbPerm(p)),
-    };
     let msg_type = match b[25] {
         1 => VhostIotlbType::Miss,
         2 => VhostIotlbType::Update,
         3 => VhostIotlbType::Invalidate,
         4 => VhostIotlbType::AccessFail,
         t => return Err(Error::IotlbType(t)),
+    };
+    if msg_type == VhostIotlbType::Invalidate {
+        return Ok(VhostIotlbMsg {
+            iova: u64_at(b, 0),
+            size: u64_at(b, 8),
+            userspace_addr: 0,
+            perm: VhostAccess::No,
+            msg_type,
+        });
+    }
+    let perm = match b[24] {
+        0 => VhostAccess::No,
+        1 => VhostAccess::ReadOnly,
+        2 => VhostAccess::WriteOnly,
+        3 => VhostAccess::ReadWrite,
+        p => return Err(Error::IotlbPerm(p)),
     };
     Ok(VhostIotlbMsg {
         iova: u64_at(b, 0),
@@ -408,6 +420,15 @@ mod tests {
         b[24] = 3;
         b[25] = 0;
         assert!(matches!(decode_iotlb(&b), Err(Error::IotlbType(0))));
+        // INVALIDATE: perm and uaddr are undefined and ignored.
+        b[24] = 0xb2;
+        b[25] = 3;
+        b[16] = 0x55;
+        let m = decode_iotlb(&b).unwrap();
+        assert_eq!(
+            (m.msg_type, m.perm, m.userspace_addr),
+            (VhostIotlbType::Invalidate, VhostAccess::No, 0)
+        );
         b[25] = 7;
         assert!(matches!(decode_iotlb(&b), Err(Error::IotlbType(7))));
     }
