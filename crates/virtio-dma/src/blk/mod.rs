@@ -13,7 +13,9 @@
 //!
 //! The driver side gets the wire formats ([`RequestHeader`],
 //! [`DiscardSegment`], [`Status`], [`ConfigSpace`]) to build requests for a
-//! driver-side virtqueue and to read the answers.
+//! driver-side virtqueue and to read the answers, and a whole driver,
+//! [`driver::BlkDriver`], that submits them on a
+//! [`SplitQueue`](crate::SplitQueue) through the DMA API.
 //!
 //! Request layout (virtio 1.2 §5.2.6): a 16-byte device-readable header
 //! `{type: le32, reserved: le32, sector: le64}`, the data (device-readable for
