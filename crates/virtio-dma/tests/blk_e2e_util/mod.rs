@@ -246,13 +246,16 @@ pub enum Op {
     },
     Flush,
     GetId,
+    /// `nseg` segments of `sectors` sectors, 16 sectors apart from `sector`.
     Discard {
         sector: u64,
         sectors: u32,
+        nseg: u64,
     },
     WriteZeroes {
         sector: u64,
         sectors: u32,
+        nseg: u64,
     },
 }
 
@@ -380,12 +383,14 @@ impl Workload {
                 }
             }
             10 => Op::Discard {
-                sector: sector & !7,
+                sector: (sector % (DISK_SECTORS - 48)) & !7,
                 sectors: 8,
+                nseg: parts,
             },
             _ => Op::WriteZeroes {
-                sector: sector & !7,
+                sector: (sector % (DISK_SECTORS - 48)) & !7,
                 sectors: 8,
+                nseg: parts,
             },
         }
     }
@@ -452,18 +457,37 @@ impl Workload {
                 let head = self.drv.get_id(at, token).map_err(|r| r.error)?;
                 (head, Expect::Id(at))
             }
-            Op::Discard { sector, sectors } | Op::WriteZeroes { sector, sectors } => {
+            Op::Discard {
+                sector,
+                sectors,
+                nseg,
+            }
+            | Op::WriteZeroes {
+                sector,
+                sectors,
+                nseg,
+            } => {
                 let discard = matches!(op, Op::Discard { .. });
-                let head = if discard {
-                    let seg = DiscardSegment::discard(sector, sectors);
-                    self.drv.discard(&[seg], token)
+                let starts = (0..nseg).map(|k| sector + 16 * k);
+                let segs: Vec<DiscardSegment> = if discard {
+                    starts
+                        .map(|s| DiscardSegment::discard(s, sectors))
+                        .collect()
                 } else {
-                    let seg = DiscardSegment::write_zeroes(sector, sectors, false);
-                    self.drv.write_zeroes(&[seg], token)
+                    starts
+                        .map(|s| DiscardSegment::write_zeroes(s, sectors, s % 32 == 0))
+                        .collect()
+                };
+                let head = if discard {
+                    self.drv.discard(&segs, token)
+                } else {
+                    self.drv.write_zeroes(&segs, token)
                 }
                 .map_err(|r| r.error)?;
-                let s = (sector * 512) as usize;
-                self.model[s..s + sectors as usize * 512].fill(0);
+                for seg in &segs {
+                    let s = (seg.sector * 512) as usize;
+                    self.model[s..s + sectors as usize * 512].fill(0);
+                }
                 let ty = if discard {
                     RequestType::Discard
                 } else {
