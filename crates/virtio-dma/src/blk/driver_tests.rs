@@ -264,3 +264,12 @@ fn test_slots_are_capped_by_the_area_and_freed_on_destroy() {
         Err(DriverError::InvalidConfig { .. })
     ));
 }
+
+#[test]
+fn test_driver_can_move_to_another_thread() {
+    fn send<S: Send>(_: &S) {}
+    let (_dev, drv) = setup(8, ap());
+    send(&drv);
+    let h = std::thread::spawn(move || drv.destroy().unwrap().len());
+    assert_eq!(h.join().unwrap(), 0);
+}
