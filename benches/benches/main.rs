@@ -9,6 +9,7 @@
 // Bench setup code: a failure is a broken benchmark, not a guest-triggered path.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod blk;
 mod bounce;
 mod debug;
 mod dma;
@@ -18,6 +19,7 @@ mod iommu_dma;
 mod iova;
 
 criterion::criterion_main!(
+    blk::benches,
     bounce::benches,
     debug::benches,
     dma::benches,

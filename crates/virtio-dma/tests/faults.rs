@@ -310,3 +310,45 @@ fn rings_the_device_cannot_reach_are_refused_up_front() {
         Err(Error::RingsInaccessible { .. })
     ));
 }
+
+#[test]
+fn iommu_backed_dma_device_survives_a_rogue_unmap_and_a_bad_used_len() {
+    let p = platform(Kind::IommuDma);
+    let iommu = p.iommu.as_ref().unwrap();
+    let mut q = queue(&p);
+    let view = p.iommu_view();
+    let mut device = DeviceQueue::new(view.clone(), q.ring_addrs(), SIZE, false).unwrap();
+    let h0 = add(&p, &mut q, 0, false);
+    add(&p, &mut q, 1, false);
+    // Descriptors hold IOVAs from the DMA ops, not guest addresses.
+    let d: [u8; 16] = p
+        .dev
+        .memory()
+        .read_obj(GuestAddress(q.ring_cpu_addrs().desc + 16 * u64::from(h0)))
+        .unwrap();
+    let iova = u64::from_le_bytes(d[..8].try_into().unwrap());
+    assert_ne!(iova, buf(&p, 0).0);
+    // Someone tears request 0's readable page out of the domain.
+    iommu.unmap(DOMAIN, iova & !0xfff, 0x1000).unwrap();
+    let done = device.process(reverse).unwrap();
+    assert_eq!((done.chains, done.failed), (2, 1));
+    let faults = iommu.drain_faults(16);
+    assert!(faults.iter().any(|f| f.reason == FaultReason::Unmapped));
+    let mut got = Vec::new();
+    while let Some(u) = q.pop_used().unwrap() {
+        got.push((u.token, u.len));
+    }
+    got.sort_unstable();
+    assert_eq!(got, [(0, 0), (1, 16)]);
+
+    // A used length beyond what was posted breaks the queue; reset recovers.
+    let h = add(&p, &mut q, 2, false);
+    raw_used(&view, &q, u32::from(h), 17);
+    assert!(matches!(q.pop_used(), Err(Error::UsedLenTooLarge { .. })));
+    assert_eq!(q.reset(), vec![2]);
+    device.reset().unwrap();
+    add(&p, &mut q, 3, false);
+    assert_eq!(device.process(reverse).unwrap().failed, 0);
+    assert_eq!(q.pop_used().unwrap().unwrap().len, 16);
+    assert!(q.destroy().unwrap().is_empty());
+}

@@ -126,6 +126,11 @@ fn roundtrip_through_an_iommu_view() {
 }
 
 #[test]
+fn roundtrip_through_an_iommu_backed_dma_device() {
+    all_opts(Kind::IommuDma);
+}
+
+#[test]
 fn bounced_descriptors_hold_swiotlb_addresses_below_4_gib() {
     let p = platform(Kind::Bounce);
     let cfg = QueueConfig::new(4).with_features(p.features(false, false));

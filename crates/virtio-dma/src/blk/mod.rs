@@ -13,7 +13,9 @@
 //!
 //! The driver side gets the wire formats ([`RequestHeader`],
 //! [`DiscardSegment`], [`Status`], [`ConfigSpace`]) to build requests for a
-//! driver-side virtqueue and to read the answers.
+//! driver-side virtqueue and to read the answers, and a whole driver,
+//! [`driver::BlkDriver`], that submits them on a
+//! [`SplitQueue`](crate::SplitQueue) through the DMA API.
 //!
 //! Request layout (virtio 1.2 §5.2.6): a 16-byte device-readable header
 //! `{type: le32, reserved: le32, sector: le64}`, the data (device-readable for
@@ -36,10 +38,13 @@
 mod backend;
 mod config;
 mod device;
+pub mod driver;
 mod request;
 
 #[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod driver_tests;
 
 pub use backend::{BlockBackend, FileBackend, MemBackend};
 pub use config::{BlockConfig, ConfigSpace, CONFIG_SPACE_SIZE, MAX_SEGMENTS_LIMIT};

@@ -6,9 +6,11 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use virtio_dma::{Features, PackedRequest, Request};
 use vm_dma::debug::DebugHook;
+use vm_dma::iommu_dma::IommuDma;
 use vm_dma::{BusConfig, DeviceConfig, DmaBus, DmaDevice};
 use vm_iommu::{Config, DeviceView, Iommu};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
@@ -36,6 +38,11 @@ pub enum Kind {
     /// vm-iommu DeviceView whose domain identity-maps the driver's memory in
     /// 64 KiB pieces (so a test can unmap one mid-flight).
     IommuView,
+    /// ACCESS_PLATFORM on a `DmaDevice::with_iommu` device: every map,
+    /// coherent allocation and pool block gets an IOVA from vm-dma's
+    /// IOMMU DMA ops over a vm-iommu domain (strict), and the device side
+    /// is that IOMMU's view of the endpoint. Memory has a hole.
+    IommuDma,
 }
 
 /// A platform: the driver's DMA device, where test buffers live (outside
@@ -94,6 +101,19 @@ pub fn platform_with_debug(kind: Kind, debug: DebugHook) -> Platform {
     let bus = DmaBus::with_config(mem, cfg).unwrap();
     let mut dcfg = DeviceConfig::new(format!("{kind:?}"));
     dcfg.debug = debug;
+    if kind == Kind::IommuDma {
+        let iommu = Iommu::new(Config::default()).unwrap();
+        iommu.create_domain(DOMAIN, false).unwrap();
+        iommu.attach(ENDPOINT, DOMAIN).unwrap();
+        let ops = IommuDma::for_vm_iommu(&iommu, DOMAIN, &[], Default::default()).unwrap();
+        let dev = DmaDevice::with_iommu(&bus, dcfg, Arc::new(ops)).unwrap();
+        return Platform {
+            kind,
+            dev,
+            buffers,
+            iommu: Some(iommu),
+        };
+    }
     let dev = DmaDevice::with_config(&bus, dcfg);
     let iommu = (kind == Kind::IommuView).then(|| {
         let iommu = Iommu::new(Config::default()).unwrap();
@@ -126,7 +146,7 @@ impl Platform {
         }
     }
 
-    /// The IOMMU-translated view of the device (IommuView only).
+    /// The IOMMU-translated view of the device (IommuView and IommuDma).
     pub fn iommu_view(&self) -> DeviceView<Mem> {
         let iommu = self.iommu.as_ref().unwrap();
         iommu.view(ENDPOINT, self.dev.memory().clone()).unwrap()
@@ -146,7 +166,7 @@ macro_rules! with_view {
                 let $view = $p.dev.device_view();
                 $body
             }
-            $crate::common::Kind::IommuView => {
+            $crate::common::Kind::IommuView | $crate::common::Kind::IommuDma => {
                 let $view = $p.iommu_view();
                 $body
             }
