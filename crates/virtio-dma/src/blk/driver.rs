@@ -6,28 +6,35 @@
 //! # Where the header and the status byte live
 //!
 //! Linux keeps `virtio_blk_outhdr` and the status byte in the blk-mq
-//! request's private data (ordinary kernel memory) and hands them to
-//! `virtqueue_add_sgs` like the data pages, so they are streaming-mapped by
-//! the virtqueue (`ToDevice` header, `FromDevice` status) and bounced by
-//! swiotlb when needed. [`BlkDriver`] does the same: at creation it takes
-//! one block of ordinary driver-owned pages from the bus's page allocator
-//! (the `kmalloc` analogue, *not* coherent memory), split into one slot per
-//! request that can be in flight. Each request passes its slot's header,
-//! status (and DISCARD / WRITE_ZEROES segment list) to [`SplitQueue::add`]
-//! as guest-physical buffers; with `ACCESS_PLATFORM` the queue maps them
-//! with `map_single` and puts the DMA addresses in the descriptors, so every
-//! device access — rings, header, data, status — goes through the DMA API
-//! (IOMMU, swiotlb, dma-debug). Within a slot the header (`ToDevice`), the
-//! status byte and the segment list sit in separate 64-byte cache lines, so
-//! no two device-writable mappings share a line (dma-debug's overlap
-//! check).
+//! request's private data (ordinary kernel memory). [`BlkDriver`] takes one
+//! block of ordinary driver-owned pages from the bus's page allocator at
+//! creation (the `kmalloc` analogue, *not* coherent memory, below the
+//! device's reach when possible): one slot per request that can be in
+//! flight (header, then the DISCARD / WRITE_ZEROES segment list), and after
+//! all slots one 64-byte line per request for its status byte.
+//!
+//! With `ACCESS_PLATFORM` the driver works in premapped mode (Linux's
+//! `virtqueue_set_dma_premapped`, which virtio-net uses for the same
+//! reason): the headers and segments are mapped once `ToDevice` and the
+//! status lines once `FromDevice` for the driver's lifetime, and each
+//! request syncs its part (`sync_single_for_device` after writing the
+//! header, `sync_single_for_cpu` before reading the status), so a request
+//! costs one streaming mapping per data buffer instead of three. The data
+//! buffers are mapped by the driver with `map_single` (`ToDevice` for a
+//! write, `FromDevice` for a read) and unmapped when the request completes
+//! or the queue is reset; everything goes to [`SplitQueue::add_premapped`]
+//! as DMA addresses, and every device access still goes through the DMA API
+//! (IOMMU, swiotlb, dma-debug). If the area cannot be mapped once (a bounce
+//! pool too small for it), each request maps its header and status as it
+//! goes. Without `ACCESS_PLATFORM` nothing is mapped: the descriptors hold
+//! guest-physical addresses.
 //!
 //! # Completions
 //!
 //! [`BlkDriver::poll`] reclaims one request with [`SplitQueue::pop_used`]
-//! (which validates the used id and length against the driver's records and
-//! unmaps, so the CPU sees what the device wrote, bounce buffers included),
-//! then reads the status byte. The byte is preset to `0xff` at submission: a
+//! (which validates the used id and length against the driver's records),
+//! unmaps its data (so the CPU sees what the device wrote, bounce buffers
+//! included), syncs its status line for the CPU and reads the status byte. The byte is preset to `0xff` at submission: a
 //! used length of 0, a byte that is not a known status, or an IN that reports
 //! OK with fewer bytes than requested is an error *for that request*
 //! ([`BadCompletion`]), never a panic. A bad used entry (id out of range or
@@ -37,7 +44,7 @@
 
 use std::fmt;
 
-use vm_dma::{get_order, Direction, DmaDevice, PAGE_SIZE};
+use vm_dma::{get_order, Direction, DmaAddr, DmaDevice, Mapping, PAGE_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{
@@ -50,9 +57,9 @@ use crate::ring::RingAddrs;
 use crate::split::{QueueConfig, SplitQueue};
 
 /// Offset of the status byte in a request slot (its own cache line).
-const STATUS_OFF: u64 = 64;
+const STATUS_STRIDE: u64 = 64;
 /// Offset of the DISCARD / WRITE_ZEROES segment list in a request slot.
-const SEGS_OFF: u64 = 128;
+const SEGS_OFF: u64 = HEADER_SIZE as u64;
 /// The value the status byte holds until the device writes it.
 const STATUS_UNSET: u8 = 0xff;
 /// Largest request-slot area: one page-allocator block (4 MiB).
@@ -276,7 +283,7 @@ pub struct BlkDriver<M: GuestMemoryBackend, T = u64> {
     /// Free request slots (a stack; capacity fixed at creation).
     free_slots: Vec<u16>,
     /// Buffers of the request being added (capacity kept across requests).
-    scratch: Vec<(GuestAddress, u32)>,
+    scratch: Vec<(DmaAddr, u32)>,
 }
 
 impl<M: GuestMemoryBackend, T> fmt::Debug for BlkDriver<M, T> {
@@ -310,24 +317,46 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
         let queue = SplitQueue::new(dev, config.queue)?;
         // At most 256 segments of 16 bytes: no overflow.
         let stride = (SEGS_OFF + 16 * u64::from(nseg)).next_power_of_two();
-        let slots = u64::from(queue.size()).min(MAX_AREA / stride);
-        let bytes = slots * stride;
+        let slots = u64::from(queue.size()).min(MAX_AREA / (stride + STATUS_STRIDE));
+        let out_bytes = slots * stride;
+        let bytes = out_bytes + slots * STATUS_STRIDE;
         let order = get_order(bytes);
-        let area = dev
-            .bus()
-            .pages()
-            .alloc(order, u64::MAX)
+        // Below the device's reach when possible, so the premapped area
+        // needs no bounce buffer.
+        let pages = dev.bus().pages();
+        let addr = pages
+            .alloc(order, dev.streaming_limit())
+            .or_else(|_| pages.alloc(order, u64::MAX))
             .map_err(|source| DriverError::Area { bytes, source })?;
         // `slots` <= queue size <= 32768.
         let n = u16::try_from(slots).unwrap_or(u16::MAX);
+        let mut area = Area {
+            dev: dev.clone(),
+            addr,
+            order,
+            live: true,
+            premap: None,
+            slot_maps: (0..n).map(|_| Vec::new()).collect(),
+        };
+        if config.queue.features.access_platform {
+            // Mapped once for the driver's lifetime (premapped mode); if the
+            // platform cannot (a bounce pool too small), every request maps
+            // its header and status as it goes.
+            let status_at = GuestAddress(addr.0 + out_bytes);
+            let out = dev.map_single(addr, out_bytes, Direction::ToDevice);
+            let st = dev.map_single(status_at, slots * STATUS_STRIDE, Direction::FromDevice);
+            area.premap = match (out, st) {
+                (Ok(out), Ok(status)) => Some(Premap { out, status }),
+                (Ok(m), Err(_)) | (Err(_), Ok(m)) => {
+                    let _ = dev.unmap(m);
+                    None
+                }
+                (Err(_), Err(_)) => None,
+            };
+        }
         Ok(BlkDriver {
             queue,
-            area: Area {
-                dev: dev.clone(),
-                addr: area,
-                order,
-                live: true,
-            },
+            area,
             stride,
             nslots: n,
             max_discard_seg: nseg,
@@ -475,10 +504,21 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
 }
 
 impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
-    /// The guest address of request slot `slot`.
+    /// The guest address of request slot `slot` (header, then segments).
     fn slot_addr(&self, slot: u16) -> GuestAddress {
-        // slot < nslots and nslots * stride <= 4 MiB inside the area.
+        // slot < nslots and nslots * (stride + 64) <= 4 MiB inside the area.
         GuestAddress(self.area.addr.0 + u64::from(slot) * self.stride)
+    }
+
+    /// Offset of slot `slot`'s status byte in the status part of the area.
+    fn status_off(&self, slot: u16) -> u64 {
+        u64::from(slot) * STATUS_STRIDE
+    }
+
+    /// The guest address of slot `slot`'s status byte.
+    fn status_addr(&self, slot: u16) -> GuestAddress {
+        let out_bytes = u64::from(self.nslots) * self.stride;
+        GuestAddress(self.area.addr.0 + out_bytes + self.status_off(slot))
     }
 
     fn full(&self) -> DriverError {
@@ -492,11 +532,12 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
     /// request into its slot.
     fn prepare(
         &self,
-        base: GuestAddress,
+        slot: u16,
         ty: RequestType,
         sector: u64,
         segs: &[DiscardSegment],
     ) -> DriverResult<()> {
+        let base = self.slot_addr(slot);
         let mem = self.queue.device().memory();
         let slot_err = |addr: GuestAddress| {
             move |source| DriverError::Slot {
@@ -506,7 +547,7 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
         };
         let hdr = RequestHeader::new(ty, sector).to_bytes();
         mem.write_slice(&hdr, base).map_err(slot_err(base))?;
-        let st = GuestAddress(base.0 + STATUS_OFF);
+        let st = self.status_addr(slot);
         mem.write_obj(STATUS_UNSET, st).map_err(slot_err(st))?;
         let mut at = GuestAddress(base.0 + SEGS_OFF);
         for seg in segs {
@@ -517,8 +558,9 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
     }
 
     /// Lays the request out (header, data or segments, status) in a free
-    /// slot and adds it to the queue. Allocation-free once every slot and
-    /// head was used (the scratch list keeps its capacity).
+    /// slot, maps what needs mapping and adds it to the queue in premapped
+    /// mode. Allocation-free once every slot and head was used (the
+    /// scratch list and the slots' mapping lists keep their capacity).
     fn submit(
         &mut self,
         ty: RequestType,
@@ -532,29 +574,18 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
             let error = self.full();
             return Err(Refused { error, token });
         };
-        let base = self.slot_addr(slot);
-        if let Err(error) = self.prepare(base, ty, sector, segs) {
+        if let Err(error) = self.prepare(slot, ty, sector, segs) {
             return Err(Refused { error, token });
         }
-        let status = (GuestAddress(base.0 + STATUS_OFF), 1);
-        self.scratch.clear();
-        self.scratch.push((base, HEADER_SIZE as u32));
-        let n_out = match ty.data_direction() {
-            Some(Direction::FromDevice) => 1,
-            _ => {
-                self.scratch.extend_from_slice(data);
-                if !segs.is_empty() {
-                    // At most 256 segments of 16 bytes.
-                    let len = (segs.len() * DISCARD_SEGMENT_SIZE) as u32;
-                    self.scratch.push((GuestAddress(base.0 + SEGS_OFF), len));
-                }
-                self.scratch.len()
+        // At most 256 segments of 16 bytes.
+        let segs_len = (segs.len() * DISCARD_SEGMENT_SIZE) as u32;
+        let n_out = match self.lay_out(slot, ty, data, segs_len) {
+            Ok(n) => n,
+            Err(error) => {
+                self.release_slot_maps(slot);
+                return Err(Refused { error, token });
             }
         };
-        if ty.data_direction() == Some(Direction::FromDevice) {
-            self.scratch.extend_from_slice(data);
-        }
-        self.scratch.push(status);
         let (out, inb) = self.scratch.split_at(n_out.min(self.scratch.len()));
         let tok = Token {
             slot,
@@ -562,13 +593,14 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
             data_len,
             user: token,
         };
-        match self.queue.add(out, inb, tok) {
+        match self.queue.add_premapped(out, inb, tok) {
             Ok(head) => {
                 self.free_slots.pop();
                 Ok(head)
             }
             Err(r) => {
                 let (e, tok) = r.into_parts();
+                self.release_slot_maps(slot);
                 let error = match e {
                     Error::QueueFull { .. } => self.full(),
                     e => DriverError::Queue(e),
@@ -577,6 +609,113 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
                     error,
                     token: tok.user,
                 })
+            }
+        }
+    }
+
+    /// The device address of `len` bytes at guest address `addr` of the
+    /// request in `slot`: without `ACCESS_PLATFORM` the address itself;
+    /// with it, inside the premapped area (synced for the device), or
+    /// mapped now for `dir` and kept with the slot.
+    fn device_addr(
+        &mut self,
+        slot: u16,
+        addr: GuestAddress,
+        len: u32,
+        dir: Direction,
+        premapped_off: Option<u64>,
+    ) -> DriverResult<DmaAddr> {
+        if !self.queue.config().features.access_platform {
+            return Ok(DmaAddr(addr.0));
+        }
+        let dev = self.area.dev.clone();
+        if let (Some(p), Some(off)) = (&self.area.premap, premapped_off) {
+            let m = if dir == Direction::ToDevice {
+                &p.out
+            } else {
+                &p.status
+            };
+            dev.sync_single_for_device(m, off, u64::from(len))
+                .map_err(Error::Dma)?;
+            return Ok(DmaAddr(m.dma_addr().raw() + off));
+        }
+        let m = dev
+            .map_single(addr, u64::from(len), dir)
+            .map_err(Error::Dma)?;
+        let dma = m.dma_addr();
+        if let Some(maps) = self.area.slot_maps.get_mut(usize::from(slot)) {
+            maps.push(m);
+        } else {
+            // Unreachable (slot < nslots); never leak the mapping.
+            let _ = dev.unmap(m);
+        }
+        Ok(dma)
+    }
+
+    /// Fills `scratch` with the request's device buffers; returns how many
+    /// are device-readable. On error the slot's mappings are still to be
+    /// released by the caller.
+    fn lay_out(
+        &mut self,
+        slot: u16,
+        ty: RequestType,
+        data: &[(GuestAddress, u32)],
+        segs_len: u32,
+    ) -> DriverResult<usize> {
+        let base = self.slot_addr(slot);
+        let slot_off = u64::from(slot) * self.stride;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let res = (|| {
+            let hdr = self.device_addr(
+                slot,
+                base,
+                HEADER_SIZE as u32,
+                Direction::ToDevice,
+                Some(slot_off),
+            )?;
+            scratch.push((hdr, HEADER_SIZE as u32));
+            let data_dir = ty.data_direction();
+            if data_dir != Some(Direction::FromDevice) {
+                for &(addr, len) in data {
+                    let dma = self.device_addr(slot, addr, len, Direction::ToDevice, None)?;
+                    scratch.push((dma, len));
+                }
+                if segs_len != 0 {
+                    let at = GuestAddress(base.0 + SEGS_OFF);
+                    let off = slot_off + SEGS_OFF;
+                    let dma =
+                        self.device_addr(slot, at, segs_len, Direction::ToDevice, Some(off))?;
+                    scratch.push((dma, segs_len));
+                }
+            }
+            let n_out = scratch.len();
+            if data_dir == Some(Direction::FromDevice) {
+                for &(addr, len) in data {
+                    let dma = self.device_addr(slot, addr, len, Direction::FromDevice, None)?;
+                    scratch.push((dma, len));
+                }
+            }
+            let st = self.status_addr(slot);
+            let off = self.status_off(slot);
+            let dma = self.device_addr(slot, st, 1, Direction::FromDevice, Some(off))?;
+            scratch.push((dma, 1));
+            Ok(n_out)
+        })();
+        self.scratch = scratch;
+        res
+    }
+
+    /// Unmaps what the request in `slot` mapped itself (its data, and its
+    /// header and status without a premapped area), copying device writes
+    /// back as the directions say.
+    fn release_slot_maps(&mut self, slot: u16) {
+        let dev = &self.area.dev;
+        if let Some(maps) = self.area.slot_maps.get_mut(usize::from(slot)) {
+            for m in maps.drain(..) {
+                if let Err(r) = dev.unmap(m) {
+                    log::error!("{}: blk unmap: {}", dev.name(), r.error);
+                }
             }
         }
     }
@@ -622,6 +761,15 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
             data_len,
             user,
         } = used.token;
+        // Data (and a per-request status) are unmapped first: with a bounce
+        // buffer that is what brings the device's bytes back.
+        self.release_slot_maps(slot);
+        if let Some(p) = &self.area.premap {
+            let off = self.status_off(slot);
+            if let Err(e) = self.area.dev.sync_single_for_cpu(&p.status, off, 1) {
+                log::error!("{}: blk status sync: {e}", self.area.dev.name());
+            }
+        }
         let status = self.decode(slot, ty, data_len, used.len);
         self.free_slots.push(slot);
         Ok(Some(BlkCompletion {
@@ -642,7 +790,7 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
         if used_len == 0 {
             return Err(BadCompletion::NoStatus);
         }
-        let at = GuestAddress(self.slot_addr(slot).0 + STATUS_OFF);
+        let at = self.status_addr(slot);
         // The slot is the driver's own memory; a failed read is treated as
         // a status never written.
         let byte = self
@@ -675,6 +823,9 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
     /// broken queue is usable again.
     pub fn reset(&mut self) -> Vec<T> {
         let tokens = self.queue.reset();
+        for slot in 0..self.nslots {
+            self.release_slot_maps(slot);
+        }
         self.free_slots.clear();
         self.free_slots.extend((0..self.nslots).rev());
         tokens.into_iter().map(|t| t.user).collect()
@@ -702,12 +853,38 @@ struct Area<M: GuestMemoryBackend> {
     addr: GuestAddress,
     order: u32,
     live: bool,
+    /// The area's mappings in premapped mode.
+    premap: Option<Premap>,
+    /// Per slot: what its request mapped itself.
+    slot_maps: Vec<Vec<Mapping>>,
+}
+
+/// The request area mapped once: headers and segments for the device to
+/// read, status bytes for it to write.
+struct Premap {
+    out: Mapping,
+    status: Mapping,
 }
 
 impl<M: GuestMemoryBackend> Area<M> {
     fn free(&mut self) -> DriverResult<()> {
         if !std::mem::take(&mut self.live) {
             return Ok(());
+        }
+        let dev = &self.dev;
+        let mut mappings: Vec<Mapping> = self
+            .slot_maps
+            .iter_mut()
+            .flat_map(|v| v.drain(..))
+            .collect();
+        if let Some(p) = self.premap.take() {
+            mappings.push(p.out);
+            mappings.push(p.status);
+        }
+        for m in mappings {
+            if let Err(r) = dev.unmap(m) {
+                log::error!("{}: blk request area unmap: {}", dev.name(), r.error);
+            }
         }
         let bytes = PAGE_SIZE << self.order;
         self.dev

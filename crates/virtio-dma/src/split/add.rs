@@ -87,6 +87,81 @@ impl<M: GuestMemoryBackend, T> SplitQueue<M, T> {
         }
     }
 
+    /// Adds a request whose buffers the driver mapped itself (Linux's
+    /// premapped mode, `virtqueue_set_dma_premapped`): with
+    /// `ACCESS_PLATFORM` each address is a DMA address the caller got from
+    /// the queue's [`vm_dma::DmaDevice`] (for example a request area mapped
+    /// once for the driver's lifetime), written into the descriptors as
+    /// is; without it, a guest-physical address (checked to be guest
+    /// memory). The queue maps and unmaps nothing for such a request: the
+    /// caller keeps the mappings alive until the request is reclaimed (or
+    /// the queue reset) and syncs them as the DMA API requires.
+    ///
+    /// Errors (nothing changes, the token comes back): as
+    /// [`SplitQueue::add`], without [`Error::Dma`].
+    ///
+    /// ```
+    /// use virtio_dma::{Features, QueueConfig, SplitQueue};
+    /// use vm_dma::{Direction, DmaAddr, DmaBus, DmaDevice};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+    /// let dev = DmaDevice::new(&DmaBus::new(mem).unwrap(), "vq0");
+    /// let f = Features { access_platform: true, ..Default::default() };
+    /// let mut vq = SplitQueue::new(&dev, QueueConfig::new(8).with_features(f)).unwrap();
+    /// // Mapped once by the driver, used by many requests.
+    /// let area = dev.map_single(GuestAddress(0x10_0000), 4096, Direction::ToDevice).unwrap();
+    /// vq.add_premapped(&[(area.dma_addr(), 16)], &[], 1u8).unwrap();
+    /// assert_eq!(vq.reset(), vec![1]);
+    /// dev.unmap(area).unwrap();
+    /// ```
+    pub fn add_premapped(
+        &mut self,
+        out: &[(vm_dma::DmaAddr, u32)],
+        inb: &[(vm_dma::DmaAddr, u32)],
+        token: T,
+    ) -> std::result::Result<u16, Rejected<T>> {
+        match self.add_premapped_slices(out, inb) {
+            Ok(head) => {
+                self.commit(head, token);
+                Ok(head)
+            }
+            Err(error) => Err(Rejected { error, token }),
+        }
+    }
+
+    fn add_premapped_slices(
+        &mut self,
+        out: &[(vm_dma::DmaAddr, u32)],
+        inb: &[(vm_dma::DmaAddr, u32)],
+    ) -> Result<u16> {
+        let all = || out.iter().chain(inb.iter());
+        let in_len = self.check_request(all().map(|s| s.1), out.len())?;
+        if !self.config.features.access_platform {
+            for &(addr, len) in all() {
+                self.check_guest(GuestAddress(addr.raw()), len)?;
+            }
+        }
+        let nsegs = out.len() + inb.len();
+        let block = self.reserve(nsegs)?;
+        let head = self.free_head;
+        let segs = all()
+            .enumerate()
+            .map(|(i, &(addr, len))| (addr.raw(), len, i >= out.len()));
+        match self.write_chain(segs, nsegs, block.as_ref()) {
+            Ok((ndesc, last)) => {
+                self.fill_slot(head, ndesc, last, in_len, block);
+                Ok(head)
+            }
+            Err(e) => {
+                if let Some(b) = block {
+                    self.release_block(b);
+                }
+                Err(e)
+            }
+        }
+    }
+
     pub(super) fn add_slices(
         &mut self,
         out: &[(GuestAddress, u32)],
