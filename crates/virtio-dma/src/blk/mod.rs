@@ -36,10 +36,13 @@
 mod backend;
 mod config;
 mod device;
+pub mod driver;
 mod request;
 
 #[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod driver_tests;
 
 pub use backend::{BlockBackend, FileBackend, MemBackend};
 pub use config::{BlockConfig, ConfigSpace, CONFIG_SPACE_SIZE, MAX_SEGMENTS_LIMIT};
