@@ -42,6 +42,7 @@ pub mod bench;
 pub mod error;
 pub mod progress;
 pub mod report;
+pub mod run;
 
 pub use error::{Error, Result, EXIT_ERROR};
 
@@ -95,12 +96,36 @@ pub enum Command {
     /// Micro-benchmarks of the DMA API
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The main job: a virtio-blk device behind a virtio-iommu on
+    /// event-manager threads, a guest driver thread running a verifying
+    /// random read/write workload over the DMA API; prints IOPS, latency,
+    /// mappings, bounces, faults, dma-debug findings and whether all data
+    /// verified
+    Run(run::RunArgs),
 }
 
 /// Runs the command `cli` describes, writing its report to `out`.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
     match &cli.command {
         Command::Bench(cmd) => bench::run(cmd, &cli.global, out),
+        Command::Run(args) => {
+            let progress = run::progress(args, cli.global.show_progress());
+            let result = run::run(args, &progress);
+            progress.finish();
+            let report = result?;
+            report::emit(&report, cli.global.format(), out)?;
+            if report.verified {
+                Ok(())
+            } else {
+                Err(Error::NotVerified {
+                    mismatches: report.mismatches,
+                    failed: report.failed_requests,
+                    faults: report.faults,
+                    findings: report.debug_findings.unwrap_or(0)
+                        + report.debug_leaks.unwrap_or(0) as u64,
+                })
+            }
+        }
     }
 }
 
