@@ -293,4 +293,18 @@ mod tests {
         );
         assert!(!s.contains('\n'), "{s}");
     }
+
+    #[test]
+    fn a_run_that_did_not_verify_exits_with_1_and_errors_with_2() {
+        let e = Error::NotVerified {
+            mismatches: 2,
+            failed: 0,
+            faults: 1,
+            findings: 0,
+        };
+        assert_eq!(e.exit_code(), 1);
+        let s = e.to_string();
+        assert!(s.contains("2 mismatches") && s.contains("1 faults"), "{s}");
+        assert_eq!(Error::Impossible("x".into()).exit_code(), EXIT_ERROR);
+    }
 }
