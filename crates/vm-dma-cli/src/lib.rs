@@ -4,10 +4,16 @@
 //! and the vm-iommu virtual IOMMU.
 //!
 //! ```text
+//! vm-dma [--json] [-q] run [--ops N] [--block-size BYTES] [--queue-depth N] [--disk FILE]
+//!                          [--iommu virtio|direct|off] [--strict | --lazy] [--mask BITS]
+//!                          [--force-bounce] [--debug] [--seed N]
 //! vm-dma [--json] [-q] bench map [-t THREADS] [-s SECONDS] [-g PAGES] [-d DIR]
 //!                                [-x BITS] [-y NS] [--bounce | --iommu [--strict | --lazy]]
 //! ```
 //!
+//! `vm-dma run` is the main job: a virtio-blk device behind a virtio-iommu,
+//! each on an event-manager thread, and a guest driver thread running a
+//! verifying workload over the DMA API; see [`run`](mod@run).
 //! `vm-dma bench map` is Linux's `dma_map_benchmark`; see [`bench::map`].
 //!
 //! # Structure
@@ -20,7 +26,10 @@
 //! - Long runs show a [`progress::Progress`] bar on stderr.
 //! - Every failure is an [`error::Error`]; `main` prints it as one line on
 //!   stderr and exits with [`error::EXIT_ERROR`] (2), as clap does for bad
-//!   flags ([`usage_error_line`] condenses clap's message to one line).
+//!   flags ([`usage_error_line`] condenses clap's message to one line). The
+//!   one exception is a `run` that completed but whose data did not verify
+//!   ([`Error::NotVerified`], exit code [`run::EXIT_NOT_VERIFIED`], 1): its
+//!   report is printed first.
 //!
 //! ```
 //! use clap::Parser;
