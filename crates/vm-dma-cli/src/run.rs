@@ -14,7 +14,6 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
@@ -547,7 +546,7 @@ pub fn run(args: &RunArgs, progress: &Progress) -> Result<RunReport> {
 
 /// The progress bar of a run: one unit per completed request.
 pub fn progress(args: &RunArgs, visible: bool) -> Progress {
-    Progress::timed("vm-dma run", Duration::from_millis(args.ops), visible)
+    Progress::counted("vm-dma run", args.ops, visible)
 }
 
 #[cfg(test)]

@@ -490,7 +490,7 @@ pub fn run<V: GuestMemory>(
             iod.poll(now);
         }
         if now.duration_since(last_progress) > Duration::from_millis(50) {
-            progress.set_elapsed(Duration::from_millis(completed));
+            progress.set_done(completed);
             last_progress = now;
         }
     }
