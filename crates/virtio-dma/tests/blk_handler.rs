@@ -41,6 +41,13 @@ fn features() -> Features {
     }
 }
 
+fn features_with(event_idx: bool) -> Features {
+    Features {
+        event_idx,
+        ..features()
+    }
+}
+
 /// Runs `sub` on an event-manager loop on its own thread until `stop`.
 fn spawn_loop<S: MutEventSubscriber + Send + 'static>(
     sub: S,
@@ -71,6 +78,11 @@ fn wait_all(
             break;
         }
         assert!(Instant::now() < deadline, "only {} of {n} done", done.len());
+        // Ask for an interrupt at the next completion (with EVENT_IDX the
+        // used event moves), unless completions are already there.
+        if drv.enable_cb().unwrap() {
+            continue;
+        }
         poll.wait_timeout(Duration::from_millis(50)).unwrap();
         let _ = irq.read();
     }
@@ -80,16 +92,25 @@ fn wait_all(
 
 #[test]
 fn requests_from_a_driver_thread_complete_on_the_event_loop() {
+    requests_complete_on_the_event_loop(false);
+}
+
+#[test]
+fn requests_complete_on_the_event_loop_with_event_idx() {
+    requests_complete_on_the_event_loop(true);
+}
+
+fn requests_complete_on_the_event_loop(event_idx: bool) {
     let mem = memory();
     let bus = DmaBus::new(mem.clone()).unwrap();
     let dev = DmaDevice::new(&bus, "vblk");
     dev.set_mask_and_coherent(DmaMask::FULL).unwrap();
-    let cfg = BlkDriverConfig::new(QueueConfig::new(32).with_features(features()));
-    let mut drv: BlkDriver<Mem, usize> = BlkDriver::new(&dev, cfg).unwrap();
+    let q = QueueConfig::new(32).with_features(features_with(event_idx));
+    let mut drv: BlkDriver<Mem, usize> = BlkDriver::new(&dev, BlkDriverConfig::new(q)).unwrap();
     let disk =
         Arc::new(BlockDevice::new(MemBackend::new(1 << 20), BlockConfig::default()).unwrap());
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-    let queue = queue_from_rings(drv.ring_addrs(), 32, false).unwrap();
+    let queue = queue_from_rings(drv.ring_addrs(), 32, event_idx).unwrap();
     let handler = BlkHandler::new(
         queue,
         dev.device_view(),

@@ -466,6 +466,14 @@ pub fn run<V: GuestMemory>(
             if !done.is_empty() {
                 break;
             }
+            // Ask for an interrupt at the next completion (with EVENT_IDX
+            // the used event moves), unless completions are already there.
+            if drv.enable_cb().map_err(|e| Error::Workload {
+                what: "interrupt enable",
+                detail: e.to_string(),
+            })? {
+                continue;
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::DeviceStalled {
