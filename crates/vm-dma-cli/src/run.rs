@@ -412,17 +412,33 @@ fn open_disk(path: &Option<PathBuf>) -> Result<(Arc<dyn BlockBackend>, String)> 
     }
 }
 
-/// Runs `vm-dma run`.
-pub fn run(args: &RunArgs, progress: &Progress) -> Result<RunReport> {
-    let pp = PlatformParams {
+fn platform_params(args: &RunArgs) -> PlatformParams {
+    PlatformParams {
         iommu: args.iommu,
         lazy: args.lazy,
         mask_bits: args.mask,
         force_bounce: args.force_bounce,
         debug: args.debug,
-    };
-    platform::check(&pp)?;
+    }
+}
+
+/// Runs `vm-dma run`: checks the flags, opens the disk, and runs
+/// [`run_on`].
+pub fn run(args: &RunArgs, progress: &Progress) -> Result<RunReport> {
+    platform::check(&platform_params(args))?;
     let (backend, disk_name) = open_disk(&args.disk)?;
+    run_on(args, backend, disk_name, progress)
+}
+
+/// Runs `vm-dma run` on the disk `backend` named `disk_name` (`args.disk`
+/// is not looked at).
+pub fn run_on(
+    args: &RunArgs,
+    backend: Arc<dyn BlockBackend>,
+    disk_name: String,
+    progress: &Progress,
+) -> Result<RunReport> {
+    let pp = platform_params(args);
     let disk_bytes = backend.len();
     let blocks = (disk_bytes / u64::from(args.block_size)).min(MAX_BLOCKS);
     if blocks == 0 {
@@ -557,6 +573,85 @@ pub fn progress(args: &RunArgs, visible: bool) -> Progress {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// A disk that flips a bit of every read, or fails every write.
+    struct Faulty {
+        inner: MemBackend,
+        fail_writes: bool,
+    }
+
+    impl BlockBackend for Faulty {
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.inner.read_at(buf, offset)?;
+            if let Some(b) = buf.first_mut() {
+                *b ^= 1;
+            }
+            Ok(())
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            if self.fail_writes {
+                return Err(io::Error::other("injected"));
+            }
+            self.inner.write_at(buf, offset)
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+            self.inner.discard(offset, len)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+            self.inner.write_zeroes(offset, len, unmap)
+        }
+    }
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["vm-dma", "run", "--ops", "100"];
+        argv.extend_from_slice(extra);
+        match crate::Cli::try_parse_from(argv).unwrap().command {
+            crate::Command::Run(a) => a,
+            crate::Command::Bench(_) => unreachable!(),
+        }
+    }
+
+    fn faulty(fail_writes: bool) -> Arc<dyn BlockBackend> {
+        Arc::new(Faulty {
+            inner: MemBackend::new(1 << 20),
+            fail_writes,
+        })
+    }
+
+    #[test]
+    fn a_disk_that_corrupts_reads_does_not_verify() {
+        for mode in ["virtio", "off"] {
+            let a = args(&["--iommu", mode]);
+            let p = progress(&a, false);
+            let r = run_on(&a, faulty(false), "faulty".into(), &p).unwrap();
+            assert!(!r.verified, "{r:?}");
+            assert!(r.reads > 0 && r.mismatches == r.reads, "{r:?}");
+            assert_eq!(r.failed_requests, 0);
+            assert!(r.first_problem.as_deref().unwrap().contains("differs"));
+            let mut text = Vec::new();
+            r.write_text(&mut text).unwrap();
+            assert!(String::from_utf8(text).unwrap().ends_with("verified: NO\n"));
+        }
+    }
+
+    #[test]
+    fn failed_writes_are_reported_and_do_not_verify() {
+        let a = args(&[]);
+        let p = progress(&a, false);
+        let r = run_on(&a, faulty(true), "faulty".into(), &p).unwrap();
+        assert!(!r.verified);
+        // No write succeeds, so nothing is ever read.
+        assert_eq!((r.writes, r.reads, r.failed_requests), (100, 0, 100));
+        assert_eq!(r.device_requests, 100);
+        assert!(r.first_problem.unwrap().contains("IoErr"));
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
