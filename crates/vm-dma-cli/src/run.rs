@@ -412,6 +412,39 @@ fn open_disk(path: &Option<PathBuf>) -> Result<(Arc<dyn BlockBackend>, String)> 
     }
 }
 
+/// Without an IOMMU, whether what may be bounced at once fits in the
+/// swiotlb pool: header and status of every request in flight (a 2 KiB
+/// slot each) and the data buffers above the mask (all of them with
+/// `--force-bounce`, else the half allocated above 4 GiB).
+fn check_bounce_room(args: &RunArgs, blocks: u64) -> Result<()> {
+    let limit = vm_dma::DmaMask::from_bits(args.mask)
+        .map_err(|source| Error::Setup {
+            what: "the dma mask",
+            source,
+        })?
+        .raw();
+    if args.iommu != IommuMode::Off || !(args.force_bounce || limit < platform::memory_top()) {
+        return Ok(());
+    }
+    const SLOT: u64 = 2048;
+    let depth = u64::from(args.queue_depth).min(blocks);
+    let data = if args.force_bounce {
+        depth
+    } else {
+        depth.div_ceil(2)
+    };
+    let need = data * u64::from(args.block_size).div_ceil(SLOT) * SLOT + depth * 2 * SLOT;
+    if need > platform::SWIOTLB_SIZE {
+        return Err(Error::Impossible(format!(
+            "{depth} requests of {} bytes in flight may bounce {need} bytes at once, more than \
+             the {} MiB swiotlb pool: lower --queue-depth or --block-size",
+            args.block_size,
+            platform::SWIOTLB_SIZE >> 20
+        )));
+    }
+    Ok(())
+}
+
 fn platform_params(args: &RunArgs) -> PlatformParams {
     PlatformParams {
         iommu: args.iommu,
@@ -448,6 +481,7 @@ pub fn run_on(
             block_size: args.block_size,
         });
     }
+    check_bounce_room(args, blocks)?;
     let disk = Arc::new(
         BlockDevice::new(backend, BlockConfig::default()).map_err(|e| Error::Workload {
             what: "the blk device",

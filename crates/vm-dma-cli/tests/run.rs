@@ -259,6 +259,19 @@ fn errors_are_one_line_with_exit_code_2() {
     assert_one_line_error(&["run", "--iommu", "sideways"], "possible values");
     assert_one_line_error(&["run", "--mask", "65"], "--mask");
     assert_one_line_error(&["run", "--bogus"], "unexpected argument");
+    assert_one_line_error(
+        &[
+            "run",
+            "--iommu",
+            "off",
+            "--force-bounce",
+            "--queue-depth",
+            "128",
+            "--block-size",
+            "262144",
+        ],
+        "swiotlb pool",
+    );
     // Errors stay one line under --json too.
     assert_one_line_error(&["run", "--json", "--iommu", "off", "--lazy"], "--lazy");
 }
