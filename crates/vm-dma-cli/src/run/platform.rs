@@ -246,19 +246,23 @@ impl Drop for VirtioIommuRig {
 }
 
 /// The platform: memory, bus, the virtual IOMMU, and the blk `DmaDevice`.
+///
+/// Fields drop in declaration order: the blk device (and its IOMMU DMA
+/// ops, which may still send UNMAP requests) before the virtio-iommu loop
+/// that answers them.
 pub struct Platform {
-    /// Guest memory.
-    pub mem: Mem,
-    /// The bus.
-    pub bus: DmaBus<Mem>,
-    /// The virtual IOMMU (IOMMU modes).
-    pub iommu: Option<Iommu>,
-    /// The virtio-iommu device and driver (`virtio` mode).
-    pub viommu: Option<VirtioIommuRig>,
     /// The blk device's DMA side.
     pub dev: DmaDevice<Mem>,
     /// dma-debug, when on.
     pub debug: Option<Arc<DmaDebug>>,
+    /// The virtio-iommu device and driver (`virtio` mode).
+    pub viommu: Option<VirtioIommuRig>,
+    /// The virtual IOMMU (IOMMU modes).
+    pub iommu: Option<Iommu>,
+    /// The bus.
+    pub bus: DmaBus<Mem>,
+    /// Guest memory.
+    pub mem: Mem,
     /// The blk device's endpoint id.
     pub endpoint: u32,
 }
