@@ -151,12 +151,112 @@ pub enum Error {
         /// The thread index.
         thread: u32,
     },
+    /// `vm-dma run` without an IOMMU: the DMA mask reaches neither all of
+    /// guest memory nor the swiotlb pool, so some buffers can be neither
+    /// mapped directly nor bounced.
+    #[error(
+        "the {bits}-bit dma mask (limit {limit:#x}) is below guest memory ({lowest:#x}..={top:#x}) \
+         and cannot reach the swiotlb pool {pool_start:#x}..={pool_end:#x}: widen --mask or use \
+         an iommu (--iommu virtio or direct)"
+    )]
+    MaskUnreachable {
+        /// The mask width asked for (`--mask`).
+        bits: u32,
+        /// The mask's limit.
+        limit: u64,
+        /// The first byte of guest memory.
+        lowest: u64,
+        /// The last byte of guest memory.
+        top: u64,
+        /// First byte of the pool.
+        pool_start: u64,
+        /// Last byte of the pool.
+        pool_end: u64,
+    },
+    /// A combination of flags that cannot work.
+    #[error("{0}")]
+    Impossible(String),
+    /// The disk file cannot be opened for reading and writing.
+    #[error("cannot open the disk {path}: {source}")]
+    Disk {
+        /// The file.
+        path: String,
+        /// The blk backend's error.
+        source: virtio_dma::blk::Error,
+    },
+    /// The disk holds no whole block.
+    #[error("the disk {disk} ({bytes} bytes) is smaller than one block of {block_size} bytes")]
+    DiskTooSmall {
+        /// The disk's name.
+        disk: String,
+        /// Its size.
+        bytes: u64,
+        /// The block size (`--block-size`).
+        block_size: u32,
+    },
+    /// An event-manager loop could not be created or started.
+    #[error("cannot {what} an event loop: {detail}")]
+    EventLoop {
+        /// What failed.
+        what: &'static str,
+        /// The error.
+        detail: String,
+    },
+    /// Setting up the virtio-iommu device or driver failed.
+    #[error("cannot set up the virtio-iommu ({what}): {detail}")]
+    VirtioIommu {
+        /// What was being set up.
+        what: &'static str,
+        /// The error.
+        detail: String,
+    },
+    /// A step of the virtio-blk workload failed.
+    #[error("virtio-blk workload: {what}: {detail}")]
+    Workload {
+        /// The step.
+        what: &'static str,
+        /// The error.
+        detail: String,
+    },
+    /// The device completed nothing for too long.
+    #[error("the virtio-blk device completed none of {in_flight} requests in {secs} s")]
+    DeviceStalled {
+        /// Requests in flight.
+        in_flight: u16,
+        /// The timeout.
+        secs: u64,
+    },
+    /// The run completed but its data did not verify (the report was
+    /// printed); exits with [`crate::run::EXIT_NOT_VERIFIED`].
+    #[error("data did not verify: {mismatches} mismatches, {failed} failed requests, {faults} faults, {findings} dma-debug findings and leaks")]
+    NotVerified {
+        /// Reads that differed.
+        mismatches: u64,
+        /// Requests that failed.
+        failed: u64,
+        /// IOMMU faults.
+        faults: u64,
+        /// dma-debug findings and leaks.
+        findings: u64,
+    },
     /// Writing the report failed (a closed pipe, a full disk).
     #[error("cannot write the report: {0}")]
     Output(#[from] io::Error),
     /// Serializing the JSON report failed.
     #[error("cannot write the json report: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// The process exit code for this error: [`EXIT_ERROR`] (2), or
+    /// [`crate::run::EXIT_NOT_VERIFIED`] (1) for a run whose data did not
+    /// verify.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::NotVerified { .. } => crate::run::EXIT_NOT_VERIFIED,
+            _ => EXIT_ERROR,
+        }
+    }
 }
 
 /// The `Result` of the `vm-dma` command's functions.
@@ -192,5 +292,19 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains('\n'), "{s}");
+    }
+
+    #[test]
+    fn a_run_that_did_not_verify_exits_with_1_and_errors_with_2() {
+        let e = Error::NotVerified {
+            mismatches: 2,
+            failed: 0,
+            faults: 1,
+            findings: 0,
+        };
+        assert_eq!(e.exit_code(), 1);
+        let s = e.to_string();
+        assert!(s.contains("2 mismatches") && s.contains("1 faults"), "{s}");
+        assert_eq!(Error::Impossible("x".into()).exit_code(), EXIT_ERROR);
     }
 }

@@ -10,10 +10,10 @@ use clap::error::ErrorKind;
 use clap::Parser;
 use vm_dma_cli::{run, usage_error_line, Cli, EXIT_ERROR};
 
-fn fail(msg: &dyn std::fmt::Display) -> ExitCode {
+fn fail(msg: &dyn std::fmt::Display, code: i32) -> ExitCode {
     // Nothing better to do if stderr itself is gone.
     let _ = writeln!(std::io::stderr(), "vm-dma: {msg}");
-    ExitCode::from(EXIT_ERROR as u8)
+    ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR as u8))
 }
 
 fn main() -> ExitCode {
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
                     let _ = e.print();
                     ExitCode::SUCCESS
                 }
-                _ => fail(&usage_error_line(&e)),
+                _ => fail(&usage_error_line(&e), EXIT_ERROR),
             };
         }
     };
@@ -49,6 +49,6 @@ fn main() -> ExitCode {
     let mut out = stdout.lock();
     match run(&cli, &mut out) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        Err(e) => fail(&e, e.exit_code()),
     }
 }

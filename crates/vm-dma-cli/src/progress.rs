@@ -50,6 +50,40 @@ impl Progress {
         Progress { bar }
     }
 
+    /// A bar labelled `label` that is full after `total` units of work
+    /// (requests, say), moved with [`set_done`](Self::set_done); drawn on
+    /// stderr only if `visible` and stderr is a terminal.
+    ///
+    /// ```
+    /// use vm_dma_cli::progress::Progress;
+    ///
+    /// let p = Progress::counted("requests", 2000, false);
+    /// assert!(p.is_hidden());
+    /// p.set_done(500);
+    /// p.finish();
+    /// ```
+    pub fn counted(label: &str, total: u64, visible: bool) -> Self {
+        let bar = if visible && std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed}")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(label.to_string());
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Progress { bar }
+    }
+
+    /// Moves the bar to `done` units of its total.
+    pub fn set_done(&self, done: u64) {
+        self.bar
+            .set_position(done.min(self.bar.length().unwrap_or(done)));
+    }
+
     /// Whether nothing is drawn.
     pub fn is_hidden(&self) -> bool {
         self.bar.is_hidden()

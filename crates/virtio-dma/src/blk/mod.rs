@@ -39,6 +39,7 @@ mod backend;
 mod config;
 mod device;
 pub mod driver;
+mod handler;
 mod request;
 
 #[cfg(test)]
@@ -49,6 +50,7 @@ mod driver_tests;
 pub use backend::{BlockBackend, FileBackend, MemBackend};
 pub use config::{BlockConfig, ConfigSpace, CONFIG_SPACE_SIZE, MAX_SEGMENTS_LIMIT};
 pub use device::{BlockDevice, Completion};
+pub use handler::{BlkHandler, BlkHandlerStats};
 pub use request::{
     encode_segments, parse_id, DiscardSegment, RequestHeader, RequestType, Status,
     DISCARD_SEGMENT_SIZE, HEADER_SIZE, ID_BYTES,
