@@ -143,8 +143,8 @@ pub struct RunReport {
     pub latency_p99_us: f64,
     /// Largest latency, µs.
     pub latency_max_us: f64,
-    /// Streaming mappings the virtqueue made for requests (header, data,
-    /// status of each).
+    /// Streaming mappings made for requests: the data buffers (the driver's
+    /// request area, with headers and status bytes, is mapped once).
     pub mappings: u64,
     /// Requests sent to the virtio-iommu device (`virtio` mode).
     pub virtio_iommu_requests: Option<u64>,

@@ -365,6 +365,12 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
         })
     }
 
+    /// Whether the request area is mapped once for the driver's lifetime
+    /// (premapped mode: each request maps only its data buffers).
+    pub fn is_premapped(&self) -> bool {
+        self.area.premap.is_some()
+    }
+
     /// The ring addresses the device uses (DMA addresses with
     /// `ACCESS_PLATFORM`).
     pub fn ring_addrs(&self) -> RingAddrs {

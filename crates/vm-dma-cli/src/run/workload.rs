@@ -63,7 +63,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Per-request latency (submission to reclaim), in ns, sorted.
     pub latencies_ns: Vec<u64>,
-    /// Streaming mappings the queue made (descriptors submitted).
+    /// Streaming mappings made for requests (their data buffers; also
+    /// header and status without a premapped request area).
     pub mappings: u64,
     /// Of those, mappings bounced through swiotlb.
     pub bounces: u64,
@@ -181,10 +182,12 @@ impl<V: GuestMemory> Workload<'_, V> {
     }
 
     /// Walks the descriptors of the chain at `head` as the device sees
-    /// them: mappings made and bounces.
-    fn count_mappings(&mut self, desc_table: u64, size: u16, head: u16) {
+    /// them: mappings made and bounces. With a premapped request area the
+    /// first (header) and last (status) descriptors point into it and cost
+    /// no mapping of their own.
+    fn count_mappings(&mut self, desc_table: u64, size: u16, head: u16, premapped: bool) {
         let mut idx = head;
-        for _ in 0..size {
+        for i in 0..size {
             let at = desc_table.saturating_add(16 * u64::from(idx));
             let Ok(addr) = self.view.read_obj::<u64>(GuestAddress(at)) else {
                 return;
@@ -201,8 +204,12 @@ impl<V: GuestMemory> Workload<'_, V> {
                 .view
                 .read_obj::<u16>(GuestAddress(at.saturating_add(14)))
                 .unwrap_or(0);
-            self.out.mappings += 1;
-            if let Some((start, end)) = self.swiotlb {
+            let last = flags & DESC_F_NEXT == 0;
+            let own = !(premapped && (i == 0 || last));
+            if own {
+                self.out.mappings += 1;
+            }
+            if let Some((start, end)) = self.swiotlb.filter(|_| own) {
                 if (start..=end).contains(&addr) {
                     self.out.bounces += 1;
                     self.out.bounce_bytes += u64::from(len);
@@ -268,7 +275,7 @@ impl<V: GuestMemory> Workload<'_, V> {
             },
             detail: r.error.to_string(),
         })?;
-        self.count_mappings(drv.ring_addrs().desc, drv.size(), head);
+        self.count_mappings(drv.ring_addrs().desc, drv.size(), head, drv.is_premapped());
         Ok(())
     }
 
