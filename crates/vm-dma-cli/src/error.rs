@@ -76,6 +76,9 @@ pub enum Error {
         /// The page allocator's error.
         source: vm_dma::Error,
     },
+    /// The vhost-user-blk daemon (`serve`) failed.
+    #[error("vhost-user daemon: {0}")]
+    Serve(#[from] vhost_user_dma::Error),
     /// Building the bus, the device or the IOMMU DMA ops failed.
     #[error("cannot set up {what}: {source}")]
     Setup {

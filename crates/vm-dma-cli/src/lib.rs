@@ -111,12 +111,17 @@ pub enum Command {
     /// mappings, bounces, faults, dma-debug findings and whether all data
     /// verified
     Run(run::RunArgs),
+    /// A vhost-user-blk daemon on a Unix socket, behind a vIOMMU when the
+    /// front-end negotiates VIRTIO_F_ACCESS_PLATFORM (the vhost-user IOTLB
+    /// protocol); runs until killed, or for --connections front-ends
+    Serve(vhost_user_dma::ServeArgs),
 }
 
 /// Runs the command `cli` describes, writing its report to `out`.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
     match &cli.command {
         Command::Bench(cmd) => bench::run(cmd, &cli.global, out),
+        Command::Serve(args) => Ok(vhost_user_dma::serve(args)?),
         Command::Run(args) => {
             let progress = run::progress(args, cli.global.show_progress());
             let result = run::run(args, &progress);
