@@ -648,7 +648,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match crate::Cli::try_parse_from(argv).unwrap().command {
             crate::Command::Run(a) => a,
-            crate::Command::Bench(_) => unreachable!(),
+            other => panic!("parsed as another command: {other:?}"),
         }
     }
 
