@@ -103,7 +103,7 @@ impl IovaDomain {
         }
     }
 
-    /// Frees an IOVA: `addr` from [`Iova::addr`] and the `size` passed to
+    /// Frees an IOVA: `addr` from [`Iova::addr`](super::Iova::addr) and the `size` passed to
     /// alloc (Linux `free_iova_fast`). Cached sizes go to the cache.
     ///
     /// Errors (nothing changes): [`Error::ZeroSize`];

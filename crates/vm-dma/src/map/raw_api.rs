@@ -9,6 +9,8 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend};
 
 use super::{MapKind, RawKey, RawKind};
 use crate::device::DmaDevice;
+#[cfg(doc)]
+use crate::error::Error;
 use crate::error::Result;
 use crate::types::{Attrs, Direction, DmaAddr};
 
