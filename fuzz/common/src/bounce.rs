@@ -28,7 +28,7 @@ use vm_dma::{
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::edge::{direction, Edge};
-use crate::MAX_OPS;
+use crate::{Reached, MAX_OPS};
 
 const MIB: u64 = 1 << 20;
 /// The CPU buffers live in two windows: one the 32-bit device reaches, one it
@@ -154,7 +154,9 @@ fn clamp(size: u64, off: u32, len: u32) -> (u64, u64) {
 }
 
 /// Runs one input and asserts the oracle (panics on a finding).
-pub fn run_bounce(input: &BounceInput) {
+/// Returns what it reached (`deep`: mappings bounced).
+pub fn run_bounce(input: &BounceInput) -> Reached {
+    let mut reached = Reached::default();
     let ranges = [
         (GuestAddress(0), (16 * MIB) as usize),
         (GuestAddress(4 << 30), MIB as usize),
@@ -224,6 +226,8 @@ pub fn run_bounce(input: &BounceInput) {
                     Ok(m) => {
                         let dma = m.dma_addr().raw();
                         let bounced = dma != addr;
+                        reached.count(true);
+                        reached.deep += u64::from(bounced);
                         assert_eq!(bounced, input.force || !reachable, "{op:?}: {dma:#x}");
                         assert!(
                             dma + (size - 1) <= limit,
@@ -250,6 +254,7 @@ pub fn run_bounce(input: &BounceInput) {
                         });
                     }
                     Err(e) => {
+                        reached.count(false);
                         let may_fail = input.force || !reachable;
                         assert!(
                             may_fail
@@ -378,6 +383,7 @@ pub fn run_bounce(input: &BounceInput) {
         Some(0),
         "slots leaked"
     );
+    reached
 }
 
 fn pick_mut(live: &mut [LiveMap], pick: u8) -> Option<&mut LiveMap> {
@@ -523,7 +529,8 @@ mod tests {
     #[test]
     fn test_seeds_agree_with_the_byte_model() {
         for s in seeds() {
-            run_bounce(&s);
+            let r = run_bounce(&s);
+            assert!(r.ok > 0 && r.refused > 0 && r.deep > 0, "{r:?}");
         }
     }
 

@@ -36,6 +36,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, Permissions};
 
 use crate::edge::{perm, Edge, PAGE};
 use crate::logmem::{Access, HostMap, Hostile, LogMem};
+use crate::Reached;
 
 /// Guest memory: 1 MiB at 0.
 pub const MEM_SIZE: u64 = 1 << 20;
@@ -244,7 +245,10 @@ fn write_desc(mem: &GuestMemoryMmap, at: u64, d: &DescSpec, buffers: &[BufMap]) 
 }
 
 /// Runs one input and asserts the oracle (panics on a finding).
-pub fn run_desc_chain(input: &DescChainInput) {
+/// Returns what it reached (`ok`/`refused`: device buffer accesses that
+/// succeeded / failed; `deep`: chains popped).
+pub fn run_desc_chain(input: &DescChainInput) -> Reached {
+    let mut reached = Reached::default();
     let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
     else {
         panic!("cannot create guest memory");
@@ -342,6 +346,7 @@ pub fn run_desc_chain(input: &DescChainInput) {
         panic!("256 is a valid maximum");
     };
     let size_ok = q.try_set_size(size).is_ok();
+    reached.count(size_ok);
     let mut used = Vec::new();
     let mut writes = Vec::new();
     if size_ok {
@@ -367,6 +372,7 @@ pub fn run_desc_chain(input: &DescChainInput) {
             &mapped,
             &mut used,
             &mut writes,
+            &mut reached,
         );
     }
 
@@ -411,6 +417,7 @@ pub fn run_desc_chain(input: &DescChainInput) {
             }
         }
     }
+    reached
 }
 
 fn flips_cover(flips: &[(u64, u64)], at: u64, len: u64) -> bool {
@@ -444,6 +451,7 @@ fn run_device(
     mapped: &[u64],
     used: &mut Vec<(u16, u32, u64)>,
     writes: &mut Vec<(u64, u64)>,
+    reached: &mut Reached,
 ) {
     let size = u32::from(q.size());
     let limit = 2 * size + 4;
@@ -453,6 +461,7 @@ fn run_device(
             break;
         };
         popped += 1;
+        reached.deep += 1;
         let head = chain.head_index();
         assert!(u32::from(head) < size, "head {head} beyond the queue");
         // Walk once to count: at most `size` descriptors per table, and
@@ -470,12 +479,16 @@ fn run_device(
             .sum();
         let mut written = 0u32;
         if input.reader_writer {
-            if let Ok(mut r) = Reader::new(lm, chain.clone()) {
+            let r = Reader::new(lm, chain.clone());
+            reached.count(r.is_ok());
+            if let Ok(mut r) = r {
                 let n = r.available_bytes().min(MAX_ACCESS as usize);
                 let mut buf = vec![0u8; n];
                 let _ = r.read(&mut buf);
             }
-            if let Ok(mut w) = Writer::new(lm, chain.clone()) {
+            let w = Writer::new(lm, chain.clone());
+            reached.count(w.is_ok());
+            if let Ok(mut w) = w {
                 let n = w.available_bytes().min(MAX_ACCESS as usize);
                 if let Ok(k) = w.write(&vec![0xd0; n]) {
                     written = k as u32;
@@ -485,12 +498,14 @@ fn run_device(
             for d in &descs {
                 let n = d.len().min(MAX_ACCESS) as usize;
                 if d.is_write_only() {
-                    if lm.write_slice(&vec![0xe0; n], d.addr()).is_ok() {
+                    let ok = lm.write_slice(&vec![0xe0; n], d.addr()).is_ok();
+                    reached.count(ok);
+                    if ok {
                         written = written.saturating_add(n as u32);
                     }
                 } else {
                     let mut buf = vec![0u8; n];
-                    let _ = lm.read_slice(&mut buf, d.addr());
+                    reached.count(lm.read_slice(&mut buf, d.addr()).is_ok());
                 }
             }
         }
@@ -616,6 +631,11 @@ mod tests {
         for s in seeds() {
             run_desc_chain(&s);
         }
+        // The plain seed pops every chain and reaches the buffers, both ways.
+        let r = run_desc_chain(&seeds()[0]);
+        assert!(r.deep >= 5 && r.ok >= 4 && r.refused >= 1, "{r:?}");
+        let r = run_desc_chain(&seeds()[1]);
+        assert!(r.deep >= 5 && r.ok >= 4 && r.refused >= 1, "{r:?}");
     }
 
     #[test]

@@ -43,6 +43,40 @@ pub const MAX_INPUT_BYTES: u64 = 1 << 16;
 /// that no single input can look like a hang to libFuzzer.
 pub const MAX_OPS: usize = 256;
 
+/// What one run reached, so that the unit tests can check that an input gets
+/// past the early exits into the code under test (Cloud Hypervisor's block
+/// target once bailed out early on most inputs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reached {
+    /// Operations the code under test accepted.
+    pub ok: u64,
+    /// Operations it refused (as the model predicted).
+    pub refused: u64,
+    /// Steps on the target's deepest path (each `run_*` says which).
+    pub deep: u64,
+}
+
+impl Reached {
+    /// Counts one result.
+    pub fn count(&mut self, ok: bool) {
+        if ok {
+            self.ok += 1;
+        } else {
+            self.refused += 1;
+        }
+    }
+}
+
+/// `assert_eq!(got, want, ...)` on two `Result`s, then counts the outcome.
+#[macro_export]
+macro_rules! tally {
+    ($r:expr, $got:expr, $want:expr, $($fmt:tt)*) => {{
+        let (got, want) = ($got, $want);
+        assert_eq!(got, want, $($fmt)*);
+        $r.count(got.is_ok());
+    }};
+}
+
 fn options() -> impl Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()

@@ -33,7 +33,7 @@ use vm_dma::{
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::edge::Edge;
-use crate::MAX_OPS;
+use crate::{Reached, MAX_OPS};
 
 const MIB: u64 = 1 << 20;
 
@@ -255,7 +255,9 @@ fn create(dev: &DmaDevice<GuestMemoryMmap>, g: &Geometry, name: &str) -> Slot {
 }
 
 /// Runs one input and asserts the oracle (panics on a finding).
-pub fn run_pool(input: &PoolInput) {
+/// Returns what it reached (`deep`: pool pages grown).
+pub fn run_pool(input: &PoolInput) -> Reached {
+    let mut reached = Reached::default();
     let ranges = [
         (GuestAddress(0), (16 * MIB) as usize),
         (GuestAddress(4 << 30), MIB as usize),
@@ -325,6 +327,7 @@ pub fn run_pool(input: &PoolInput) {
                                     .pages()
                                     .is_allocated(GuestAddress(a), get_order(m.page_bytes)));
                                 m.pages.push(a);
+                                reached.deep += 1;
                                 m.free.extend(m.offsets.iter().rev().map(|o| a + o));
                             }
                         }
@@ -502,6 +505,7 @@ pub fn run_pool(input: &PoolInput) {
                 slots[i] = create(&dev, geometry, if i == 0 { "pool0" } else { "pool1" });
             }
         }
+        reached.count(!misuse);
         let got = errors() - before;
         if misuse {
             assert!(got > 0, "{op:?}: dma-debug missed a pool misuse");
@@ -539,6 +543,7 @@ pub fn run_pool(input: &PoolInput) {
         }
     }
     assert_eq!(bus.pages().free_pages(), total - leaked_pages);
+    reached
 }
 
 /// Hand-made inputs: the seeds of the corpus and fixed adversarial cases.
@@ -615,8 +620,11 @@ mod tests {
     #[test]
     fn test_seeds_agree_with_the_linux_model() {
         for s in seeds() {
-            run_pool(&s);
+            let r = run_pool(&s);
+            assert!(r.ok > 0, "{r:?}");
         }
+        let r = run_pool(&seeds()[0]);
+        assert!(r.refused > 0 && r.deep > 0, "{r:?}");
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vm_dma_fuzz_common::{bounce, decode, desc_chain, encode, iommu_model, pool, streaming};
+use vm_dma_fuzz_common::{
+    bounce, decode, desc_chain, encode, iommu_model, pool, streaming, Reached,
+};
 
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -20,7 +22,7 @@ fn corpus_dir(target: &str) -> PathBuf {
 }
 
 /// Runs each seed, round-trips it, and writes it to the target's corpus.
-fn seed<T>(target: &str, inputs: Vec<T>, run: impl Fn(&T))
+fn seed<T>(target: &str, inputs: Vec<T>, run: impl Fn(&T) -> Reached)
 where
     T: Serialize + DeserializeOwned + for<'a> arbitrary::Arbitrary<'a> + PartialEq + Debug,
 {
@@ -30,7 +32,11 @@ where
         panic!("create {}: {e}", dir.display());
     }
     for (i, input) in inputs.iter().enumerate() {
-        run(input);
+        let reached = run(input);
+        assert!(
+            reached.ok + reached.refused > 0,
+            "{target} seed {i} ran nothing"
+        );
         let bytes = encode(input);
         assert!(!bytes.is_empty(), "{target} seed {i} did not encode");
         assert_eq!(
