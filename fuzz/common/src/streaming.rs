@@ -265,8 +265,13 @@ pub fn run_streaming(input: &StreamingInput) -> Reached {
     );
     let max_seg = if req == 0 { old_seg } else { req };
     assert_eq!(dev.max_segment_size(), max_seg);
-    let boundary = low_mask(u32::from(input.boundary_log2 % 65));
-    assert!(dev.set_segment_boundary(boundary).is_ok(), "{boundary:#x}");
+    let requested = low_mask(u32::from(input.boundary_log2 % 65));
+    assert!(
+        dev.set_segment_boundary(requested).is_ok(),
+        "{requested:#x}"
+    );
+    // 0 means "unset": Linux reads it back as all ones.
+    let boundary = if requested == 0 { u64::MAX } else { requested };
     assert_eq!(dev.segment_boundary(), boundary);
     let min_align = low_mask(u32::from(input.min_align_log2 % 16));
     assert!(dev.set_min_align_mask(min_align).is_ok());
