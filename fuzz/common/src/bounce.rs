@@ -197,10 +197,8 @@ pub fn run_bounce(input: &BounceInput) -> Reached {
 
     // The CPU's buffers: a pattern that differs per byte and per window.
     let mut cpu = CpuModel { bytes: Vec::new() };
-    for (w, &(s, l)) in WINDOWS.iter().enumerate() {
-        let v: Vec<u8> = (0..l)
-            .map(|i| (i * 13 + i / 251 + w as u64 * 101) as u8)
-            .collect();
+    for (w, &(s, _)) in WINDOWS.iter().enumerate() {
+        let v = pattern(w).to_vec();
         assert!(mem.write_slice(&v, GuestAddress(s)).is_ok());
         cpu.bytes.push(v);
     }
