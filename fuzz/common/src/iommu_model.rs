@@ -165,6 +165,9 @@ pub struct IommuModelInput {
     pub page_sizes: u8,
     /// Whether unattached endpoints start in bypass.
     pub bypass_unattached: bool,
+    /// An input (IOVA) range other than the whole 48-bit space: `(first,
+    /// last)`, inclusive; an invalid one must be refused by `Iommu::new`.
+    pub input_range: Option<(Edge, Edge)>,
     /// The operations (at most [`MAX_OPS`] run).
     pub ops: Vec<IommuOp>,
 }
@@ -199,6 +202,8 @@ struct Model {
     bypass_unattached: bool,
     /// Bytes mapped so far, over all domains (page tables are never freed).
     mapped_bytes: u128,
+    /// The input range, when not the whole 48-bit space.
+    range: Option<(u64, u64)>,
 }
 
 /// Page tables per domain slot (vm-iommu's default cap).
@@ -247,6 +252,11 @@ fn last_of(start: u64, len: u64) -> Result<u64, Error> {
 }
 
 impl Model {
+    /// The input (IOVA) range, inclusive.
+    fn range(&self) -> (u64, u64) {
+        self.range.unwrap_or((0, MAX_INPUT_ADDRESS))
+    }
+
     fn overlapping(d: &MDomain, lo: u64, hi: u64) -> Option<u64> {
         d.maps
             .iter()
@@ -289,13 +299,14 @@ impl Model {
         d: &MDomain,
         regions: &[RangeInclusive<u64>],
         ep: u32,
+        (first, in_last): (u64, u64),
     ) -> Result<(), Error> {
         if d.bypass {
             return Ok(());
         }
         for r in regions {
-            let lo = *r.start();
-            let hi = (*r.end()).min(MAX_INPUT_ADDRESS);
+            let lo = (*r.start()).max(first);
+            let hi = (*r.end()).min(in_last);
             if lo > hi {
                 continue;
             }
@@ -323,7 +334,7 @@ impl Model {
         if e.domain == Some(dom) {
             return Ok(());
         }
-        Self::reserved_conflict(d, &e.reserved, ep)?;
+        Self::reserved_conflict(d, &e.reserved, ep, self.range())?;
         if let Some(old) = e.domain {
             if let Some(od) = self.domains.get_mut(&old) {
                 od.eps.retain(|&x| x != ep);
@@ -381,7 +392,7 @@ impl Model {
             });
         };
         if let Some(d) = e.domain.and_then(|d| self.domains.get(&d)) {
-            Self::reserved_conflict(d, regions, ep)?;
+            Self::reserved_conflict(d, regions, ep, self.range())?;
         }
         if let Some(e) = self.eps.get_mut(&ep) {
             e.reserved = regions.to_vec();
@@ -411,12 +422,13 @@ impl Model {
         if p == Permissions::No {
             return Err(Error::NoPermissions { iova, len });
         }
-        if last > MAX_INPUT_ADDRESS {
+        let (first, in_last) = self.range();
+        if iova < first || last > in_last {
             return Err(Error::OutOfInputRange {
                 iova,
                 len,
-                first: 0,
-                last: MAX_INPUT_ADDRESS,
+                first,
+                last: in_last,
             });
         }
         if d.bypass {
@@ -457,12 +469,13 @@ impl Model {
     fn unmap(&mut self, dom: u32, iova: u64, len: u64) -> Result<usize, Error> {
         let d = self.domains.get(&dom).ok_or(Error::UnknownDomain(dom))?;
         let last = last_of(iova, len)?;
-        if last > MAX_INPUT_ADDRESS {
+        let (first, in_last) = self.range();
+        if iova < first || last > in_last {
             return Err(Error::OutOfInputRange {
                 iova,
                 len,
-                first: 0,
-                last: MAX_INPUT_ADDRESS,
+                first,
+                last: in_last,
             });
         }
         if d.bypass {
@@ -515,9 +528,10 @@ impl Model {
                 reason,
             }))
         };
+        let (first, in_last) = self.range();
         let Some(last) = iova.checked_add(len - 1) else {
-            let at = if iova <= MAX_INPUT_ADDRESS {
-                MAX_INPUT_ADDRESS + 1
+            let at = if iova >= first && iova <= in_last {
+                in_last + 1
             } else {
                 iova
             };
@@ -538,11 +552,11 @@ impl Model {
         if d.bypass {
             return identity;
         }
-        if iova > MAX_INPUT_ADDRESS {
+        if iova < first || iova > in_last {
             return fault(iova, FaultReason::OutOfRange);
         }
-        if last > MAX_INPUT_ADDRESS {
-            return fault(MAX_INPUT_ADDRESS + 1, FaultReason::OutOfRange);
+        if last > in_last {
+            return fault(in_last + 1, FaultReason::OutOfRange);
         }
         let mut out: Vec<Fragment> = Vec::new();
         let mut cur = iova;
@@ -666,23 +680,39 @@ pub fn run_iommu_model(input: &IommuModelInput) -> Reached {
         1 => PAGE_SIZE_4K | PAGE_SIZE_2M,
         _ => PAGE_SIZE_4K | PAGE_SIZE_2M | PAGE_SIZE_1G,
     };
-    let Ok(iommu) = Iommu::new(Config {
+    let range = input.input_range.map(|(a, b)| (iova_of(a), iova_of(b)));
+    let config = Config {
         page_size_mask,
         max_domains: MAX_DOMAINS,
         max_endpoints: ENDPOINTS as usize,
         max_mappings_per_domain: MAX_MAPPINGS,
         max_reserved_regions: MAX_RESERVED,
         bypass_unattached: input.bypass_unattached,
+        input_range: range.map_or(0..=MAX_INPUT_ADDRESS, |(a, b)| a..=b),
         ..Default::default()
-    }) else {
-        panic!("the fixture's configuration is valid");
     };
+    let valid = range.is_none_or(|(a, b)| a <= b && b <= MAX_INPUT_ADDRESS);
+    let iommu = match Iommu::new(config) {
+        Ok(i) => i,
+        Err(e) => {
+            assert!(!valid, "a valid input range {range:x?} was refused: {e}");
+            assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
+            reached.count(false);
+            return reached;
+        }
+    };
+    assert!(valid, "an invalid input range {range:x?} was accepted");
+    assert_eq!(
+        iommu.input_range(),
+        range.map_or(0..=MAX_INPUT_ADDRESS, |(a, b)| a..=b)
+    );
     let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
     else {
         panic!("cannot create guest memory");
     };
     let mut model = Model {
         bypass_unattached: input.bypass_unattached,
+        range,
         ..Default::default()
     };
     let mut handles = Vec::new();
@@ -882,6 +912,7 @@ pub fn seeds() -> Vec<IommuModelInput> {
         IommuModelInput {
             page_sizes: 2,
             bypass_unattached: false,
+            input_range: None,
             ops: vec![
                 Create {
                     dom: 1,
@@ -929,6 +960,7 @@ pub fn seeds() -> Vec<IommuModelInput> {
         IommuModelInput {
             page_sizes: 0,
             bypass_unattached: false,
+            input_range: None,
             ops: vec![
                 Create {
                     dom: 0,
@@ -996,6 +1028,7 @@ pub fn seeds() -> Vec<IommuModelInput> {
         IommuModelInput {
             page_sizes: 1,
             bypass_unattached: false,
+            input_range: None,
             ops: vec![
                 Create {
                     dom: 2,
@@ -1069,6 +1102,7 @@ pub fn seeds() -> Vec<IommuModelInput> {
         IommuModelInput {
             page_sizes: 0,
             bypass_unattached: false,
+            input_range: None,
             ops: vec![
                 Create {
                     dom: 0,
@@ -1102,6 +1136,7 @@ pub fn seeds() -> Vec<IommuModelInput> {
         IommuModelInput {
             page_sizes: 2,
             bypass_unattached: true,
+            input_range: None,
             ops: vec![
                 Translate {
                     ep: 0,
@@ -1185,6 +1220,110 @@ pub fn seeds() -> Vec<IommuModelInput> {
                 },
             ],
         },
+        // A narrow input range with unaligned edges, and invalid ranges.
+        IommuModelInput {
+            page_sizes: 2,
+            bypass_unattached: false,
+            input_range: Some((
+                Edge::Pages { k: 1, byte: 1 },
+                Edge::Pow2 {
+                    bit: 32,
+                    delta: -0x801,
+                },
+            )),
+            ops: vec![
+                Create {
+                    dom: 0,
+                    bypass: false,
+                },
+                Attach { ep: 0, dom: 0 },
+                Reserve {
+                    ep: 0,
+                    regions: vec![(Edge::Zero, Edge::pages(2))],
+                },
+                Map {
+                    dom: 0,
+                    iova: Edge::pages(1),
+                    gpa: Edge::pages(1),
+                    len: Edge::pages(1),
+                    perm: 3,
+                },
+                Map {
+                    dom: 0,
+                    iova: Edge::pages(2),
+                    gpa: Edge::pages(2),
+                    len: Edge::pages(1),
+                    perm: 3,
+                },
+                Map {
+                    dom: 0,
+                    iova: Edge::pages(3),
+                    gpa: Edge::pages(3),
+                    len: Edge::pages(1),
+                    perm: 3,
+                },
+                Map {
+                    dom: 0,
+                    iova: Edge::Pow2 {
+                        bit: 32,
+                        delta: -0x1000,
+                    },
+                    gpa: Edge::Zero,
+                    len: Edge::pages(1),
+                    perm: 3,
+                },
+                Map {
+                    dom: 0,
+                    iova: Edge::Pow2 {
+                        bit: 32,
+                        delta: -0x2000,
+                    },
+                    gpa: Edge::Zero,
+                    len: Edge::pages(1),
+                    perm: 3,
+                },
+                Translate {
+                    ep: 0,
+                    iova: Edge::Pow2 {
+                        bit: 32,
+                        delta: -0x2000,
+                    },
+                    len: Edge::pages(2),
+                    access: 1,
+                },
+                Translate {
+                    ep: 0,
+                    iova: Edge::Pages { k: 1, byte: 0 },
+                    len: Edge::pages(1),
+                    access: 1,
+                },
+                Translate {
+                    ep: 0,
+                    iova: Edge::Pages { k: 3, byte: 0 },
+                    len: Edge::Max { below: 0 },
+                    access: 1,
+                },
+                View {
+                    ep: 0,
+                    iova: Edge::Pages { k: 3, byte: 0 },
+                    len: 0x1000,
+                    write: true,
+                    byte: 3,
+                },
+            ],
+        },
+        IommuModelInput {
+            page_sizes: 0,
+            bypass_unattached: false,
+            input_range: Some((Edge::pages(2), Edge::pages(1))),
+            ops: vec![],
+        },
+        IommuModelInput {
+            page_sizes: 0,
+            bypass_unattached: false,
+            input_range: Some((Edge::Zero, Edge::Pow2 { bit: 48, delta: 0 })),
+            ops: vec![],
+        },
     ]
 }
 
@@ -1197,7 +1336,9 @@ mod tests {
         let mut deep = 0;
         for s in seeds() {
             let r = run_iommu_model(&s);
-            assert!(r.ok >= 3 && r.refused > 0, "{r:?}");
+            // Seeds with an invalid configuration stop after one refusal.
+            let refused_config = r.ok == 0 && r.refused == 1;
+            assert!(refused_config || (r.ok >= 3 && r.refused > 0), "{r:?}");
             deep += r.deep;
         }
         assert!(deep >= 3, "{deep} device-view accesses granted");
