@@ -91,6 +91,22 @@ pub enum BounceOp {
         /// `unmap_attrs(m, SKIP_CPU_SYNC)`.
         skip_sync: bool,
     },
+    /// Misuse of a live handle: a sync of `[off, off + len)` that is empty,
+    /// wraps or runs past the mapping, or (`other`) a sync and an unmap on
+    /// another device of the bus. Each must fail and move no byte; the
+    /// unmap gives the handle back.
+    Misuse {
+        /// Which live mapping.
+        pick: u8,
+        /// Offset of the sync.
+        off: Edge,
+        /// Length of the sync.
+        len: Edge,
+        /// Use another device.
+        other: bool,
+        /// For the CPU, else for the device.
+        for_cpu: bool,
+    },
 }
 
 /// One input of the `bounce` target.
@@ -196,7 +212,9 @@ pub fn run_bounce(input: &BounceInput) -> Reached {
     };
     dcfg.force_bounce = input.force;
     dcfg.coherent = !input.noncoherent;
-    let dev = DmaDevice::with_config(&bus, dcfg);
+    let dev = DmaDevice::with_config(&bus, dcfg.clone());
+    dcfg.name = "other".into();
+    let other_dev = DmaDevice::with_config(&bus, dcfg);
     let min_align = (1u64 << (input.min_align_log2 % 14)) - 1;
     assert!(dev.set_min_align_mask(min_align).is_ok());
     let b = u32::from(input.boundary_log2 % 65).max(16);
@@ -363,6 +381,57 @@ pub fn run_bounce(input: &BounceInput) -> Reached {
                     }
                 }
             }
+            BounceOp::Misuse {
+                pick,
+                off,
+                len,
+                other,
+                for_cpu,
+            } => {
+                let Some(l) = pick_mut(&mut live, *pick) else {
+                    continue;
+                };
+                let size = l.m.size();
+                let (o, n) = (off.resolve(&[size]), len.resolve(&[size]));
+                let in_range = n != 0 && o.checked_add(n).is_some_and(|e| e <= size);
+                if in_range && !*other {
+                    continue;
+                }
+                let d = if *other { &other_dev } else { &dev };
+                let r = if *for_cpu {
+                    d.sync_single_for_cpu(&l.m, o, n)
+                } else {
+                    d.sync_single_for_device(&l.m, o, n)
+                };
+                assert!(r.is_err(), "{op:?}: a bad sync was accepted");
+                reached.count(false);
+                if *other {
+                    let taken = live.remove(usize::from(*pick) % live.len());
+                    let dev_side = taken.dev;
+                    match other_dev.unmap(taken.m) {
+                        Ok(()) => panic!("{op:?}: another device unmapped the handle"),
+                        Err(rejected) => {
+                            let (e, m) = rejected.into_parts();
+                            assert!(matches!(e, Error::WrongDevice { .. }), "{op:?}: {e}");
+                            live.push(LiveMap { m, dev: dev_side });
+                        }
+                    }
+                }
+                // Nothing moved: both sides still equal the model.
+                for l in &live {
+                    let (a, sz) = (l.m.cpu_addr().0, l.m.size());
+                    assert!(
+                        read(&mem, a, sz) == cpu.slice_mut(a, sz),
+                        "{op:?}: CPU side"
+                    );
+                    if let Some(dv) = &l.dev {
+                        assert!(
+                            &read(&view, l.m.dma_addr().raw(), sz) == dv,
+                            "{op:?}: device side"
+                        );
+                    }
+                }
+            }
             BounceOp::Unmap { pick, skip_sync } => {
                 if live.is_empty() {
                     continue;
@@ -494,6 +563,34 @@ pub fn seeds() -> Vec<BounceInput> {
         Unmap {
             pick: 0,
             skip_sync: true,
+        },
+        Misuse {
+            pick: 0,
+            off: Edge::Zero,
+            len: Edge::Zero,
+            other: false,
+            for_cpu: true,
+        },
+        Misuse {
+            pick: 0,
+            off: Edge::near(0, 0),
+            len: Edge::One,
+            other: false,
+            for_cpu: false,
+        },
+        Misuse {
+            pick: 0,
+            off: Edge::One,
+            len: Edge::Max { below: 0 },
+            other: false,
+            for_cpu: true,
+        },
+        Misuse {
+            pick: 1,
+            off: Edge::Zero,
+            len: Edge::One,
+            other: true,
+            for_cpu: true,
         },
         Map {
             high: true,
