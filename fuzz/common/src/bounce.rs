@@ -3,7 +3,9 @@
 //! Target `bounce`: streaming mappings through the swiotlb bounce pool. The
 //! device writes random subsets of its buffers through its [`vm_dma::DirectView`],
 //! the CPU writes the originals, and sync / unmap move data as Linux's
-//! direction table says.
+//! direction table says. The device may also be non-coherent (vm-dma's
+//! cache model gives each in-place mapping a device-side copy that follows
+//! the same table), and live handles are misused (bad syncs, another device).
 //!
 //! Oracle, against a byte model of the CPU-visible memory and of each
 //! mapping's device-visible bytes:
@@ -18,6 +20,7 @@
 //!   `min_align_mask` bits of the original and does not cross the segment
 //!   boundary; a reachable buffer of a device that is not forced to bounce
 //!   is mapped in place;
+//! - a misused handle is refused, comes back, and no byte moves;
 //! - the pool is empty at the end.
 
 use arbitrary::Arbitrary;

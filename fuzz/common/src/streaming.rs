@@ -3,7 +3,7 @@
 //! Target `streaming_dma`: raw streaming map / unmap / sync and raw
 //! scatter-gather map / unmap / sync sequences on a direct-mapped device
 //! with fuzzed masks, bus limit, `max_segment_size`, segment boundary and
-//! `min_align_mask`, with dma-debug attached in report mode.
+//! `min_align_mask`, with dma-debug attached in report or strict mode.
 //!
 //! Oracle (the model is the Linux contract, not vm-dma's code):
 //! - a map succeeds exactly when the range is non-empty, does not wrap, lies
@@ -16,7 +16,8 @@
 //! - dma-debug is silent on every valid call (except the cache-line overlap
 //!   it must report, which the model predicts) and fires on every invalid
 //!   one; an sg map reports exactly the segments longer than
-//!   `max_segment_size` or crossing the boundary;
+//!   `max_segment_size` or crossing the boundary; in strict mode every call
+//!   it flags fails and changes nothing;
 //! - at the end every live mapping unmaps and the tracker is empty.
 
 use std::sync::Arc;
