@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use vm_dma::{
     Attrs, BusConfig, DeviceConfig, Direction, DmaBus, DmaDevice, DmaMask, Error, Mapping,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::edge::{direction, Edge};
 use crate::{Reached, MAX_OPS};
@@ -179,13 +179,9 @@ fn clamp(size: u64, off: u32, len: u32) -> (u64, u64) {
 /// Returns what it reached (`deep`: mappings bounced).
 pub fn run_bounce(input: &BounceInput) -> Reached {
     let mut reached = Reached::default();
-    let ranges = [
-        (GuestAddress(0), (4 * MIB) as usize),
-        (GuestAddress(4 << 30), (MIB / 2) as usize),
-    ];
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&ranges) else {
-        panic!("cannot create guest memory");
-    };
+    // Reused across runs: the windows and the pool are rewritten below, and
+    // nothing else is read before this run writes it.
+    let mem = crate::cached_memory(&[(0, 4 * MIB), (4 << 30, MIB / 2)]);
     // The CPU's buffers are not the page allocator's (it hands out the
     // non-coherent device-side copies).
     let cfg = BusConfig {

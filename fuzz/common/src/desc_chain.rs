@@ -252,10 +252,10 @@ fn write_desc(mem: &GuestMemoryMmap, at: u64, d: &DescSpec, buffers: &[BufMap]) 
 /// succeeded / failed; `deep`: chains popped).
 pub fn run_desc_chain(input: &DescChainInput) -> Reached {
     let mut reached = Reached::default();
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-    else {
-        panic!("cannot create guest memory");
-    };
+    let mem = crate::cached_memory(&[(0, MEM_SIZE)]);
+    // Every byte is rewritten below: zeros up to the buffers, then a pattern.
+    static ZEROS: [u8; BUF_GPA as usize] = [0; BUF_GPA as usize];
+    assert!(mem.write_slice(&ZEROS, GuestAddress(0)).is_ok());
     let Ok(iommu) = Iommu::new(Config::default()) else {
         panic!("default config is valid");
     };
@@ -343,7 +343,7 @@ pub fn run_desc_chain(input: &DescChainInput) -> Reached {
     };
     let hostile = input.hostile.map(|(mask, xor)| Hostile { mask, xor });
     let lm = LogMem::new(&view, HostMap::new(&mem), hostile);
-    let mut before = vec![0u8; MEM_SIZE as usize];
+    let mut before = take_scratch();
     assert!(mem.read_slice(&mut before, GuestAddress(0)).is_ok());
 
     // The device side.
@@ -385,23 +385,26 @@ pub fn run_desc_chain(input: &DescChainInput) -> Reached {
     // (the accesses before an unmap were checked at the unmap).
     checkpoint(&lm, &model, &mut writes);
     // Oracle 2: no byte changed outside logged device writes and guest flips.
-    let mut after = vec![0u8; MEM_SIZE as usize];
+    let mut after = take_scratch();
     assert!(mem.read_slice(&mut after, GuestAddress(0)).is_ok());
     let flips = lm.flips();
-    let changed = before != after;
-    for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
-        if changed && b != a {
-            let g = i as u64;
-            let explained = writes
-                .iter()
-                .chain(flips.iter())
-                .any(|&(s, e)| s <= g && g < e);
-            assert!(
-                explained,
-                "guest byte {g:#x} changed without a device write"
-            );
+    if before != after {
+        for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
+            if b != a {
+                let g = i as u64;
+                let explained = writes
+                    .iter()
+                    .chain(flips.iter())
+                    .any(|&(s, e)| s <= g && g < e);
+                assert!(
+                    explained,
+                    "guest byte {g:#x} changed without a device write"
+                );
+            }
         }
     }
+    give_scratch(before);
+    give_scratch(after);
     // Oracle 3: the used ring holds what the device returned.
     if size_ok {
         for (k, &(head, len, writable)) in used.iter().enumerate() {
@@ -424,6 +427,21 @@ pub fn run_desc_chain(input: &DescChainInput) -> Reached {
         }
     }
     reached
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A `MEM_SIZE` buffer, reused across runs (a fresh one page-faults).
+fn take_scratch() -> Vec<u8> {
+    SCRATCH
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; MEM_SIZE as usize])
+}
+
+fn give_scratch(v: Vec<u8>) {
+    SCRATCH.with(|s| s.borrow_mut().push(v));
 }
 
 fn flips_cover(flips: &[(u64, u64)], at: u64, len: u64) -> bool {

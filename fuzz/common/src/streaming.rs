@@ -233,13 +233,8 @@ fn low_mask(log2: u32) -> u64 {
 /// Returns what it reached (`deep`: scatter-gather lists mapped).
 pub fn run_streaming(input: &StreamingInput) -> Reached {
     let mut reached = Reached::default();
-    let ranges: Vec<(GuestAddress, usize)> = SPANS
-        .iter()
-        .map(|&(s, l)| (GuestAddress(s), l as usize))
-        .collect();
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&ranges) else {
-        panic!("cannot create guest memory");
-    };
+    // Reused across runs: nothing here reads guest memory.
+    let mem = crate::cached_memory(&SPANS);
     let Ok(bus) = DmaBus::new(mem) else {
         panic!("bus over the fixture");
     };

@@ -3,7 +3,8 @@
 //! Runs every target's hand-made inputs through its oracle, checks that their
 //! encoding decodes back to the same input (so a seed file is a valid input
 //! of its target), and writes them as the seed corpus into
-//! `fuzz/corpus/<target>/` (git-ignored), as rust-vmm/vm-virtio does.
+//! `fuzz/corpus/<target>/` (git-ignored), as rust-vmm/vm-virtio does. Each
+//! seed runs twice with the same outcome (guest memory is reused across runs).
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -36,6 +37,12 @@ where
         assert!(
             reached.ok + reached.refused > 0,
             "{target} seed {i} ran nothing"
+        );
+        // Guest memory is reused across runs: a second run must reach the same.
+        assert_eq!(
+            run(input),
+            reached,
+            "{target} seed {i} is not deterministic"
         );
         let bytes = encode(input);
         assert!(!bytes.is_empty(), "{target} seed {i} did not encode");
