@@ -50,10 +50,20 @@ for t in "${targets[@]}"; do
     rc=0
     # -timeout: one input may not run 60 s; -rss_limit_mb: nor grow past 2 GiB.
     # shellcheck disable=SC2086
+    jobs=()
+    if [[ "${FUZZ_JOBS:-1}" -gt 1 ]]; then
+        jobs=(-jobs="$FUZZ_JOBS" -workers="$FUZZ_JOBS")
+    fi
     cargo +nightly fuzz run "$t" "corpus/$t" -- \
-        -max_total_time="$secs" -timeout=60 -rss_limit_mb=2048 \
-        -jobs="${FUZZ_JOBS:-1}" -workers="${FUZZ_JOBS:-1}" \
+        -max_total_time="$secs" -timeout=60 -rss_limit_mb=2048 "${jobs[@]}" \
         -print_final_stats=1 ${FUZZ_ARGS:-} >"logs/$t.log" 2>&1 || rc=$?
+    # With -jobs, libFuzzer logs each job to fuzz-<n>.log (stats: the last job's).
+    for f in fuzz-*.log; do
+        if [[ -f "$f" ]]; then
+            cat "$f" >>"logs/$t.log"
+            rm -f "$f"
+        fi
+    done
     done_line="$(grep -E '^#[0-9]+[[:space:]]+DONE' "logs/$t.log" | tail -n 1 || true)"
     execs="$(sed -nE 's/.*exec\/s: ([0-9]+).*/\1/p' <<<"$done_line")"
     cov="$(sed -nE 's/.* cov: ([0-9]+).*/\1/p' <<<"$done_line")"
