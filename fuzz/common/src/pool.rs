@@ -349,8 +349,17 @@ pub fn run_pool(input: &PoolInput) -> Reached {
                     Err(e) => {
                         assert!(m.free.is_empty(), "failed with free blocks: {e}");
                         assert!(matches!(e, Error::OutOfMemory { .. }), "{e}");
-                        // No free page below the limit: checked by the
-                        // page allocator's own model test; here the count.
+                        // The pool may only fail to grow when the page
+                        // allocator has no block of that order below the
+                        // coherent limit: ask it (and give the block back).
+                        let order = get_order(m.page_bytes);
+                        if let Ok(p) = bus.pages().alloc(order, limit) {
+                            let freed = bus.pages().free(p, order);
+                            panic!(
+                                "{op:?}: pool refused to grow while {p:?} (order {order}) \
+                                 below {limit:#x} was free ({freed:?})"
+                            );
+                        }
                     }
                 }
             }
