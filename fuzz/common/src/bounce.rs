@@ -292,8 +292,15 @@ pub fn run_bounce(input: &BounceInput) -> Reached {
                                 && l.m.cpu_addr().0 < addr + size
                                 && addr < l.m.cpu_addr().0 + l.m.size()
                         });
+                        // An empty pool must take any bounce that fits in
+                        // one area and one boundary segment with its
+                        // alignment padding.
+                        let area = pool.1 / (u64::from(input.areas % 4) + 1);
+                        let fits = size + min_align < area.min(boundary.saturating_add(1));
+                        let empty = bus.swiotlb().is_some_and(|t| t.stats().used == 0);
                         let ok_refusal = match e {
-                            Error::BounceFull { .. } | Error::BounceTooLarge { .. } => bounces,
+                            Error::BounceFull { .. } => bounces && !(empty && fits),
+                            Error::BounceTooLarge { .. } => bounces && !fits,
                             Error::NoncoherentOverlap { .. } => {
                                 input.noncoherent && !bounces && overlaps_in_place
                             }
