@@ -1,0 +1,212 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Hand-made inputs of `streaming_dma`: the seeds of the corpus and fixed
+//! adversarial cases.
+
+use super::{StreamOp, StreamingInput};
+use crate::edge::Edge;
+
+/// Hand-made inputs: the seeds of the corpus and fixed adversarial cases.
+pub fn seeds() -> Vec<StreamingInput> {
+    use StreamOp::*;
+    let base = StreamingInput {
+        mask_sel: 1,
+        bus_limit: Edge::Zero,
+        max_seg: Edge::Raw(0x1000),
+        boundary_log2: 12,
+        min_align_log2: 0,
+        track_overlap: true,
+        strict: false,
+        ops: vec![
+            Map {
+                addr: Edge::pages(1),
+                size: Edge::Raw(512),
+                dir: 1,
+            },
+            Map {
+                addr: Edge::Pages { k: 1, byte: 32 },
+                size: Edge::Raw(64),
+                dir: 1,
+            },
+            Sync {
+                pick: 0,
+                start: 0,
+                len: 512,
+                dir: None,
+                for_cpu: true,
+            },
+            Sync {
+                pick: 0,
+                start: 256,
+                len: 512,
+                dir: None,
+                for_cpu: true,
+            },
+            Sync {
+                pick: 0,
+                start: 0,
+                len: 16,
+                dir: Some(0),
+                for_cpu: false,
+            },
+            Unmap {
+                pick: 0,
+                size_delta: -1,
+                dir: None,
+            },
+            Unmap {
+                pick: 0,
+                size_delta: 0,
+                dir: Some(2),
+            },
+            Unmap {
+                pick: 0,
+                size_delta: 0,
+                dir: None,
+            },
+            UnmapAny {
+                addr: Edge::pages(1),
+                size: Edge::Raw(512),
+                dir: 1,
+            },
+            MapSg {
+                segs: vec![
+                    (Edge::pages(16), 512),
+                    (Edge::Pages { k: 17, byte: 0x800 }, 0x2000),
+                ],
+                dir: 0,
+            },
+            SyncSg {
+                pick: 0,
+                nents_delta: 0,
+                dir: None,
+                for_cpu: false,
+            },
+            SyncSg {
+                pick: 0,
+                nents_delta: -1,
+                dir: None,
+                for_cpu: false,
+            },
+            UnmapSg {
+                pick: 0,
+                nents_delta: 1,
+                dir: None,
+            },
+            UnmapSg {
+                pick: 0,
+                nents_delta: -1,
+                dir: None,
+            },
+            UnmapSg {
+                pick: 0,
+                nents_delta: 0,
+                dir: None,
+            },
+        ],
+    };
+    let edges = StreamingInput {
+        mask_sel: 4,
+        bus_limit: Edge::Pow2 { bit: 32, delta: -1 },
+        max_seg: Edge::Max { below: 0 },
+        boundary_log2: 64,
+        min_align_log2: 11,
+        track_overlap: false,
+        strict: true,
+        ops: vec![
+            Map {
+                addr: Edge::near(1, -1),
+                size: Edge::pages(1),
+                dir: 2,
+            },
+            Map {
+                addr: Edge::near(1, -1),
+                size: Edge::Pages { k: 1, byte: 1 },
+                dir: 2,
+            },
+            Map {
+                addr: Edge::near(3, 0),
+                size: Edge::pages(1),
+                dir: 0,
+            },
+            Map {
+                addr: Edge::Max { below: 0 },
+                size: Edge::One,
+                dir: 0,
+            },
+            Map {
+                addr: Edge::Max { below: 4 },
+                size: Edge::Pages { k: 0, byte: 16 },
+                dir: 0,
+            },
+            Map {
+                addr: Edge::Zero,
+                size: Edge::Zero,
+                dir: 0,
+            },
+            Map {
+                addr: Edge::pages(3),
+                size: Edge::Max { below: 0 },
+                dir: 0,
+            },
+            MapSg {
+                segs: vec![],
+                dir: 0,
+            },
+            MapSg {
+                segs: vec![(Edge::pages(2), 0)],
+                dir: 0,
+            },
+            MapSg {
+                segs: vec![(Edge::pages(2), 16), (Edge::near(3, 0), 16)],
+                dir: 1,
+            },
+            MapSg {
+                segs: vec![(Edge::pages(2), u32::MAX)],
+                dir: 1,
+            },
+            Sync {
+                pick: 0,
+                start: u16::MAX,
+                len: u16::MAX,
+                dir: None,
+                for_cpu: true,
+            },
+            Sync {
+                pick: 0,
+                start: 0,
+                len: 0,
+                dir: None,
+                for_cpu: true,
+            },
+        ],
+    };
+    let mut wide = base.clone();
+    wide.mask_sel = 4;
+    wide.ops.push(Map {
+        addr: Edge::near(3, 1),
+        size: Edge::pages(2),
+        dir: 2,
+    });
+    wide.ops.push(Map {
+        addr: Edge::near(4, -1),
+        size: Edge::pages(2),
+        dir: 2,
+    });
+    let mut strict = base.clone();
+    strict.strict = true;
+    // Found by the fuzzer: the ninth mapping of one cache line is reported
+    // ("exceeded 7 overlapping mappings") even without overlap tracking.
+    let mut lines = edges.clone();
+    lines.strict = false;
+    lines.ops = (0..10)
+        .map(|_| Map {
+            addr: Edge::One,
+            size: Edge::One,
+            dir: 1,
+        })
+        .collect();
+    let mut lines_strict = lines.clone();
+    lines_strict.strict = true;
+    vec![base, edges, wide, strict, lines, lines_strict]
+}
