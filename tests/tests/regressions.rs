@@ -56,3 +56,52 @@ fn swiotlb_buffer_starting_late_in_a_slot_maps_and_syncs() {
         .unwrap();
     assert_eq!(tlb.stats().used, 0);
 }
+
+/// A handle sync on the wrong device ran that device's dma-debug hook
+/// before the ownership check: with strict dma-debug it failed with a
+/// debug event (a sync of memory "not allocated" by the wrong device)
+/// instead of `WrongDevice`, and in report mode it logged that event.
+/// Found by the `bounce` fuzz target's misuse mode.
+#[test]
+fn handle_sync_on_another_device_is_wrong_device_without_a_debug_event() {
+    use std::sync::Arc;
+    use vm_dma::debug::{DebugConfig, DebugHook, DebugMode, DmaDebug};
+    use vm_dma::{DeviceConfig, DmaBus, DmaDevice, Error, SgTable};
+
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let bus = DmaBus::new(mem).unwrap();
+    let a = DmaDevice::new(&bus, "a");
+    for mode in [DebugMode::Strict, DebugMode::Report] {
+        let debug = Arc::new(DmaDebug::new(DebugConfig {
+            mode,
+            ..DebugConfig::default()
+        }));
+        let mut cfg = DeviceConfig::new("b");
+        cfg.debug = DebugHook::new(Arc::clone(&debug));
+        let b = DmaDevice::with_config(&bus, cfg);
+        let m = a
+            .map_single(GuestAddress(0x1000), 64, Direction::FromDevice)
+            .unwrap();
+        assert!(matches!(
+            b.sync_single_for_cpu(&m, 0, 64),
+            Err(Error::WrongDevice { .. })
+        ));
+        assert!(matches!(
+            b.sync_single_for_device(&m, 0, 64),
+            Err(Error::WrongDevice { .. })
+        ));
+        let t = SgTable::from_entries([(GuestAddress(0x2000), 64)]).unwrap();
+        let sg = a.map_sg(t, Direction::ToDevice, Attrs::empty()).unwrap();
+        assert!(matches!(
+            b.sync_sg_for_cpu(&sg),
+            Err(Error::WrongDevice { .. })
+        ));
+        assert!(matches!(
+            b.sync_sg_for_device(&sg),
+            Err(Error::WrongDevice { .. })
+        ));
+        assert_eq!(debug.report().error_count, 0, "{mode:?}");
+        a.unmap(m).unwrap();
+        a.unmap_sg(sg).unwrap();
+    }
+}

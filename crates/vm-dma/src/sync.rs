@@ -72,10 +72,17 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         }
     }
 
-    fn sync_handle(&self, m: &Mapping, offset: u64, size: u64, to: Target) -> Result<()> {
-        if !self.owns_handle(m.device_id(), m.token()) {
-            return Err(self.wrong_device(m.device_id()));
+    /// Refuses a handle another device made ([`Error::WrongDevice`]).
+    fn check_handle(&self, device: u32, token: u64) -> Result<()> {
+        if self.owns_handle(device, token) {
+            Ok(())
+        } else {
+            Err(self.wrong_device(device))
         }
+    }
+
+    /// `m` must be this device's (checked by the callers).
+    fn sync_handle(&self, m: &Mapping, offset: u64, size: u64, to: Target) -> Result<()> {
         let end = checked_end(offset, size)?;
         if end > m.size() {
             return Err(Error::OutOfRange {
@@ -112,6 +119,9 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// ```
     #[track_caller]
     pub fn sync_single_for_cpu(&self, m: &Mapping, offset: u64, size: u64) -> Result<()> {
+        // Ownership first: another device's handle is not this device's
+        // dma-debug business.
+        self.check_handle(m.device_id(), m.token())?;
         self.debug_sync_range(m.dma_addr(), offset, size, m.direction(), true)?;
         self.sync_handle(m, offset, size, Target::Cpu)
     }
@@ -120,6 +130,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// [`DmaDevice::sync_single_for_cpu`].
     #[track_caller]
     pub fn sync_single_for_device(&self, m: &Mapping, offset: u64, size: u64) -> Result<()> {
+        self.check_handle(m.device_id(), m.token())?;
         self.debug_sync_range(m.dma_addr(), offset, size, m.direction(), false)?;
         self.sync_handle(m, offset, size, Target::Device)
     }
@@ -221,10 +232,8 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         self.sync_single_for_device_raw(Self::range_addr(dma, offset)?, size, dir)
     }
 
+    /// `sg` must be this device's (checked by the callers).
     fn sync_sg_handle(&self, sg: &MappedSg, to: Target) -> Result<()> {
-        if !self.owns_handle(sg.device_id(), sg.token()) {
-            return Err(self.wrong_device(sg.device_id()));
-        }
         for e in sg.table().entries() {
             self.do_sync(
                 e.dma_address(),
@@ -252,6 +261,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// ```
     #[track_caller]
     pub fn sync_sg_for_cpu(&self, sg: &MappedSg) -> Result<()> {
+        self.check_handle(sg.device_id(), sg.token())?;
         self.debug_sync_sg(sg.table().entries(), sg.orig_nents(), sg.direction(), true)?;
         self.sync_sg_handle(sg, Target::Cpu)
     }
@@ -259,6 +269,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     /// Linux's `dma_sync_sg_for_device()` on a handle.
     #[track_caller]
     pub fn sync_sg_for_device(&self, sg: &MappedSg) -> Result<()> {
+        self.check_handle(sg.device_id(), sg.token())?;
         self.debug_sync_sg(sg.table().entries(), sg.orig_nents(), sg.direction(), false)?;
         self.sync_sg_handle(sg, Target::Device)
     }
