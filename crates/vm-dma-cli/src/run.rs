@@ -6,9 +6,9 @@
 //! addresses (a virtio-iommu device on its own event-manager thread, the
 //! vIOMMU programmed in-process, or no IOMMU); and a guest driver thread
 //! that runs a verifying random read/write workload through a
-//! [`BlkDriver`]: rings from coherent DMA memory, header, data and status
-//! mapped by the virtqueue with the streaming API, IOVAs mapped and
-//! unmapped by the IOMMU DMA ops. See [`workload`] and [`platform`].
+//! [`BlkDriver`]: rings from a `DmaPool`, headers and status bytes in a
+//! request area mapped once, each data buffer mapped with the streaming
+//! API, IOVAs mapped and unmapped by the IOMMU DMA ops. See [`workload`] and [`platform`].
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -21,7 +21,8 @@ use virtio_dma::blk::driver::{BlkDriver, BlkDriverConfig};
 use virtio_dma::blk::{
     BlkHandler, BlkHandlerStats, BlockBackend, BlockConfig, BlockDevice, FileBackend, MemBackend,
 };
-use virtio_dma::{queue_from_rings, Features, QueueConfig};
+use virtio_dma::{queue_from_rings, split_ring_len, Features, QueueConfig};
+use vm_dma::DmaPool;
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -312,10 +313,21 @@ where
         indirect_desc: false,
     };
     let cfg = BlkDriverConfig::new(QueueConfig::new(size).with_features(features));
-    let mut drv: BlkDriver<Mem, usize> =
-        BlkDriver::new(&plat.dev, cfg).map_err(|e| Error::Workload {
-            what: "the blk driver",
+    // The rings come from a dma_pool of ring-sized blocks, as a driver with
+    // several queues shares pages between them.
+    let ring_block = split_ring_len(size).next_power_of_two();
+    let ring_pool = DmaPool::create("vring", &plat.dev, ring_block, 64, 0)
+        .map(Arc::new)
+        .map_err(|e| Error::Workload {
+            what: "the ring pool",
             detail: e.to_string(),
+        })?;
+    let mut drv: BlkDriver<Mem, usize> =
+        BlkDriver::with_ring_pool(&plat.dev, cfg, Arc::clone(&ring_pool)).map_err(|e| {
+            Error::Workload {
+                what: "the blk driver",
+                detail: e.to_string(),
+            }
         })?;
     let queue = queue_from_rings(drv.ring_addrs(), size, features.event_idx).map_err(|e| {
         Error::Workload {
@@ -384,6 +396,13 @@ where
         what: "the blk driver teardown",
         detail: e.to_string(),
     });
+    // The ring block went back with the driver: the pool is idle.
+    if let Ok(pool) = Arc::try_unwrap(ring_pool) {
+        pool.destroy().map_err(|e| Error::Workload {
+            what: "the ring pool teardown",
+            detail: e.to_string(),
+        })?;
+    }
     workload::free_buffers(&plat.bus, &bufs, p.block_size);
     let outcome = outcome?;
     let leftover = leftover?;

@@ -307,6 +307,45 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
     /// when the pages cannot be allocated. Nothing stays allocated on
     /// failure.
     pub fn new(dev: &DmaDevice<M>, config: BlkDriverConfig) -> DriverResult<Self> {
+        Self::check_config(&config)?;
+        let queue = SplitQueue::new(dev, config.queue)?;
+        Self::with_queue(dev, config, queue)
+    }
+
+    /// As [`BlkDriver::new`], with the rings in one block of `pool` (a
+    /// `dma_pool` shared by the rings of several queues:
+    /// [`SplitQueue::with_ring_pool`]). The block goes back to the pool when
+    /// the driver is destroyed or dropped.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use virtio_dma::blk::driver::{BlkDriver, BlkDriverConfig};
+    /// use virtio_dma::{split_ring_len, QueueConfig};
+    /// use vm_dma::{DmaBus, DmaDevice, DmaPool};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+    /// let dev = DmaDevice::new(&DmaBus::new(mem).unwrap(), "vblk0");
+    /// let ring = split_ring_len(64).next_power_of_two();
+    /// let pool = Arc::new(DmaPool::create("vring", &dev, ring, 64, 0).unwrap());
+    /// let cfg = BlkDriverConfig::new(QueueConfig::new(64));
+    /// let a: BlkDriver<_, u32> = BlkDriver::with_ring_pool(&dev, cfg, Arc::clone(&pool)).unwrap();
+    /// let b: BlkDriver<_, u32> = BlkDriver::with_ring_pool(&dev, cfg, Arc::clone(&pool)).unwrap();
+    /// assert_eq!(pool.nr_active(), 2);
+    /// drop((a, b));
+    /// assert_eq!(pool.nr_active(), 0);
+    /// ```
+    pub fn with_ring_pool(
+        dev: &DmaDevice<M>,
+        config: BlkDriverConfig,
+        pool: std::sync::Arc<vm_dma::DmaPool<M>>,
+    ) -> DriverResult<Self> {
+        Self::check_config(&config)?;
+        let queue = SplitQueue::with_ring_pool(dev, config.queue, pool)?;
+        Self::with_queue(dev, config, queue)
+    }
+
+    fn check_config(config: &BlkDriverConfig) -> DriverResult<()> {
         let nseg = config.max_discard_seg;
         if nseg == 0 || u32::from(nseg) > super::MAX_SEGMENTS_LIMIT {
             return Err(DriverError::InvalidConfig {
@@ -314,7 +353,15 @@ impl<M: GuestMemoryBackend, T> BlkDriver<M, T> {
                 value: u64::from(nseg),
             });
         }
-        let queue = SplitQueue::new(dev, config.queue)?;
+        Ok(())
+    }
+
+    fn with_queue(
+        dev: &DmaDevice<M>,
+        config: BlkDriverConfig,
+        queue: SplitQueue<M, Token<T>>,
+    ) -> DriverResult<Self> {
+        let nseg = config.max_discard_seg;
         // At most 256 segments of 16 bytes: no overflow.
         let stride = (SEGS_OFF + 16 * u64::from(nseg)).next_power_of_two();
         let slots = u64::from(queue.size()).min(MAX_AREA / (stride + STATUS_STRIDE));

@@ -25,11 +25,11 @@ use virtio_dma::iommu::{
     DeviceConfig as IommuConfig, EndpointConfig, IommuHandler, ReservedKind, ReservedRegion,
     VirtioIommu,
 };
-use virtio_dma::{queue_from_rings, QueueConfig, SplitQueue};
+use virtio_dma::{queue_from_rings, split_ring_len, QueueConfig, SplitQueue};
 use vm_dma::debug::{DebugConfig, DebugHook, DebugMode, DmaDebug};
 use vm_dma::flush_queue::FlushQueueConfig;
 use vm_dma::iommu_dma::{InvalidationMode, IommuDma, IommuDmaConfig};
-use vm_dma::{BusConfig, DeviceConfig, DmaAddr, DmaBus, DmaDevice, DmaMask};
+use vm_dma::{BusConfig, DeviceConfig, DmaAddr, DmaBus, DmaDevice, DmaMask, DmaPool};
 use vm_iommu::Iommu;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -334,9 +334,14 @@ fn virtio_iommu(bus: &DmaBus<Mem>, iommu: &Iommu) -> Result<VirtioIommuRig> {
     let own = DmaDevice::new(bus, "virtio-iommu");
     own.set_mask_and_coherent(DmaMask::FULL)
         .map_err(setup("the virtio-iommu's dma mask"))?;
-    let requestq = SplitQueue::new(&own, QueueConfig::new(64))
+    // Both queues' rings from one dma_pool (blocks fit the larger ring).
+    let block = split_ring_len(64).next_power_of_two();
+    let pool = DmaPool::create("viommu-vring", &own, block, 64, 0)
+        .map(Arc::new)
+        .map_err(|e| viommu_err("ring pool")(e.to_string()))?;
+    let requestq = SplitQueue::with_ring_pool(&own, QueueConfig::new(64), Arc::clone(&pool))
         .map_err(|e| viommu_err("requestq")(e.to_string()))?;
-    let mut eventq = SplitQueue::new(&own, QueueConfig::new(16))
+    let mut eventq = SplitQueue::with_ring_pool(&own, QueueConfig::new(16), pool)
         .map_err(|e| viommu_err("eventq")(e.to_string()))?;
     let mut device = VirtioIommu::new(
         iommu.clone(),
