@@ -20,12 +20,14 @@
 //! | [`bounce`] | `bounce` | CPU-visible bytes equal a byte model; no stale or foreign byte reaches the device or the CPU |
 //! | [`pool`] | `dma_pool` | blocks, frees and counters agree with a Linux `dma_pool` model |
 //! | [`desc_chain`] | `desc_chain_dma` | every byte a virtqueue touches through the IOMMU lies in a mapped, permitted range |
+//! | [`iommu_device`] | `virtio_iommu_device` | every virtio-iommu reply equals a spec model's; translations afterwards agree with the model |
 
 #![deny(missing_docs)]
 
 pub mod bounce;
 pub mod desc_chain;
 pub mod edge;
+pub mod iommu_device;
 pub mod iommu_model;
 pub mod logmem;
 pub mod pool;
