@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vm_dma_fuzz_common::{
-    bounce, decode, desc_chain, encode, iommu_device, iommu_model, pool, streaming, Reached,
+    bounce, decode, desc_chain, encode, iommu_device, iommu_model, pool, streaming, vhost_messages,
+    Reached,
 };
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -101,5 +102,14 @@ fn seeds_virtio_iommu_device() {
         "virtio_iommu_device",
         iommu_device::seeds(),
         iommu_device::run_iommu_device,
+    );
+}
+
+#[test]
+fn seeds_vhost_user_messages() {
+    seed(
+        "vhost_user_messages",
+        vhost_messages::seeds(),
+        vhost_messages::run_vhost,
     );
 }
