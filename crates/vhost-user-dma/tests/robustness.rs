@@ -194,7 +194,7 @@ fn test_disconnect_mid_request_and_reconnect() {
     server.join().unwrap().unwrap();
 }
 
-/// Found by the `vhost_user_messages` fuzz target: a memory table region (or a
+/// Found with the `vhost_user_messages` fuzz target: a memory table region (or a
 /// dirty log area) larger than the file passed with it was mapped, and the
 /// queue worker's first read of a ring past the end of the file killed the
 /// daemon with SIGBUS. Such a table is refused now, and the daemon keeps serving.
