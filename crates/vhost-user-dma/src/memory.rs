@@ -40,6 +40,16 @@ pub const LOG_PAGE_SIZE: u64 = 0x1000;
 /// Most regions accepted in one memory table (QEMU's `VHOST_MEMORY_BASELINE_NREGIONS`).
 pub const MAX_REGIONS: usize = 8;
 
+/// Whether `file` holds `offset..offset + size` (vm-memory 0.18's mmap builder
+/// does not check it, and an access to a mapped page past the end of the file
+/// raises SIGBUS: a front-end could crash the daemon with a short file).
+fn file_covers(file: &File, offset: u64, size: u64) -> bool {
+    match (file.metadata(), offset.checked_add(size)) {
+        (Ok(m), Some(end)) => end <= m.len(),
+        _ => false,
+    }
+}
+
 /// The front-end's dirty log (`SET_LOG_BASE`), one bit per guest-physical 4 KiB page.
 ///
 /// Logging happens only while `VHOST_F_LOG_ALL` is negotiated and a log area is
@@ -57,6 +67,9 @@ impl DirtyLog {
             .ok()
             .filter(|l| *l > 0)
             .ok_or(Error::BadLog { offset, size })?;
+        if !file_covers(&file, offset, size) {
+            return Err(Error::BadLog { offset, size });
+        }
         let region = MmapRegion::<()>::from_file(FileOffset::new(file, offset), len)
             .map_err(|e| Error::Mmap(e.to_string()))?;
         *self.area.write().map_err(|_| Error::Poisoned)? = Some(region);
@@ -212,6 +225,10 @@ impl MemTable {
                 return Err(bad());
             }
             let len = usize::try_from(size).map_err(|_| bad())?;
+            // A mapping past the end of the file raises SIGBUS on first access.
+            if !file_covers(&file, offset, size) {
+                return Err(bad());
+            }
             let mmap = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
                 len,
                 GpaLog::new(Arc::clone(log), gpa),

@@ -193,3 +193,72 @@ fn test_disconnect_mid_request_and_reconnect() {
     check_alive(connect(), &EchoDevice);
     server.join().unwrap().unwrap();
 }
+
+/// Found with the `vhost_user_messages` fuzz target: a memory table region (or a
+/// dirty log area) larger than the file passed with it was mapped, and the
+/// queue worker's first read of a ring past the end of the file killed the
+/// daemon with SIGBUS. Such a table is refused now, and the daemon keeps serving.
+#[test]
+fn test_region_past_the_end_of_its_file_is_refused() {
+    use std::os::fd::AsRawFd;
+    use vhost::vhost_user::message::{
+        VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    };
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo};
+
+    // Negotiated with REPLY_ACK, so that the front-end sees the refusals.
+    let connect = |sock| {
+        let mut fe = Frontend::from_stream(sock, 1);
+        fe.get_features().unwrap();
+        fe.set_features((1 << 32) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
+            .unwrap();
+        fe.get_protocol_features().unwrap();
+        fe.set_protocol_features(
+            VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::LOG_SHMFD,
+        )
+        .unwrap();
+        fe.set_owner().unwrap();
+        fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        fe
+    };
+    let (sock, daemon) = spawn_daemon(EchoDevice, DaemonOptions::default());
+    let fe = connect(sock);
+    let short = memfd(MEM_SIZE);
+    let region = |size: u64, offset: u64| VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: size,
+        userspace_addr: 0x7f00_0000_0000,
+        mmap_offset: offset,
+        mmap_handle: short.as_raw_fd(),
+    };
+    // Twice the file, and the file's size at an offset inside it: both refused.
+    assert!(fe.set_mem_table(&[region(2 * MEM_SIZE, 0)]).is_err());
+    drop(fe);
+    let _ = daemon.join().expect("daemon thread panicked");
+    let (sock, daemon) = spawn_daemon(EchoDevice, DaemonOptions::default());
+    let fe = connect(sock);
+    assert!(fe.set_mem_table(&[region(MEM_SIZE, 0x1000)]).is_err());
+    drop(fe);
+    let _ = daemon.join().expect("daemon thread panicked");
+    // A log area past the end of its file is refused too.
+    let (sock, daemon) = spawn_daemon(EchoDevice, DaemonOptions::default());
+    let fe = connect(sock);
+    let log = memfd(0x1000);
+    assert!(fe
+        .set_log_base(
+            0,
+            Some(VhostUserDirtyLogRegion {
+                mmap_size: 0x2000,
+                mmap_offset: 0,
+                mmap_handle: log.as_raw_fd(),
+            }),
+        )
+        .is_err());
+    drop(fe);
+    let _ = daemon.join().expect("daemon thread panicked");
+    // The exact size still works, and so does a full request afterwards.
+    let (sock, daemon) = spawn_daemon(EchoDevice, DaemonOptions::default());
+    check_alive(sock, &EchoDevice);
+    assert!(daemon.join().unwrap().is_ok());
+}

@@ -20,16 +20,20 @@
 //! | [`bounce`] | `bounce` | CPU-visible bytes equal a byte model; no stale or foreign byte reaches the device or the CPU |
 //! | [`pool`] | `dma_pool` | blocks, frees and counters agree with a Linux `dma_pool` model |
 //! | [`desc_chain`] | `desc_chain_dma` | every byte a virtqueue touches through the IOMMU lies in a mapped, permitted range |
+//! | [`vhost_messages`] | `vhost_user_messages` | any vhost-user message stream: no panic or hang, well-formed replies owed are sent, the daemon keeps serving |
+//! | [`iommu_device`] | `virtio_iommu_device` | every virtio-iommu reply equals a spec model's; translations afterwards agree with the model |
 
 #![deny(missing_docs)]
 
 pub mod bounce;
 pub mod desc_chain;
 pub mod edge;
+pub mod iommu_device;
 pub mod iommu_model;
 pub mod logmem;
 pub mod pool;
 pub mod streaming;
+pub mod vhost_messages;
 
 use bincode::Options;
 use serde::de::DeserializeOwned;

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vm_dma_fuzz_common::{
-    bounce, decode, desc_chain, encode, iommu_model, pool, streaming, Reached,
+    bounce, decode, desc_chain, encode, iommu_device, iommu_model, pool, streaming, vhost_messages,
+    Reached,
 };
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -92,5 +93,23 @@ fn seeds_desc_chain_dma() {
         "desc_chain_dma",
         desc_chain::seeds(),
         desc_chain::run_desc_chain,
+    );
+}
+
+#[test]
+fn seeds_virtio_iommu_device() {
+    seed(
+        "virtio_iommu_device",
+        iommu_device::seeds(),
+        iommu_device::run_iommu_device,
+    );
+}
+
+#[test]
+fn seeds_vhost_user_messages() {
+    seed(
+        "vhost_user_messages",
+        vhost_messages::seeds(),
+        vhost_messages::run_vhost,
     );
 }
