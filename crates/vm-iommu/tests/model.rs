@@ -359,7 +359,9 @@ impl Model {
             let end = m.last.min(last);
             let gpa = m.gpa + (cur - s);
             match out.last_mut() {
-                Some(p) if p.gpa.0 + p.len == gpa && p.perm == m.perm => p.len += end - cur + 1,
+                Some(p) if p.gpa.0.checked_add(p.len) == Some(gpa) && p.perm == m.perm => {
+                    p.len += end - cur + 1
+                }
                 _ => out.push(Fragment {
                     iova: cur,
                     gpa: GuestAddress(gpa),
