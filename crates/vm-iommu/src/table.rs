@@ -103,7 +103,8 @@ pub(crate) struct Leaf {
     e: [AtomicU64; ENTRIES],
 }
 
-/// Key of the leaf table covering `iova` in the domain slot with `slot_tag`.
+/// Key of the leaf table covering `iova` in the domain slot with `slot_tag`; unique
+/// only for `iova <= MAX_INPUT_ADDRESS` (callers check it before a cache lookup).
 #[inline(always)]
 pub(crate) fn leaf_key(slot_tag: u64, iova: u64) -> u64 {
     slot_tag | (iova >> 21)

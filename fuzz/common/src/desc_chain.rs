@@ -502,7 +502,10 @@ fn run_device(
             "chain of {} descriptors",
             descs.len()
         );
-        let writable: u64 = descs
+        // The writable bytes of the chain as the device saw them: this walk,
+        // or the Writer's own walk below (in hostile mode the descriptors may
+        // change between the two, a double fetch of the guest's making).
+        let mut writable: u64 = descs
             .iter()
             .filter(|d| d.is_write_only())
             .map(|d| u64::from(d.len()))
@@ -519,6 +522,12 @@ fn run_device(
             let w = Writer::new(lm, chain.clone());
             reached.count(w.is_ok());
             if let Ok(mut w) = w {
+                let seen = w.available_bytes() as u64;
+                assert!(
+                    input.hostile.is_some() || seen == writable,
+                    "the Writer sees {seen} writable bytes, the chain {writable}"
+                );
+                writable = seen;
                 let n = w.available_bytes().min(MAX_ACCESS as usize);
                 if let Ok(k) = w.write(&vec![0xd0; n]) {
                     written = k as u32;
@@ -658,7 +667,56 @@ pub fn seeds() -> Vec<DescChainInput> {
     let mut bad_head = base.clone();
     bad_head.avail = vec![5128, 0];
     bad_head.avail_ahead = 2;
-    vec![base, with_rw, hostile, unmap, wrap, bad, overrun, bad_head]
+    // Found by the fuzzer (a wrong oracle): hostile memory turns a read-only
+    // descriptor write-only between the count walk and the Writer's walk; the
+    // used length is bounded by what the Writer saw, not by the first walk.
+    let flip_to_write = DescChainInput {
+        size_log2: 231,
+        raw_size: None,
+        event_idx: false,
+        next_avail: 3072,
+        buffers: vec![
+            BufMap {
+                iova_page: 0,
+                gpa_page: 11,
+                pages: 199,
+                perm: 199,
+            },
+            BufMap {
+                iova_page: 199,
+                gpa_page: 199,
+                pages: 0,
+                perm: 0,
+            },
+        ],
+        descs: vec![DescSpec {
+            addr: DescAddr::Buf { i: 0, off: 0 },
+            len: Edge::Pow2 {
+                bit: 115,
+                delta: 12403,
+            },
+            flags: 29555,
+            next: 29555,
+        }],
+        indirect: vec![],
+        avail: vec![],
+        avail_ahead: 64,
+        raw: vec![],
+        hostile: Some((14_952_232_238_249_411_328, 6)),
+        reader_writer: true,
+        unmap_after: None,
+    };
+    vec![
+        base,
+        with_rw,
+        hostile,
+        unmap,
+        wrap,
+        bad,
+        overrun,
+        bad_head,
+        flip_to_write,
+    ]
 }
 
 #[cfg(test)]

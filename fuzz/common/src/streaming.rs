@@ -519,12 +519,17 @@ pub fn run_streaming(input: &StreamingInput) -> Reached {
                 } else {
                     dev.sync_sg_for_device_raw(&t.entries, nents, d)
                 };
-                if !(input.strict && ok && sg_shared(&m, t)) {
+                // dma-debug finds a synced segment by containment: with two
+                // live entries containing it and no perfect fit, Linux reports
+                // it as not allocated (__hash_bucket_find's best fit), so the
+                // model predicts only misuse there.
+                let ambiguous = sg_sync_ambiguous(&m, t, nents);
+                if !(input.strict && ok && ambiguous) {
                     assert_eq!(r.is_ok(), ok, "{op:?}: {r:?}");
                 }
                 // dma-debug compares nents only for non-bidirectional lists.
                 let debug_invalid = !dir_ok || (nents != orig && t.dir != Direction::Bidirectional);
-                if !sg_shared(&m, t) && (1..=orig).contains(&nents) {
+                if (1..=orig).contains(&nents) && (!ambiguous || debug_invalid) {
                     expect_event = Some(debug_invalid);
                 }
             }
@@ -570,6 +575,17 @@ fn sg_shared(m: &Model, t: &SgLive) -> bool {
         m.live
             .iter()
             .filter(|l| l.dma == e.dma_address().raw())
+            .count()
+            > 1
+    })
+}
+
+/// Whether a segment among the first `nents` of `t` lies inside more than
+/// one live entry (its own included): dma-debug's containing lookup is then
+/// ambiguous, as in Linux.
+fn sg_sync_ambiguous(m: &Model, t: &SgLive, nents: u32) -> bool {
+    t.entries.iter().take(nents as usize).any(|e| {
+        m.containing(e.dma_address().raw(), u64::from(e.dma_length()))
             .count()
             > 1
     })

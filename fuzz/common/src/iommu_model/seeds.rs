@@ -427,5 +427,46 @@ pub fn seeds() -> Vec<IommuModelInput> {
             input_range: Some((Edge::Zero, Edge::Pow2 { bit: 48, delta: 0 })),
             ops: vec![],
         },
+        // Found by the fuzzer (a library bug): with IOVA 0's leaf table
+        // cached, an endpoint handle translated IOVA 2^48 (out of range) as 0.
+        IommuModelInput {
+            page_sizes: 0,
+            bypass_unattached: false,
+            input_range: None,
+            ops: vec![
+                Create {
+                    dom: 1,
+                    bypass: false,
+                },
+                Attach { ep: 0, dom: 1 },
+                Map {
+                    dom: 1,
+                    iova: Edge::Zero,
+                    gpa: Edge::pages(16),
+                    len: Edge::pages(1),
+                    perm: 3,
+                },
+                View {
+                    ep: 0,
+                    iova: Edge::Pages { k: 0, byte: 16 },
+                    len: 16,
+                    write: false,
+                    byte: 0,
+                },
+                View {
+                    ep: 0,
+                    iova: Edge::Pow2 { bit: 48, delta: 0 },
+                    len: 16,
+                    write: false,
+                    byte: 0,
+                },
+                Translate {
+                    ep: 0,
+                    iova: Edge::Pow2 { bit: 48, delta: 16 },
+                    len: Edge::Pages { k: 0, byte: 16 },
+                    access: 1,
+                },
+            ],
+        },
     ]
 }

@@ -208,5 +208,53 @@ pub fn seeds() -> Vec<StreamingInput> {
         .collect();
     let mut lines_strict = lines.clone();
     lines_strict.strict = true;
-    vec![base, edges, wide, strict, lines, lines_strict]
+    // Found by the fuzzer (a wrong oracle): a list whose first segment lies
+    // inside its second; syncing the first segment alone (nents 1, another
+    // direction) finds two containing entries and no perfect fit, which
+    // Linux's dma-debug reports as "not allocated".
+    let nested = |strict| StreamingInput {
+        mask_sel: 0,
+        bus_limit: Edge::Zero,
+        max_seg: Edge::Zero,
+        boundary_log2: 0,
+        min_align_log2: 0,
+        track_overlap: true,
+        strict,
+        ops: vec![
+            MapSg {
+                segs: vec![
+                    (Edge::Pages { k: 2, byte: -1 }, 8407),
+                    (Edge::Zero, 0x1_0000),
+                ],
+                dir: 2,
+            },
+            UnmapSg {
+                pick: 0,
+                nents_delta: -1,
+                dir: Some(0),
+            },
+            SyncSg {
+                pick: 0,
+                nents_delta: -1,
+                dir: Some(0),
+                for_cpu: true,
+            },
+            SyncSg {
+                pick: 0,
+                nents_delta: -1,
+                dir: None,
+                for_cpu: false,
+            },
+        ],
+    };
+    vec![
+        base,
+        edges,
+        wide,
+        strict,
+        lines,
+        lines_strict,
+        nested(false),
+        nested(true),
+    ]
 }
