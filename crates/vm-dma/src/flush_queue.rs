@@ -69,7 +69,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::iova::{lock, thread_slot, IovaDomain};
+use crate::iova::{lock, shard_of, IovaDomain};
 use crate::types::DmaAddr;
 
 /// Linux `IOVA_DEFAULT_FQ_SIZE`: entries of a per-CPU ring.
@@ -196,9 +196,20 @@ impl Ring {
         (self.len > 0).then(|| self.entries[self.head])
     }
 
+    /// `head + k` wrapped (`head < capacity`, `k <= capacity`): a compare,
+    /// not a division (this is on every lazy unmap).
+    fn wrap(&self, k: usize) -> usize {
+        let i = self.head + k;
+        if i >= self.entries.len() {
+            i - self.entries.len()
+        } else {
+            i
+        }
+    }
+
     fn pop(&mut self) {
         if self.len > 0 {
-            self.head = (self.head + 1) % self.entries.len();
+            self.head = self.wrap(1);
             self.len -= 1;
         }
     }
@@ -207,7 +218,7 @@ impl Ring {
         if self.is_full() {
             return false;
         }
-        let idx = (self.head + self.len) % self.entries.len();
+        let idx = self.wrap(self.len);
         self.entries[idx] = e;
         self.len += 1;
         true
@@ -370,7 +381,7 @@ impl<I: Invalidate> FlushQueue<I> {
     }
 
     fn push(&self, pfn: u64, size: u64, owned: bool) -> Result<()> {
-        let mut ring = lock(&self.rings[thread_slot() % self.rings.len()]);
+        let mut ring = lock(&self.rings[shard_of(self.rings.len())]);
         self.ring_free(&mut ring);
         if ring.is_full() {
             self.flush_iotlb();

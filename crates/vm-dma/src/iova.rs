@@ -114,7 +114,7 @@ use crate::error::{checked_last, Error, Result};
 use crate::types::DmaAddr;
 use gap_tree::GapTree;
 use live::LiveMap;
-pub(crate) use rcache::{lock, thread_slot};
+pub(crate) use rcache::{lock, shard_of};
 use rcache::{Magazine, Rcache};
 pub use rcache::{IOVA_MAG_SIZE, IOVA_RANGE_CACHE_MAX_SIZE};
 use tree::Tree;

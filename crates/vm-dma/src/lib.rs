@@ -27,6 +27,7 @@ pub mod noncoherent;
 pub mod page_alloc;
 pub mod pool;
 mod sg;
+mod spin;
 pub mod swiotlb;
 mod sync;
 mod types;

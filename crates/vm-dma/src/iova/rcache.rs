@@ -11,6 +11,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::spin::SpinLock;
+
 /// Size classes: orders 0..=5, i.e. 1 to 32 granules (Linux
 /// `IOVA_RANGE_CACHE_MAX_SIZE`).
 pub const IOVA_RANGE_CACHE_MAX_SIZE: usize = 6;
@@ -27,6 +29,19 @@ static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static THREAD_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// `thread_slot() % n` (`n > 0`), without a division when `n` is a power of
+/// two (the usual shard counts): the division would cost more than the rest
+/// of a range-cache hit.
+#[inline]
+pub(crate) fn shard_of(n: usize) -> usize {
+    let slot = thread_slot();
+    if n.is_power_of_two() {
+        slot & (n - 1)
+    } else {
+        slot % n
+    }
 }
 
 /// A small number stable for the calling thread, handed out round-robin, so
@@ -110,7 +125,8 @@ struct Shard {
 /// Per-thread-shard magazines and per-class depots.
 #[derive(Debug)]
 pub(super) struct Rcache {
-    shards: Box<[Mutex<Shard>]>,
+    /// Spin locks, as Linux's `cpu_rcache->lock` (see [`SpinLock`]).
+    shards: Box<[SpinLock<Shard>]>,
     depots: [Mutex<Vec<Magazine>>; IOVA_RANGE_CACHE_MAX_SIZE],
     depot_max: usize,
 }
@@ -121,7 +137,7 @@ impl Rcache {
         Rcache {
             shards: (0..shards)
                 .map(|_| {
-                    Mutex::new(Shard {
+                    SpinLock::new(Shard {
                         classes: std::array::from_fn(|_| CpuRcache {
                             loaded: Magazine::EMPTY,
                             prev: Magazine::EMPTY,
@@ -144,12 +160,12 @@ impl Rcache {
     }
 
     fn shard_index(&self) -> usize {
-        thread_slot() % self.shards.len()
+        shard_of(self.shards.len())
     }
 
     /// Linux `__iova_rcache_get`: a cached PFN `<= max_pfn` of `class`.
     pub(super) fn get(&self, class: usize, max_pfn: u64) -> Option<u64> {
-        let mut shard = lock(&self.shards[self.shard_index()]);
+        let mut shard = self.shards[self.shard_index()].lock();
         let cpu = shard.classes.get_mut(class)?;
         if cpu.loaded.is_empty() {
             if !cpu.prev.is_empty() {
@@ -171,7 +187,7 @@ impl Rcache {
     /// class is full too, `evict` is called (with the shard locked) to return
     /// the full loaded magazine to the tree; it must drain it.
     pub(super) fn insert(&self, class: usize, pfn: u64, evict: impl FnOnce(&mut Magazine)) -> bool {
-        let mut shard = lock(&self.shards[self.shard_index()]);
+        let mut shard = self.shards[self.shard_index()].lock();
         let Some(cpu) = shard.classes.get_mut(class) else {
             return false;
         };
@@ -202,7 +218,7 @@ impl Rcache {
     /// `f` must drain the magazine.
     pub(super) fn drain_all(&self, mut f: impl FnMut(usize, &mut Magazine)) {
         for shard in self.shards.iter() {
-            let mut shard = lock(shard);
+            let mut shard = shard.lock();
             for (class, cpu) in shard.classes.iter_mut().enumerate() {
                 for mag in [&mut cpu.loaded, &mut cpu.prev] {
                     if !mag.is_empty() {
@@ -228,7 +244,7 @@ impl Rcache {
             granules += (len as u64) << class;
         };
         for shard in self.shards.iter() {
-            let shard = lock(shard);
+            let shard = shard.lock();
             for (class, c) in shard.classes.iter().enumerate() {
                 add(class, c.loaded.len + c.prev.len);
             }
