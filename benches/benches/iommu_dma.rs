@@ -10,17 +10,23 @@
 //! - `iommu_dma/direct_map_unmap_4k`: the anchor, `DmaDevice::map_single` +
 //!   `unmap` of the same buffer on a 64-bit device (no IOMMU). Target: the
 //!   IOMMU pair at most 3x this.
-//! - `iommu_dma/device_map_unmap_4k/strict`: the strict pair through
-//!   `DmaDevice::map_single` + `unmap` of a device made by
-//!   `DmaDevice::with_iommu` (dispatch and guest-RAM check included).
+//! - `iommu_dma/device_map_unmap_4k/strict` and `.../lazy`: the pair
+//!   through `DmaDevice::map_single` + `unmap` of a device made by
+//!   `DmaDevice::with_iommu` (dispatch and guest-RAM check included); lazy
+//!   with Linux's default per-CPU flush queues (256 entries each).
 //! - `iommu_dma/map_sg_16x4k`: `map_sg` + `unmap_sg` of 16 scattered page
 //!   entries (one IOVA of 16 granules, 16 map calls, one merged segment).
 //! - `iommu_dma/parts/page_table_map_unmap_4k`: the page-table part alone
 //!   (`vm_iommu::Domain::map` + `unmap` of one page, one endpoint attached).
 //! - `iommu_dma/iova_alloc_free`: the IOVA part alone (`alloc(1)` + `free`).
+//! - `iommu_dma/parts/sync_floor`: a diagnostic, the atomic operations a
+//!   strict device map + unmap must perform (two domain-mutex round trips,
+//!   the generation bump and fence of the unmap, two range-cache spin-lock
+//!   round trips) with nothing else.
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use criterion::Criterion;
@@ -107,19 +113,25 @@ fn bench_iommu_dma(c: &mut Criterion) {
     // The same pair through the DMA API of a device behind the IOMMU
     // (`DmaDevice::with_iommu`): the dispatch and the guest-RAM check on top
     // of `map_phys` + `unmap`.
-    let (_iommu, ops) = iommu_dma(InvalidationMode::Strict);
-    let mut cfg = DeviceConfig::new("bench-iommu");
-    cfg.dma_mask = DmaMask::FULL;
-    let idev: DmaDevice<Mem> = DmaDevice::with_iommu(&bus, cfg, Arc::new(ops)).unwrap();
-    c.bench_function("iommu_dma/device_map_unmap_4k/strict", |b| {
-        b.iter(|| {
-            let m = idev
-                .map_single(black_box(GuestAddress(BUF)), PAGE, Direction::ToDevice)
-                .unwrap();
-            black_box(m.dma_addr());
-            idev.unmap(m).unwrap();
-        })
-    });
+    for (name, mode) in [
+        ("strict", InvalidationMode::Strict),
+        // Linux's default flush queues (per CPU, 256 entries each).
+        ("lazy", InvalidationMode::Lazy(FlushQueueConfig::per_cpu())),
+    ] {
+        let (_iommu, ops) = iommu_dma(mode);
+        let mut cfg = DeviceConfig::new("bench-iommu");
+        cfg.dma_mask = DmaMask::FULL;
+        let idev: DmaDevice<Mem> = DmaDevice::with_iommu(&bus, cfg, Arc::new(ops)).unwrap();
+        c.bench_function(&format!("iommu_dma/device_map_unmap_4k/{name}"), |b| {
+            b.iter(|| {
+                let m = idev
+                    .map_single(black_box(GuestAddress(BUF)), PAGE, Direction::ToDevice)
+                    .unwrap();
+                black_box(m.dma_addr());
+                idev.unmap(m).unwrap();
+            })
+        });
+    }
 
     let (iommu, dma) = iommu_dma(InvalidationMode::Strict);
     let parms = DmaParms {
@@ -167,6 +179,31 @@ fn bench_iommu_dma(c: &mut Criterion) {
         b.iter(|| {
             let i = iova.alloc(black_box(1), u64::MAX).unwrap();
             iova.free(black_box(i.addr()), 1).unwrap();
+        })
+    });
+
+    // Diagnostic: only the synchronization one strict map + unmap performs,
+    // with no other work: the page table's domain mutex taken twice, the
+    // unmap's invalidation-generation bump and SRCU fence, and the IOVA
+    // range cache's spin lock taken twice (a compare-exchange each).
+    let table_lock = Mutex::new(0u64);
+    let generation = AtomicU64::new(0);
+    let rcache_lock = AtomicBool::new(false);
+    c.bench_function("iommu_dma/parts/sync_floor", |b| {
+        b.iter(|| {
+            for _ in 0..2 {
+                let _ = rcache_lock.compare_exchange(
+                    false,
+                    true,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                );
+                rcache_lock.store(false, Ordering::Release);
+                *black_box(&table_lock).lock().unwrap() += 1;
+            }
+            generation.fetch_add(1, Ordering::AcqRel);
+            fence(Ordering::SeqCst);
+            black_box(&generation);
         })
     });
 }
