@@ -43,11 +43,44 @@ pub const MAX_REGIONS: usize = 8;
 /// Whether `file` holds `offset..offset + size` (vm-memory 0.18's mmap builder
 /// does not check it, and an access to a mapped page past the end of the file
 /// raises SIGBUS: a front-end could crash the daemon with a short file).
+///
+/// The file is sealed against shrinking first where it can be ([`seal_shrink`]),
+/// so that for such files the answer stays true while the daemon maps it.
 fn file_covers(file: &File, offset: u64, size: u64) -> bool {
+    seal_shrink(file);
     match (file.metadata(), offset.checked_add(size)) {
         (Ok(m), Some(end)) => end <= m.len(),
         _ => false,
     }
+}
+
+/// Best effort: add `F_SEAL_SHRINK` to `file`, so that the front-end cannot
+/// truncate it under the daemon's mapping later (a page past the new end would
+/// raise SIGBUS in the daemon). Returns whether the file is now sealed against
+/// shrinking.
+///
+/// This works for memfds created with `MFD_ALLOW_SEALING` (QEMU's
+/// `memory-backend-memfd` creates them so and by default seals them itself with
+/// `F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL`). Other files (tmpfs or hugetlbfs
+/// paths, memfds without sealing) cannot be sealed: for them a front-end that
+/// shrinks the file after `SET_MEM_TABLE` can still crash the daemon, as with
+/// other vhost-user back-ends. The seal forbids only shrinking: the front-end can
+/// still grow the file and punch holes (which read as zeros).
+fn seal_shrink(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+
+    let fd = file.as_raw_fd();
+    // SAFETY: `F_GET_SEALS` takes no argument and reads nothing from our memory;
+    // `fd` is open for as long as `file` is borrowed.
+    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    if seals < 0 {
+        return false;
+    }
+    if seals & libc::F_SEAL_SHRINK != 0 {
+        return true;
+    }
+    // SAFETY: `F_ADD_SEALS` takes an integer argument; as above for `fd`.
+    unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) == 0 }
 }
 
 /// The front-end's dirty log (`SET_LOG_BASE`), one bit per guest-physical 4 KiB page.
@@ -304,6 +337,42 @@ mod tests {
         let f = TempFile::new().unwrap().into_file();
         f.set_len(size).unwrap();
         f
+    }
+
+    fn memfd(size: u64, flags: libc::c_uint) -> File {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the name is a valid NUL-terminated string; the returned descriptor
+        // (if not negative) is owned by nobody else and is wrapped in a `File` at once.
+        let fd = unsafe { libc::memfd_create(c"seal-test".as_ptr(), flags) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is a fresh, valid descriptor owned by this function.
+        let f = unsafe { File::from_raw_fd(fd) };
+        f.set_len(size).unwrap();
+        f
+    }
+
+    #[test]
+    fn test_sealable_memfd_cannot_shrink_once_checked() {
+        let f = memfd(0x4000, libc::MFD_ALLOW_SEALING);
+        assert!(file_covers(&f, 0, 0x4000));
+        // The front-end's copy of the descriptor refers to the same file.
+        let theirs = f.try_clone().unwrap();
+        assert!(theirs.set_len(0x1000).is_err());
+        assert_eq!(f.metadata().unwrap().len(), 0x4000);
+        // Growing is still allowed, and a second seal is a no-op.
+        theirs.set_len(0x8000).unwrap();
+        assert!(seal_shrink(&f));
+    }
+
+    #[test]
+    fn test_unsealable_files_are_still_accepted() {
+        // A memfd without MFD_ALLOW_SEALING and a regular file: no seal, same check.
+        for f in [memfd(0x4000, 0), file(0x4000)] {
+            assert!(!seal_shrink(&f));
+            assert!(file_covers(&f, 0, 0x4000));
+            assert!(!file_covers(&f, 0x1000, 0x4000));
+            f.set_len(0x1000).unwrap();
+        }
     }
 
     #[test]

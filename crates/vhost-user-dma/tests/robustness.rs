@@ -262,3 +262,39 @@ fn test_region_past_the_end_of_its_file_is_refused() {
     check_alive(sock, &EchoDevice);
     assert!(daemon.join().unwrap().is_ok());
 }
+
+#[test]
+fn test_sealable_guest_memory_cannot_be_shrunk_under_the_daemon() {
+    use std::os::fd::AsRawFd;
+    use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+
+    let (sock, daemon) = spawn_daemon(EchoDevice, DaemonOptions::default());
+    let mut fe = Frontend::from_stream(sock, 1);
+    fe.get_features().unwrap();
+    fe.set_features((1 << 32) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
+        .unwrap();
+    fe.get_protocol_features().unwrap();
+    fe.set_protocol_features(VhostUserProtocolFeatures::REPLY_ACK)
+        .unwrap();
+    fe.set_owner().unwrap();
+    let file = memfd_with(MEM_SIZE, libc::MFD_ALLOW_SEALING);
+    fe.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: MEM_SIZE,
+        userspace_addr: 0x7f00_0000_0000,
+        mmap_offset: 0,
+        mmap_handle: file.as_raw_fd(),
+    }])
+    .unwrap();
+    // GET_FEATURES round trip: SET_MEM_TABLE has been handled when it returns.
+    fe.get_features().unwrap();
+    // The daemon sealed the file against shrinking: the front-end's truncation,
+    // which would turn the daemon's mapping into SIGBUS, fails.
+    let err = file.set_len(MEM_SIZE / 2).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    assert_eq!(file.metadata().unwrap().len(), MEM_SIZE);
+    drop(fe);
+    assert!(daemon.join().unwrap().is_ok());
+}

@@ -32,9 +32,14 @@ pub const IOVA_OFF: u64 = 0x1_0000_0000;
 pub const ACCESS_PLATFORM: u64 = 1 << 33;
 
 pub fn memfd(size: u64) -> File {
+    memfd_with(size, 0)
+}
+
+/// A memfd created with `flags` (e.g. `MFD_ALLOW_SEALING`, as QEMU's).
+pub fn memfd_with(size: u64, flags: libc::c_uint) -> File {
     // SAFETY: the name is a valid NUL-terminated string; the returned descriptor (if
     // not negative) is owned by nobody else and is wrapped in a `File` right away.
-    let fd = unsafe { libc::memfd_create(c"vhost-test".as_ptr(), 0) };
+    let fd = unsafe { libc::memfd_create(c"vhost-test".as_ptr(), flags) };
     assert!(fd >= 0);
     // SAFETY: `fd` is a fresh, valid descriptor owned by this function.
     let f = unsafe { File::from_raw_fd(fd) };
