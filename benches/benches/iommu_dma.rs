@@ -192,12 +192,8 @@ fn bench_iommu_dma(c: &mut Criterion) {
     c.bench_function("iommu_dma/parts/sync_floor", |b| {
         b.iter(|| {
             for _ in 0..2 {
-                let _ = rcache_lock.compare_exchange(
-                    false,
-                    true,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                );
+                let _ =
+                    rcache_lock.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed);
                 rcache_lock.store(false, Ordering::Release);
                 *black_box(&table_lock).lock().unwrap() += 1;
             }
