@@ -42,12 +42,13 @@
 //!
 //! The crate's DMA API calls the hooks itself. A device uses a tracker given
 //! in [`DeviceConfig::debug`](crate::DeviceConfig::debug), attached with
-//! [`DmaDevice::set_debug`], or, when neither, the bus's
-//! ([`DmaBus::set_debug`](crate::DmaBus::set_debug), for devices created
-//! afterwards, like Linux's global dma-debug). A device's tracker is set once
-//! (a `OnceLock`): without one, each call pays one atomic load and a branch.
-//! [`DmaDevice::release_debug`] reports and forgets the device's live entries
-//! (check 24); the drop of the device's last clone does it too. Every public
+//! [`DmaDevice::set_debug`](crate::DmaDevice::set_debug), or, when
+//! neither, the bus's ([`DmaBus::set_debug`](crate::DmaBus::set_debug), for
+//! devices created afterwards, like Linux's global dma-debug). A device's
+//! tracker is set once (a `OnceLock`): without one, each call pays one atomic
+//! load and a branch.
+//! [`DmaDevice::release_debug`](crate::DmaDevice::release_debug) reports and
+//! forgets the device's live entries (check 24); the drop of the device's last clone does it too. Every public
 //! DMA API function is `#[track_caller]`, so events and leaks name the
 //! driver's call. In strict mode a call that fails a check returns
 //! [`Error::Debug`] and changes nothing; a raw unmap or free the device
