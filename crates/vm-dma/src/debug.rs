@@ -48,9 +48,9 @@
 //! tracker is set once (a `OnceLock`): without one, each call pays one atomic
 //! load and a branch.
 //! [`DmaDevice::release_debug`](crate::DmaDevice::release_debug) reports and
-//! forgets the device's live entries (check 24); the drop of the device's last clone does it too. Every public
-//! DMA API function is `#[track_caller]`, so events and leaks name the
-//! driver's call. In strict mode a call that fails a check returns
+//! forgets the device's live entries (check 24); the drop of the device's
+//! last clone does it too. Every public DMA API function is
+//! `#[track_caller]`, so events and leaks name the driver's call. In strict mode a call that fails a check returns
 //! [`Error::Debug`] and changes nothing; a raw unmap or free the device
 //! refuses by itself (a size, direction or function mismatch) leaves the
 //! tracker's entry in place in every mode. The order of hook and operation
