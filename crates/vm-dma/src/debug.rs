@@ -42,14 +42,15 @@
 //!
 //! The crate's DMA API calls the hooks itself. A device uses a tracker given
 //! in [`DeviceConfig::debug`](crate::DeviceConfig::debug), attached with
-//! [`DmaDevice::set_debug`], or, when neither, the bus's
-//! ([`DmaBus::set_debug`](crate::DmaBus::set_debug), for devices created
-//! afterwards, like Linux's global dma-debug). A device's tracker is set once
-//! (a `OnceLock`): without one, each call pays one atomic load and a branch.
-//! [`DmaDevice::release_debug`] reports and forgets the device's live entries
-//! (check 24); the drop of the device's last clone does it too. Every public
-//! DMA API function is `#[track_caller]`, so events and leaks name the
-//! driver's call. In strict mode a call that fails a check returns
+//! [`DmaDevice::set_debug`](crate::DmaDevice::set_debug), or, when
+//! neither, the bus's ([`DmaBus::set_debug`](crate::DmaBus::set_debug), for
+//! devices created afterwards, like Linux's global dma-debug). A device's
+//! tracker is set once (a `OnceLock`): without one, each call pays one atomic
+//! load and a branch.
+//! [`DmaDevice::release_debug`](crate::DmaDevice::release_debug) reports and
+//! forgets the device's live entries (check 24); the drop of the device's
+//! last clone does it too. Every public DMA API function is
+//! `#[track_caller]`, so events and leaks name the driver's call. In strict mode a call that fails a check returns
 //! [`Error::Debug`] and changes nothing; a raw unmap or free the device
 //! refuses by itself (a size, direction or function mismatch) leaves the
 //! tracker's entry in place in every mode. The order of hook and operation
@@ -192,14 +193,17 @@
 
 mod alloc;
 mod checks;
+mod config;
 mod event;
 mod hook;
 mod report;
+mod streaming;
 #[cfg(test)]
 mod tests;
 mod tracker;
 pub(crate) mod wire;
 
+pub use config::{DebugConfig, DebugMode, DeviceRef, MapEntry};
 pub use event::{Check, DebugEvent, Details, DeviceId, Kind, PoolMisuse};
 pub use hook::DebugHook;
 pub use report::{DebugReport, LeakReport, LeakedEntry};
@@ -209,137 +213,13 @@ use std::panic::Location;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::GuestAddress;
 
-use crate::device::DmaDevice;
 use crate::error::Error;
-use crate::types::{Attrs, Direction, DmaAddr, DmaParms, DMA_MAPPING_ERROR};
+use crate::types::{Attrs, Direction, DmaAddr};
 
-use checks::{check_sg_segment, source_checks};
 use event::dir_name;
 use tracker::{Entry, IntMap, MapErr, Ref, Tracker};
-
-/// What a hook does when it detects misuse.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DebugMode {
-    /// Record and go on, as Linux does: hooks always return `Ok`.
-    #[default]
-    Report,
-    /// Record, leave the tracker unchanged and return `Err`.
-    Strict,
-    /// Record and return `Ok` like `Report`, but leave the tracker unchanged
-    /// on misuse like `Strict`: for a caller that refuses misuse itself (the
-    /// crate's raw unmaps refuse a size, kind or direction mismatch), so that
-    /// the tracker keeps what the caller kept.
-    ReportUnchanged,
-}
-
-/// Settings of a [`DmaDebug`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DebugConfig {
-    /// Report or strict.
-    pub mode: DebugMode,
-    /// Events kept with their details (the first ones); counts go on.
-    pub max_events: usize,
-    /// `L1_CACHE_BYTES` for overlap tracking (rounded up to a power of two;
-    /// 0 counts as 1).
-    pub cache_line: u64,
-    /// `dma_get_cache_alignment()`; below `cache_line` the overlap report is
-    /// skipped (the 2026 fix).
-    pub cache_alignment: u64,
-    /// Largest number of live entries (Linux preallocates 65536).
-    pub max_entries: usize,
-    /// Whether single, page, phys and resource maps must be followed by
-    /// [`DmaDebug::mapping_error`] before their unmap (check 8).
-    pub check_mapping_error: bool,
-}
-
-impl Default for DebugConfig {
-    fn default() -> Self {
-        DebugConfig {
-            mode: DebugMode::Report,
-            max_events: 64,
-            cache_line: 64,
-            cache_alignment: 64,
-            max_entries: 65536,
-            check_mapping_error: false,
-        }
-    }
-}
-
-/// The device a hook is called for: its process-unique id and its name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DeviceRef<'a> {
-    /// `DmaDevice::id()`.
-    pub id: u32,
-    /// `DmaDevice::name()`.
-    pub name: &'a str,
-}
-
-impl<'a> DeviceRef<'a> {
-    /// A device reference.
-    pub const fn new(id: u32, name: &'a str) -> Self {
-        DeviceRef { id, name }
-    }
-}
-
-impl<'a, M: GuestMemoryBackend> From<&'a DmaDevice<M>> for DeviceRef<'a> {
-    fn from(dev: &'a DmaDevice<M>) -> Self {
-        DeviceRef::new(dev.id(), dev.name())
-    }
-}
-
-/// A streaming single-range mapping as [`DmaDebug::map`] records it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapEntry {
-    /// Which map call (single, page, phys or resource).
-    pub kind: Kind,
-    /// The DMA address returned.
-    pub dma: DmaAddr,
-    /// The size mapped.
-    pub size: u64,
-    /// The direction.
-    pub dir: Direction,
-    /// The CPU (guest) address mapped.
-    pub cpu: GuestAddress,
-    /// The attributes of the call.
-    pub attrs: Attrs,
-    /// Whether `[cpu, cpu + size)` is guest RAM (checks 17 and 19).
-    pub is_ram: bool,
-}
-
-impl MapEntry {
-    /// An entry with no attributes, RAM unless `kind` is [`Kind::Resource`].
-    pub const fn new(
-        kind: Kind,
-        dma: DmaAddr,
-        size: u64,
-        dir: Direction,
-        cpu: GuestAddress,
-    ) -> Self {
-        MapEntry {
-            kind,
-            dma,
-            size,
-            dir,
-            cpu,
-            attrs: Attrs::empty(),
-            is_ram: !matches!(kind, Kind::Resource),
-        }
-    }
-
-    /// The same entry with `attrs`.
-    pub const fn with_attrs(mut self, attrs: Attrs) -> Self {
-        self.attrs = attrs;
-        self
-    }
-
-    /// The same entry with `is_ram`.
-    pub const fn with_ram(mut self, is_ram: bool) -> Self {
-        self.is_ram = is_ram;
-        self
-    }
-}
 
 /// An event not yet stamped with device and call site.
 #[derive(Debug)]
@@ -498,268 +378,6 @@ impl DmaDebug {
             Some(event) if strict => Err(event),
             _ => Ok(()),
         }
-    }
-
-    /// Records a streaming map of one range (Linux's `debug_dma_map_phys`,
-    /// with `debug_dma_map_single`'s area check): checks 17 and 19 from
-    /// `entry.is_ram` (see [`DmaDebug::check_map_source`]), then the entry,
-    /// with the cache line checks 22 and 23. An entry whose address is
-    /// [`DMA_MAPPING_ERROR`] is not recorded.
-    #[track_caller]
-    pub fn map(&self, dev: DeviceRef<'_>, entry: &MapEntry) -> Result<(), DebugEvent> {
-        if self.off() {
-            return Ok(());
-        }
-        let site = Location::caller();
-        self.run(dev, site, |st, cfg, p| {
-            source_checks(
-                entry.kind,
-                entry.attrs,
-                entry.cpu,
-                entry.size,
-                entry.is_ram,
-                p,
-            );
-            if entry.dma == DMA_MAPPING_ERROR {
-                return;
-            }
-            let map_err = if cfg.check_mapping_error && entry.kind.needs_error_check() {
-                MapErr::NotChecked
-            } else {
-                MapErr::NotApplicable
-            };
-            st.add_entry(
-                cfg,
-                dev,
-                Entry {
-                    dev: dev.id,
-                    kind: entry.kind,
-                    dma: entry.dma.0,
-                    size: entry.size,
-                    dir: entry.dir,
-                    sg_call_ents: 0,
-                    sg_mapped_ents: 0,
-                    cpu: entry.cpu.0,
-                    attrs: entry.attrs,
-                    map_err,
-                    mapped_at: site,
-                },
-                p,
-            );
-        })
-    }
-
-    /// Checks 17 (`map_single` of memory that is not RAM) and 19
-    /// (`map_resource`, or `map_phys` with `MMIO`, of RAM) without recording
-    /// anything: for a map refused before it has an address. Do not call it
-    /// as well as [`DmaDebug::map`] for one map (both would report).
-    #[track_caller]
-    pub fn check_map_source(
-        &self,
-        dev: DeviceRef<'_>,
-        kind: Kind,
-        attrs: Attrs,
-        cpu: GuestAddress,
-        len: u64,
-        is_ram: bool,
-    ) -> Result<(), DebugEvent> {
-        if self.off() {
-            return Ok(());
-        }
-        self.run(dev, Location::caller(), |_, _, p| {
-            source_checks(kind, attrs, cpu, len, is_ram, p)
-        })
-    }
-
-    /// Linux's `debug_dma_mapping_error`: marks the first unchecked entry of
-    /// `(dev, dma)` checked (check 8).
-    pub fn mapping_error(&self, dev: DeviceRef<'_>, dma: DmaAddr) {
-        if self.off() {
-            return;
-        }
-        self.lock().tracker.mark_checked(dev.id, dma.0);
-    }
-
-    /// Checks an unmap of a single-range streaming mapping (checks 1-4, 7, 8)
-    /// and removes the entry.
-    #[track_caller]
-    pub fn unmap(
-        &self,
-        dev: DeviceRef<'_>,
-        kind: Kind,
-        dma: DmaAddr,
-        size: u64,
-        dir: Direction,
-    ) -> Result<(), DebugEvent> {
-        if self.off() {
-            return Ok(());
-        }
-        let r = Ref {
-            dev: dev.id,
-            kind,
-            dma: dma.0,
-            size,
-            dir,
-            sg_call_ents: 0,
-            cpu: 0,
-        };
-        self.run(dev, Location::caller(), |st, _, p| st.check_unmap(&r, p))
-    }
-
-    /// Records a scatter-gather map (Linux's `debug_dma_map_sg`): `sg` is the
-    /// list passed (`nents = sg.len()`, CPU address and length of each entry),
-    /// `mapped` the segments it produced (`mapped_ents = mapped.len()`, DMA
-    /// address and length). For each mapped segment `i`: check 20 on the
-    /// length of `sg[i]`, check 21 on the segment, then one entry with the
-    /// CPU address of `sg[i]` (cache line checks 22 and 23). Segments beyond
-    /// `sg.len()` (which Linux cannot produce) are recorded with their DMA
-    /// address as CPU address and no length check.
-    #[track_caller]
-    pub fn map_sg(
-        &self,
-        dev: DeviceRef<'_>,
-        sg: &[(GuestAddress, u64)],
-        mapped: &[(DmaAddr, u64)],
-        dir: Direction,
-        attrs: Attrs,
-        parms: &DmaParms,
-    ) -> Result<(), DebugEvent> {
-        if self.off() {
-            return Ok(());
-        }
-        let site = Location::caller();
-        self.run(dev, site, |st, cfg, p| {
-            for (i, &(dma, dlen)) in mapped.iter().enumerate() {
-                let (cpu, len) = match sg.get(i) {
-                    Some(&(cpu, len)) => (cpu.0, Some(len)),
-                    None => (dma.0, None),
-                };
-                check_sg_segment(len, dma.0, dlen, parms, p);
-                st.add_entry(
-                    cfg,
-                    dev,
-                    Entry {
-                        dev: dev.id,
-                        kind: Kind::Sg,
-                        dma: dma.0,
-                        size: dlen,
-                        dir,
-                        sg_call_ents: sg.len(),
-                        sg_mapped_ents: mapped.len(),
-                        cpu,
-                        attrs,
-                        map_err: MapErr::NotApplicable,
-                        mapped_at: site,
-                    },
-                    p,
-                );
-            }
-        })
-    }
-
-    /// Checks an sg unmap (Linux's `debug_dma_unmap_sg`): `mapped` are the
-    /// list's mapped segments, `nents` the count passed to the unmap. The
-    /// first segment's entry gives `mapped_ents`; that many segments are
-    /// checked (checks 1-4, 6, 7) and removed.
-    #[track_caller]
-    pub fn unmap_sg(
-        &self,
-        dev: DeviceRef<'_>,
-        mapped: &[(DmaAddr, u64)],
-        nents: usize,
-        dir: Direction,
-    ) -> Result<(), DebugEvent> {
-        if self.off() {
-            return Ok(());
-        }
-        self.run(dev, Location::caller(), |st, _, p| {
-            let mut mapped_ents = 0;
-            for (i, &(dma, len)) in mapped.iter().take(nents).enumerate() {
-                if mapped_ents != 0 && i >= mapped_ents {
-                    break;
-                }
-                let r = Ref {
-                    dev: dev.id,
-                    kind: Kind::Sg,
-                    dma: dma.0,
-                    size: len,
-                    dir,
-                    sg_call_ents: nents,
-                    cpu: 0,
-                };
-                if i == 0 {
-                    mapped_ents = st.nr_mapped_entries(&r);
-                }
-                st.check_unmap(&r, p);
-            }
-        })
-    }
-
-    /// Checks a sync of `[dma, dma + size)` (checks 9-13), `to_cpu` for
-    /// `sync_for_cpu`. For `sync_single_range_*` pass `dma + offset`.
-    #[track_caller]
-    pub fn sync_single(
-        &self,
-        dev: DeviceRef<'_>,
-        dma: DmaAddr,
-        size: u64,
-        dir: Direction,
-        to_cpu: bool,
-    ) -> Result<(), DebugEvent> {
-        if self.off() {
-            return Ok(());
-        }
-        let r = Ref {
-            dev: dev.id,
-            kind: Kind::Single,
-            dma: dma.0,
-            size,
-            dir,
-            sg_call_ents: 0,
-            cpu: 0,
-        };
-        self.run(dev, Location::caller(), |st, _, p| {
-            st.check_sync(&r, to_cpu, p)
-        })
-    }
-
-    /// Checks an sg sync (Linux's `debug_dma_sync_sg_for_*`): the first
-    /// segment's entry gives `mapped_ents`, and that many segments are checked
-    /// (checks 9-14). If the first segment is unknown nothing is checked, as
-    /// in Linux.
-    #[track_caller]
-    pub fn sync_sg(
-        &self,
-        dev: DeviceRef<'_>,
-        mapped: &[(DmaAddr, u64)],
-        nents: usize,
-        dir: Direction,
-        to_cpu: bool,
-    ) -> Result<(), DebugEvent> {
-        if self.off() {
-            return Ok(());
-        }
-        self.run(dev, Location::caller(), |st, _, p| {
-            let mut mapped_ents = 0;
-            for (i, &(dma, len)) in mapped.iter().take(nents).enumerate() {
-                let r = Ref {
-                    dev: dev.id,
-                    kind: Kind::Sg,
-                    dma: dma.0,
-                    size: len,
-                    dir,
-                    sg_call_ents: nents,
-                    cpu: 0,
-                };
-                if i == 0 {
-                    mapped_ents = st.nr_mapped_entries(&r);
-                }
-                if i >= mapped_ents {
-                    break;
-                }
-                st.check_sync(&r, to_cpu, p);
-            }
-        })
     }
 
     /// Check 24: a device is released (driver unbind, device drop). Every

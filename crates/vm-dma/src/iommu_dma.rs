@@ -71,9 +71,14 @@
 //!   implemented: guest memory has no vmap, so every coherent buffer is one
 //!   contiguous block (as with `FORCE_CONTIGUOUS`).
 
+mod coherent;
+mod ops;
 mod sg;
 #[cfg(test)]
 mod tests;
+
+pub use coherent::IommuCoherent;
+pub use ops::{IommuDomainOps, Prot};
 
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -81,133 +86,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, Permissions};
-
-use crate::coherent::{zero_guest, MAX_COHERENT_SIZE};
 use crate::error::{checked_last, Error, Result};
-use crate::flush_queue::{FlushQueue, FlushQueueConfig, Invalidate};
+use crate::flush_queue::{FlushQueue, FlushQueueConfig};
 use crate::iova::{IovaConfig, IovaDomain, DMA_32BIT_LIMIT};
-use crate::map::Rejected;
-use crate::page_alloc::PageAllocator;
-use crate::types::{get_order, Attrs, Direction, DmaAddr, DmaParms, PAGE_SIZE};
-
-/// The IOMMU protection of a mapping (Linux's `IOMMU_READ`, `IOMMU_WRITE`,
-/// `IOMMU_CACHE`, `IOMMU_PRIV`, `IOMMU_MMIO`).
-///
-/// ```
-/// use vm_dma::iommu_dma::Prot;
-/// use vm_dma::{Attrs, Direction};
-/// use vm_memory::Permissions;
-///
-/// let p = Prot::new(Direction::ToDevice, true, Attrs::PRIVILEGED);
-/// assert!(p.read && !p.write && p.cache && p.privileged && !p.mmio);
-/// assert_eq!(p.permissions(), Permissions::Read);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Prot {
-    /// The device may read (`IOMMU_READ`).
-    pub read: bool,
-    /// The device may write (`IOMMU_WRITE`).
-    pub write: bool,
-    /// Coherent device: cacheable (`IOMMU_CACHE`).
-    pub cache: bool,
-    /// Privileged access only (`IOMMU_PRIV`, from [`Attrs::PRIVILEGED`]).
-    pub privileged: bool,
-    /// Device memory (`IOMMU_MMIO`, from [`Attrs::MMIO`]).
-    pub mmio: bool,
-}
-
-impl Prot {
-    /// Linux's `dma_info_to_prot(dir, coherent, attrs)`.
-    pub const fn new(dir: Direction, coherent: bool, attrs: Attrs) -> Prot {
-        Prot {
-            read: dir.device_reads(),
-            write: dir.device_writes(),
-            cache: coherent,
-            privileged: attrs.contains(Attrs::PRIVILEGED),
-            mmio: attrs.contains(Attrs::MMIO),
-        }
-    }
-
-    /// The access permissions (what vm-iommu's page table holds).
-    pub const fn permissions(self) -> Permissions {
-        match (self.read, self.write) {
-            (true, true) => Permissions::ReadWrite,
-            (true, false) => Permissions::Read,
-            (false, true) => Permissions::Write,
-            (false, false) => Permissions::No,
-        }
-    }
-}
-
-/// Programming of one IOMMU domain's IO page table: what the DMA ops need
-/// from an IOMMU driver (Linux's `iommu_map`, `iommu_unmap_fast`,
-/// `flush_iotlb_all`).
-///
-/// Implemented for [`vm_iommu::Domain`]. A virtio-iommu driver implements it
-/// with MAP and UNMAP requests (and a no-op flush: virtio-iommu requests
-/// complete after invalidation).
-pub trait IommuDomainOps: Send + Sync {
-    /// The smallest IOMMU page (Linux: `1 << __ffs(pgsize_bitmap)`); the IOVA
-    /// granule must be a multiple of it.
-    fn min_page_size(&self) -> u64 {
-        PAGE_SIZE
-    }
-
-    /// Maps `[iova, iova + len)` to guest-physical `[gpa, gpa + len)`, all
-    /// multiples of the IOVA granule, with `prot`. On error nothing is
-    /// mapped.
-    fn map(&self, iova: u64, gpa: u64, len: u64, prot: Prot) -> Result<()>;
-
-    /// Removes the mappings inside `[iova, iova + len)`: exactly those made
-    /// by [`IommuDomainOps::map`] calls inside the range. Parts that are not
-    /// mapped are ignored. On error nothing changes.
-    fn unmap(&self, iova: u64, len: u64) -> Result<()>;
-
-    /// Invalidates every IOTLB entry of the domain; returns when complete.
-    /// Called after unmap in strict mode and by the flush queue in lazy
-    /// mode. The default does nothing: right for an IOMMU whose unmap is
-    /// already final (vm-iommu, virtio-iommu).
-    fn flush_iotlb_all(&self) {}
-}
-
-fn iommu_err(op: &'static str, iova: u64, size: u64, e: vm_iommu::Error) -> Error {
-    Error::IommuOp {
-        op,
-        iova,
-        size,
-        source: Box::new(e),
-    }
-}
-
-/// vm-iommu: `map`/`unmap` on the domain's page table. [`Prot::privileged`],
-/// [`Prot::mmio`] and [`Prot::cache`] have no vm-iommu bit and are ignored.
-/// vm-iommu's unmap is final when it returns, so the flush does nothing.
-impl IommuDomainOps for vm_iommu::Domain {
-    fn min_page_size(&self) -> u64 {
-        vm_iommu::PAGE_SIZE_4K
-    }
-
-    fn map(&self, iova: u64, gpa: u64, len: u64, prot: Prot) -> Result<()> {
-        vm_iommu::Domain::map(self, iova, gpa, len, prot.permissions())
-            .map_err(|e| iommu_err("map", iova, len, e))
-    }
-
-    fn unmap(&self, iova: u64, len: u64) -> Result<()> {
-        vm_iommu::Domain::unmap(self, iova, len)
-            .map(|_| ())
-            .map_err(|e| iommu_err("unmap", iova, len, e))
-    }
-}
-
-/// The flush queue's invalidation: the domain's [`IommuDomainOps::flush_iotlb_all`].
-struct DomainFlush(Arc<dyn IommuDomainOps>);
-
-impl Invalidate for DomainFlush {
-    fn flush_iotlb_all(&mut self) {
-        self.0.flush_iotlb_all();
-    }
-}
+use crate::types::{Attrs, Direction, DmaAddr, DmaParms};
+use ops::{iommu_err, DomainFlush};
 
 /// Strict or lazy IOTLB invalidation (Linux `IOMMU_DOMAIN_DMA` or
 /// `IOMMU_DOMAIN_DMA_FQ`).
@@ -309,51 +192,6 @@ impl fmt::Debug for IommuDma {
             .field("coherent", &self.coherent)
             .field("try_32bit", &self.try_32bit.load(Ordering::Relaxed))
             .finish_non_exhaustive()
-    }
-}
-
-/// A coherent buffer of an [`IommuDma`]: the handle
-/// [`IommuDma::alloc_coherent`] returns and [`IommuDma::free_coherent`]
-/// takes back. Plain data, not RAII: dropping it leaks the buffer.
-#[must_use = "dropping an IommuCoherent leaks its pages and IOVA; free it with IommuDma::free_coherent"]
-#[derive(Debug, PartialEq, Eq)]
-pub struct IommuCoherent {
-    cpu: GuestAddress,
-    dma: DmaAddr,
-    size: u64,
-    order: u32,
-}
-
-impl IommuCoherent {
-    /// The handle of a buffer recorded elsewhere (the device's coherent
-    /// records).
-    pub(crate) fn from_parts(cpu: GuestAddress, dma: DmaAddr, size: u64, order: u32) -> Self {
-        IommuCoherent {
-            cpu,
-            dma,
-            size,
-            order,
-        }
-    }
-
-    /// The CPU (guest-physical) address.
-    pub fn cpu_addr(&self) -> GuestAddress {
-        self.cpu
-    }
-
-    /// The IOVA to give the device.
-    pub fn dma_addr(&self) -> DmaAddr {
-        self.dma
-    }
-
-    /// The size asked for.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The page block order (`get_order(size)`).
-    pub fn order(&self) -> u32 {
-        self.order
     }
 }
 
@@ -723,107 +561,5 @@ impl IommuDma {
     /// Errors: [`Error::ZeroSize`], [`Error::Overflow`].
     pub fn sync_single(&self, dma: DmaAddr, size: u64, _dir: Direction) -> Result<()> {
         checked_last(dma.raw(), size).map(|_| ())
-    }
-
-    /// Linux's `iommu_dma_alloc` (contiguous branch): `2^get_order(size)`
-    /// zeroed pages from `pages` (anywhere: the IOMMU translates), mapped
-    /// read-write at an IOVA below `coherent_limit`
-    /// (`min_not_zero(coherent_dma_mask, bus_dma_limit)`), aligned to the
-    /// block size in both addresses.
-    ///
-    /// Attributes: [`Attrs::PRIVILEGED`] goes into [`Prot`];
-    /// [`Attrs::NO_WARN`] silences the failure warning;
-    /// `FORCE_CONTIGUOUS`, `ALLOC_SINGLE_PAGES` and the rest are accepted
-    /// (the buffer is always contiguous).
-    ///
-    /// Errors, with nothing left allocated: [`Error::ZeroSize`],
-    /// [`Error::TooLarge`] above 4 MiB, [`Error::OutOfMemory`], the errors
-    /// of [`IommuDma::map_phys`].
-    pub fn alloc_coherent<M: GuestMemoryBackend>(
-        &self,
-        mem: &M,
-        pages: &PageAllocator,
-        size: u64,
-        attrs: Attrs,
-        coherent_limit: u64,
-    ) -> Result<IommuCoherent> {
-        let res = self.alloc_coherent_inner(mem, pages, size, attrs, coherent_limit);
-        if let Err(e) = &res {
-            if !attrs.contains(Attrs::NO_WARN) {
-                log::warn!("iommu_dma: alloc of {size:#x} bytes failed: {e}");
-            }
-        }
-        res
-    }
-
-    fn alloc_coherent_inner<M: GuestMemoryBackend>(
-        &self,
-        mem: &M,
-        pages: &PageAllocator,
-        size: u64,
-        attrs: Attrs,
-        coherent_limit: u64,
-    ) -> Result<IommuCoherent> {
-        if size == 0 {
-            return Err(Error::ZeroSize);
-        }
-        if size > MAX_COHERENT_SIZE {
-            return Err(Error::TooLarge {
-                size,
-                max: MAX_COHERENT_SIZE,
-            });
-        }
-        let len = self.coherent_len(size)?;
-        let order = get_order(len);
-        let cpu = pages.alloc(order, u64::MAX)?;
-        let give_back = |e: Error| {
-            if let Err(free_err) = pages.free(cpu, order) {
-                log::error!("iommu_dma: cannot return block {cpu:?}: {free_err}");
-            }
-            e
-        };
-        zero_guest(mem, cpu, PAGE_SIZE << order).map_err(give_back)?;
-        let prot = Prot::new(Direction::Bidirectional, self.coherent, attrs);
-        let dma = self
-            .map_aligned(cpu.0, len, prot, coherent_limit, false)
-            .map_err(give_back)?;
-        Ok(IommuCoherent {
-            cpu,
-            dma,
-            size,
-            order,
-        })
-    }
-
-    /// `PAGE_ALIGN(size)` rounded up to the granule: what is mapped (the
-    /// block is `get_order` of it, so it covers every mapped byte).
-    fn coherent_len(&self, size: u64) -> Result<u64> {
-        align_up(size, self.mask().max(PAGE_SIZE - 1)).ok_or(Error::Overflow { addr: 0, size })
-    }
-
-    /// Linux's `iommu_dma_free`: unmaps the buffer (strict or lazy, as
-    /// [`IommuDma::unmap`]) and returns its pages to `pages`.
-    ///
-    /// A buffer this domain did not map comes back unchanged in the
-    /// [`Rejected`].
-    pub fn free_coherent(
-        &self,
-        pages: &PageAllocator,
-        buf: IommuCoherent,
-    ) -> std::result::Result<(), Rejected<IommuCoherent>> {
-        let len = match self.coherent_len(buf.size) {
-            Ok(len) => len,
-            Err(e) => return Err(Rejected::new(e, buf)),
-        };
-        if !pages.is_allocated(buf.cpu, buf.order) {
-            return Err(Rejected::new(Error::NotCoherent { cpu: buf.cpu.0 }, buf));
-        }
-        if let Err(e) = self.unmap_iova(buf.dma, len, len >> self.shift) {
-            return Err(Rejected::new(e, buf));
-        }
-        if let Err(e) = pages.free(buf.cpu, buf.order) {
-            log::error!("iommu_dma: cannot return block {:?}: {e}", buf.cpu);
-        }
-        Ok(())
     }
 }

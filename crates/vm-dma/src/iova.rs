@@ -99,18 +99,22 @@
 //! assert_eq!(d.alloc(3, 0xffff_ffff).unwrap(), a);
 //! ```
 
+mod config;
 mod gap_tree;
 mod live;
 mod rcache;
+mod reserve;
 #[cfg(test)]
 mod tests;
 mod tree;
+
+pub use config::{IovaConfig, IovaStats};
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
 
-use crate::error::{checked_last, Error, Result};
+use crate::error::{Error, Result};
 use crate::types::DmaAddr;
 use gap_tree::GapTree;
 use live::LiveMap;
@@ -195,70 +199,6 @@ impl Iova {
     pub const fn last(self) -> u64 {
         ((self.pfn + self.size - 1) << self.shift) | ((1 << self.shift) - 1)
     }
-}
-
-/// Construction parameters of an [`IovaDomain`].
-///
-/// ```
-/// use vm_dma::iova::{IovaConfig, IovaDomain};
-///
-/// let cfg = IovaConfig {
-///     aperture_end: (1 << 48) - 1,
-///     cache: false,
-///     ..IovaConfig::default()
-/// };
-/// let d = IovaDomain::with_config(&cfg).unwrap();
-/// assert_eq!(d.alloc(1, u64::MAX).unwrap().last(), (1 << 48) - 1);
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IovaConfig {
-    /// Granule in bytes: a power of two from [`MIN_GRANULE`] to [`MAX_GRANULE`].
-    pub granule: u64,
-    /// First byte of the aperture; rounded up to a granule, and to pfn 1 at least.
-    pub aperture_start: u64,
-    /// Last byte of the aperture (inclusive, may be `u64::MAX`); only whole
-    /// granules inside it are used.
-    pub aperture_end: u64,
-    /// Whether the range cache is used.
-    pub cache: bool,
-    /// Cache shards (0: one per available CPU, at most 64).
-    pub cache_shards: usize,
-    /// Full magazines kept per size class in the depot (0: enough for one
-    /// flush of the single flush-queue ring, [`DEFAULT_DEPOT_MAGAZINES`], or
-    /// the shard count if larger).
-    pub depot_magazines: usize,
-}
-
-impl Default for IovaConfig {
-    fn default() -> Self {
-        IovaConfig {
-            granule: DEFAULT_GRANULE,
-            aperture_start: 0,
-            aperture_end: u64::MAX,
-            cache: true,
-            cache_shards: 0,
-            depot_magazines: 0,
-        }
-    }
-}
-
-/// Counters of an [`IovaDomain`] (a snapshot, for tests and diagnostics).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IovaStats {
-    /// IOVAs handed out and not freed (including queued ones).
-    pub live: usize,
-    /// Live IOVAs queued for a lazy free (see `flush_queue`).
-    pub queued: usize,
-    /// Freed IOVAs held in the range cache.
-    pub cached: usize,
-    /// Granules those cached IOVAs cover.
-    pub cached_granules: u64,
-    /// Free granules in the tree.
-    pub free_granules: u64,
-    /// Free gaps in the tree.
-    pub gaps: usize,
-    /// Reserved ranges (after merging).
-    pub reserved: usize,
 }
 
 /// Who proves an IOVA live when it is freed.
@@ -672,121 +612,6 @@ impl IovaDomain {
         if let Some(rc) = &self.rcache {
             rc.drain_all(|class, mag| self.free_magazine(class, mag));
         }
-    }
-
-    /// Reserves `[addr, addr + size - 1]` (the granules it touches; the part
-    /// inside the aperture): never handed out (Linux `reserve_iova`).
-    /// Overlapping reserves merge. Flushes the cache first.
-    ///
-    /// Errors (nothing changes): [`Error::ZeroSize`], [`Error::Overflow`] for
-    /// a range past 2^64 - 1, [`Error::IovaInUse`] if a live IOVA overlaps.
-    ///
-    /// ```
-    /// use vm_dma::iova::IovaDomain;
-    ///
-    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
-    /// d.reserve(0xffff_ffff_ffff_f000, 0x1000).unwrap();
-    /// assert_eq!(d.alloc(1, u64::MAX).unwrap().last(), 0xffff_ffff_ffff_efff);
-    /// ```
-    pub fn reserve(&self, addr: u64, size: u64) -> Result<()> {
-        let last = checked_last(addr, size)?;
-        let lo = (addr >> self.shift).max(self.start_pfn);
-        let hi = (last >> self.shift).min(self.end_pfn);
-        if lo > hi {
-            return Ok(());
-        }
-        self.flush_cache();
-        let mut t = lock(&self.tree);
-        // Everything in [lo, hi] must be free or reserved already.
-        let mut cur = lo;
-        loop {
-            let next = if let Some((_, ghi)) = t.gaps.containing(cur) {
-                ghi.checked_add(1)
-            } else if let Some((_, &rhi)) = t.reserved.range(..=cur).next_back() {
-                if rhi < cur {
-                    return Err(Error::IovaInUse { addr, size });
-                }
-                rhi.checked_add(1)
-            } else {
-                return Err(Error::IovaInUse { addr, size });
-            };
-            match next {
-                Some(n) if n <= hi => cur = n,
-                _ => break,
-            }
-        }
-        if let Some((glo, ghi)) = t.gaps.containing(lo) {
-            if glo < lo && ghi > hi && !t.gaps.can_insert() {
-                return Err(Error::IovaExhausted {
-                    size: 1,
-                    limit: addr,
-                });
-            }
-        }
-        // Carve every gap that meets [lo, hi].
-        let mut cur = lo;
-        while cur <= hi {
-            let Some((glo, ghi)) = t.gaps.containing(cur).or_else(|| t.gaps.ceil(cur)) else {
-                break;
-            };
-            if glo > hi {
-                break;
-            }
-            match (glo < lo, ghi > hi) {
-                (true, true) => {
-                    t.gaps.modify(glo, glo, lo - 1);
-                    t.gaps.insert(hi + 1, ghi);
-                }
-                (true, false) => {
-                    t.gaps.modify(glo, glo, lo - 1);
-                }
-                (false, true) => {
-                    t.gaps.modify(glo, hi + 1, ghi);
-                }
-                (false, false) => {
-                    t.gaps.remove(glo);
-                }
-            }
-            match ghi.checked_add(1) {
-                Some(n) => cur = n,
-                None => break,
-            }
-        }
-        // Merge with overlapping reserves.
-        let overlapping: Vec<(u64, u64)> = t
-            .reserved
-            .range(..=hi)
-            .rev()
-            .take_while(|(_, &rhi)| rhi >= lo)
-            .map(|(&a, &b)| (a, b))
-            .collect();
-        let (mut nlo, mut nhi) = (lo, hi);
-        for (rlo, rhi) in overlapping {
-            t.reserved.remove(&rlo);
-            nlo = nlo.min(rlo);
-            nhi = nhi.max(rhi);
-        }
-        t.reserved.insert(nlo, nhi);
-        Ok(())
-    }
-
-    /// The reserved ranges (after merging) as inclusive byte ranges.
-    ///
-    /// ```
-    /// use vm_dma::iova::IovaDomain;
-    ///
-    /// let d = IovaDomain::new(4096, 0, u64::MAX).unwrap();
-    /// d.reserve(0xfee0_0000, 0x10_0000).unwrap();
-    /// d.reserve(0xfee8_0000, 0x10_0000).unwrap(); // overlaps: merged
-    /// assert_eq!(d.reserved(), vec![(0xfee0_0000, 0xfef7_ffff)]);
-    /// ```
-    pub fn reserved(&self) -> Vec<(u64, u64)> {
-        let g = self.granule();
-        lock(&self.tree)
-            .reserved
-            .iter()
-            .map(|(&lo, &hi)| (lo << self.shift, (hi << self.shift) | (g - 1)))
-            .collect()
     }
 
     /// A snapshot of the counters.
