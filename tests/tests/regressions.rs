@@ -127,7 +127,7 @@ fn leaf_cache_never_answers_an_iova_beyond_48_bits() {
         1u64 << 48,
         1 << 49,
         (1 << 48) | (1 << 27 << 21),
-        u64::MAX & !0xfff,
+        0xffff_ffff_ffff_f000,
     ] {
         // Prime the cache with IOVA 0's table, then ask beyond the input range.
         ep.translate(0x10, 0x11, Permissions::Read).unwrap();
