@@ -513,7 +513,12 @@ pub fn run_streaming(input: &StreamingInput) -> Reached {
                 let nents = orig.wrapping_add_signed(i32::from(*nents_delta));
                 let d = dir.map_or(t.dir, direction);
                 let dir_ok = t.dir == Direction::Bidirectional || t.dir == d;
-                let ok = nents == orig && dir_ok;
+                // The raw sync is address based (as Linux's): it cannot tell
+                // which list the entries came from, so another live list of
+                // `nents` entries covering them with a compatible direction
+                // makes the call valid too.
+                let own_ok = nents == orig && dir_ok;
+                let ok = sg_sync_ok(&m, t, nents, d);
                 let r = if *for_cpu {
                     dev.sync_sg_for_cpu_raw(&t.entries, nents, d)
                 } else {
@@ -534,7 +539,11 @@ pub fn run_streaming(input: &StreamingInput) -> Reached {
                 }
                 // dma-debug compares nents only for non-bidirectional lists.
                 let debug_invalid = !dir_ok || (nents != orig && t.dir != Direction::Bidirectional);
-                if !shared && (1..=orig).contains(&nents) && (!ambiguous || debug_invalid) {
+                if ok == own_ok
+                    && !shared
+                    && (1..=orig).contains(&nents)
+                    && (!ambiguous || debug_invalid)
+                {
                     expect_event = Some(debug_invalid);
                 }
             }
@@ -582,6 +591,25 @@ fn sg_shared(m: &Model, t: &SgLive) -> bool {
             .filter(|l| l.dma == e.dma_address().raw())
             .count()
             > 1
+    })
+}
+
+/// Whether a raw sync of the first `nents` segments of `t` in direction `d`
+/// is valid: each lies inside a live sg entry of a list mapped with `nents`
+/// entries, in direction `d` or bidirectional (the list need not be `t`).
+fn sg_sync_ok(m: &Model, t: &SgLive, nents: u32, d: Direction) -> bool {
+    let n = nents as usize;
+    if n == 0 || n > t.entries.len() {
+        return false;
+    }
+    t.entries.iter().take(n).all(|e| {
+        m.containing(e.dma_address().raw(), u64::from(e.dma_length()))
+            .any(|l| {
+                let dir_ok = l.dir == Direction::Bidirectional || l.dir == d;
+                let list_ok =
+                    l.sg.is_some_and(|id| m.sgs.iter().any(|s| s.id == id && s.entries.len() == n));
+                dir_ok && list_ok
+            })
     })
 }
 

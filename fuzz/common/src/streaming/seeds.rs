@@ -281,6 +281,40 @@ pub fn seeds() -> Vec<StreamingInput> {
             },
         ],
     };
+    // Found by the fuzzer (a wrong oracle): the raw sync is address based, so
+    // a sync of one list in a direction it was not mapped with is valid when
+    // another live list of as many entries covers it in that direction.
+    let covered = StreamingInput {
+        mask_sel: 4,
+        bus_limit: Edge::Zero,
+        max_seg: Edge::Zero,
+        boundary_log2: 0,
+        min_align_log2: 0,
+        track_overlap: false,
+        strict: false,
+        ops: vec![
+            MapSg {
+                segs: vec![(Edge::One, 0x1000)],
+                dir: 0,
+            },
+            MapSg {
+                segs: vec![(Edge::One, 0x2000)],
+                dir: 1,
+            },
+            SyncSg {
+                pick: 0,
+                nents_delta: 0,
+                dir: Some(1),
+                for_cpu: true,
+            },
+            SyncSg {
+                pick: 1,
+                nents_delta: 0,
+                dir: Some(0),
+                for_cpu: false,
+            },
+        ],
+    };
     vec![
         base,
         edges,
@@ -291,5 +325,6 @@ pub fn seeds() -> Vec<StreamingInput> {
         nested(false),
         nested(true),
         shared_head,
+        covered,
     ]
 }
