@@ -8,16 +8,23 @@
 //!   holds 4 KiB pages.
 //! * `START`/`END` mark the first and last leaf of a mapping, so that unmap can check
 //!   "whole mappings only" from the table itself, without a writer-side interval tree.
-//! * Readers walk with `Acquire` loads and never lock. Child tables are `OnceLock<Box<_>>`
-//!   slots: once published they stay until the table is dropped (the domain slot is
-//!   dropped with its [`Iommu`](crate::Iommu)), so a reader can never walk freed memory.
-//!   Writers (one at a time, under the domain's mutex) publish leaves with `Release`.
+//! * Readers walk with `Acquire` loads and never lock. Child tables are set-once
+//!   pointer slots ([`Child`]): once published they stay until the table is dropped (the
+//!   domain slot is dropped with its [`Iommu`](crate::Iommu)), so a reader can never walk
+//!   freed memory. Writers (one at a time, under the domain's mutex) publish leaves with
+//!   `Release`.
+//! * Directory tables are boxes. Last-level tables are boxes for the first
+//!   [`BOXED_LEAVES`](crate::arena::BOXED_LEAVES) of a domain slot and then come from the
+//!   slot's [`Arena`] of huge-page-backed chunks, which the [`Root`] owns and frees after
+//!   the tree.
 
 use std::marker::PhantomData;
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use vm_memory::Permissions;
+
+use crate::arena::{Arena, BOXED_LEAVES};
 
 /// Entry is a valid leaf.
 pub(crate) const VALID: u64 = 1 << 0;
@@ -60,8 +67,9 @@ pub(crate) trait Level: Send + Sync + Sized {
     /// log2 of the bytes one entry of this table covers.
     const SHIFT: u32;
 
-    /// A new, empty table; `key` identifies a last-level table (see [`Leaf::key`]).
-    fn new_boxed(key: u64) -> Box<Self>;
+    /// A new, empty table, owned as [`Table::in_arena`] says; `key` identifies a
+    /// last-level table (see [`Leaf::key`]), which may come from `arena`.
+    fn alloc(key: u64, arena: &Arena<Leaf>) -> NonNull<Self>;
 
     /// The leaf covering `iova` and the log2 of its size; `(0, _)` if there is none.
     fn lookup(&self, iova: u64) -> (u64, u32);
@@ -78,12 +86,31 @@ pub(crate) trait Level: Send + Sync + Sized {
     fn clear(&self, lo: u64, hi: u64) -> usize;
 
     /// Store `raw` as the leaf of size `1 << shift` at `iova`, creating tables on the
-    /// way (counted in `created`).
-    fn set(&self, iova: u64, shift: u32, raw: u64, created: &mut usize, tag: u64);
+    /// way (see [`SetCtx`]).
+    fn set(&self, iova: u64, shift: u32, raw: u64, ctx: &mut SetCtx<'_>);
 
     /// Depth (1-based, below this table) of the first table missing on the path to a
     /// leaf of size `1 << shift` at `iova`, if any.
     fn first_missing(&self, iova: u64, shift: u32, depth: u32) -> Option<u32>;
+}
+
+/// What [`Level::set`] needs to create tables.
+pub(crate) struct SetCtx<'a> {
+    /// Tables created so far.
+    created: usize,
+    /// Tag of the domain slot (see [`slot_tag`]).
+    tag: u64,
+    /// Where last-level tables beyond the first few come from.
+    arena: &'a Arena<Leaf>,
+}
+
+/// How the table a [`Child`] points to is freed.
+pub(crate) trait Table {
+    /// Whether the table lives in an [`Arena`] chunk, which frees it, rather than in a
+    /// box of its own.
+    fn in_arena(&self) -> bool {
+        false
+    }
 }
 
 /// Index of `iova` in a table whose entries cover `1 << shift` bytes.
@@ -95,11 +122,16 @@ fn index(iova: u64, shift: u32) -> usize {
 }
 
 /// Last-level table: 512 4 KiB pages.
+///
+/// All-zero bytes are a valid empty table of key 0 in a box (the arena relies on it:
+/// its blocks are zero-filled and only `key` and `in_arena` are written).
 pub(crate) struct Leaf {
     /// Immutable identity: `domain tag | (iova >> 21)` of the 2 MiB region it covers
     /// (see [`leaf_key`]). Lets an endpoint cache a table and validate the cache with
     /// one compare: the table of a (domain slot, region) never changes once created.
     key: u64,
+    /// Immutable: the table lives in an [`Arena`] chunk (else in a box of its own).
+    in_arena: bool,
     e: [AtomicU64; ENTRIES],
 }
 
@@ -116,6 +148,14 @@ pub(crate) fn leaf_key(slot_tag: u64, iova: u64) -> u64 {
 pub(crate) fn slot_tag(slot_plus_one: u32) -> u64 {
     u64::from(slot_plus_one) << 27
 }
+
+impl Table for Leaf {
+    fn in_arena(&self) -> bool {
+        self.in_arena
+    }
+}
+
+impl<C: Table> Table for Dir<C> {}
 
 impl Leaf {
     /// This table's key.
@@ -137,16 +177,25 @@ impl Leaf {
     }
 }
 
-/// A child table pointer: set at most once, freed only when its parent is dropped.
+/// A child table pointer: set at most once, released only when its parent is dropped.
 ///
 /// (A `OnceLock<Box<C>>` does the same without `unsafe`, but costs a second load per
-/// level on the lock-free translate path.)
-pub(crate) struct Child<C> {
+/// level on the lock-free translate path, and cannot point into an arena.)
+///
+/// # Invariants
+///
+/// The pointer is null or points to a fully built table published once by
+/// [`get_or_init`](Self::get_or_init), which stays valid until this slot drops. The
+/// table comes from one of two sources, which it records itself ([`Table::in_arena`]):
+/// `Box::into_raw`/`Box::leak` (owned by this slot, freed by its `drop`), or a block of
+/// an [`Arena`] that outlives this slot: the arena of the [`Root`] the slot belongs to,
+/// which `Root` drops after its tree (field order), so the slot must not free it.
+pub(crate) struct Child<C: Table> {
     ptr: AtomicPtr<C>,
     _owns: PhantomData<Box<C>>,
 }
 
-impl<C> Child<C> {
+impl<C: Table> Child<C> {
     pub(crate) fn new() -> Self {
         Child {
             ptr: AtomicPtr::new(ptr::null_mut()),
@@ -157,42 +206,71 @@ impl<C> Child<C> {
     #[inline(always)]
     pub(crate) fn get(&self) -> Option<&C> {
         let p = self.ptr.load(Ordering::Acquire);
-        // SAFETY: `p` is null or came from `Box::into_raw` in `get_or_init` and was
-        // published (Release, after the table was fully built) exactly once. It is freed
-        // only in `drop`, which takes `&mut self`, so no borrow derived from `&self` can
-        // outlive it.
+        // SAFETY: by the type invariant `p` is null or a table published (Release, after
+        // it was fully built) exactly once, valid until `drop`, which takes `&mut self`,
+        // so no borrow derived from `&self` can outlive it.
         unsafe { p.as_ref() }
     }
 
+    /// The child, created as the box `make` returns if there is none yet.
     pub(crate) fn get_or_init(&self, make: impl FnOnce() -> Box<C>) -> &C {
+        self.get_or_init_raw(|| {
+            let table = make();
+            // Only `Leaf::alloc` builds arena tables, and never as a box.
+            debug_assert!(!table.in_arena());
+            NonNull::from(Box::leak(table))
+        })
+    }
+
+    /// The child, created with `make` if there is none yet. `make` must return a fully
+    /// built table that is a box (`Box::into_raw`/`Box::leak`) if it is not
+    /// [`in_arena`](Table::in_arena), else a block of the arena of this slot's [`Root`].
+    pub(crate) fn get_or_init_raw(&self, make: impl FnOnce() -> NonNull<C>) -> &C {
         if let Some(c) = self.get() {
             return c;
         }
-        let new = Box::into_raw(make());
+        let new = make().as_ptr();
         match self
             .ptr
             .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
         {
-            // SAFETY: `new` is the live allocation just published; see `get`.
+            // SAFETY: `new` is the live table just published; see `get`.
             Ok(_) => unsafe { &*new },
             Err(existing) => {
-                // SAFETY: `new` came from `Box::into_raw` above and was never published.
-                drop(unsafe { Box::from_raw(new) });
+                // SAFETY: `new` is a table from `make` (see its contract) that was never
+                // published, so nothing else refers to it.
+                unsafe { Self::release(new) };
                 // SAFETY: `existing` is non-null (the exchange from null failed) and was
                 // published by `get_or_init`; see `get`.
                 unsafe { &*existing }
             }
         }
     }
+
+    /// Free `p` if it is a box; an arena table stays with its arena (a block lost to a
+    /// racing `get_or_init` is freed with its chunk).
+    ///
+    /// # Safety
+    ///
+    /// `p` is a table as `get_or_init`'s `make` returns it, nothing refers to it, and it
+    /// is not used after this call.
+    unsafe fn release(p: *mut C) {
+        // SAFETY: by the contract `p` is a valid table that nothing else refers to.
+        if !unsafe { (*p).in_arena() } {
+            // SAFETY: not in an arena, so by the contract of `make` it is a box.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
 }
 
-impl<C> Drop for Child<C> {
+impl<C: Table> Drop for Child<C> {
     fn drop(&mut self) {
         let p = *self.ptr.get_mut();
         if !p.is_null() {
-            // SAFETY: `p` came from `Box::into_raw` and is owned by this slot; `&mut self`
+            // SAFETY: `p` is a table published by `get_or_init` (type invariant), still
+            // valid (an arena table's arena drops after this slot), and `&mut self`
             // guarantees no reader holds a reference into it.
-            drop(unsafe { Box::from_raw(p) });
+            unsafe { Self::release(p) };
         }
     }
 }
@@ -270,13 +348,13 @@ impl LeafCache {
 }
 
 /// A directory slot: an optional block leaf and an optional child table.
-pub(crate) struct Slot<C> {
+pub(crate) struct Slot<C: Table> {
     leaf: AtomicU64,
     child: Child<C>,
 }
 
 /// A directory table of 512 slots.
-pub(crate) struct Dir<C> {
+pub(crate) struct Dir<C: Table> {
     s: [Slot<C>; ENTRIES],
 }
 
@@ -286,7 +364,7 @@ impl std::fmt::Debug for Leaf {
     }
 }
 
-impl<C> std::fmt::Debug for Dir<C> {
+impl<C: Table> std::fmt::Debug for Dir<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Dir { .. }")
     }
@@ -296,17 +374,90 @@ impl<C> std::fmt::Debug for Dir<C> {
 pub(crate) type L2 = Dir<Leaf>;
 /// Level 1: slots of 1 GiB.
 pub(crate) type L1 = Dir<L2>;
-/// Level 0 (root): slots of 512 GiB.
-pub(crate) type Root = Dir<L1>;
+
+/// Level 0 (slots of 512 GiB) of a domain slot's page table, with the arena its leaf
+/// tables come from. Derefs to the level-0 directory.
+pub(crate) struct Root {
+    // Field order matters: `dir` (whose `Child` slots may point into `arena`) drops
+    // first, then `arena` releases its chunks.
+    dir: Dir<L1>,
+    arena: Arena<Leaf>,
+}
+
+impl Table for Root {}
+
+impl std::fmt::Debug for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Root")
+            .field("arena", &self.arena)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Root {
+    type Target = Dir<L1>;
+
+    #[inline(always)]
+    fn deref(&self) -> &Dir<L1> {
+        &self.dir
+    }
+}
+
+impl Root {
+    /// An empty page table whose first [`BOXED_LEAVES`] leaf tables are boxes and the
+    /// rest come from huge-page-backed chunks.
+    pub(crate) fn new_boxed() -> Box<Self> {
+        Self::with_boxed_leaves(BOXED_LEAVES)
+    }
+
+    /// An empty page table whose first `boxed` leaf tables are boxes.
+    pub(crate) fn with_boxed_leaves(boxed: usize) -> Box<Self> {
+        Box::new(Root {
+            dir: Dir::empty(),
+            arena: Arena::new(boxed),
+        })
+    }
+
+    /// The arena of this table's leaf tables.
+    #[cfg(test)]
+    pub(crate) fn arena(&self) -> &Arena<Leaf> {
+        &self.arena
+    }
+}
+
+impl<C: Table> Dir<C> {
+    /// An empty directory.
+    fn empty() -> Self {
+        Dir {
+            s: std::array::from_fn(|_| Slot {
+                leaf: AtomicU64::new(0),
+                child: Child::new(),
+            }),
+        }
+    }
+}
 
 impl Level for Leaf {
     const SHIFT: u32 = 12;
 
-    fn new_boxed(key: u64) -> Box<Self> {
-        Box::new(Leaf {
-            key,
-            e: std::array::from_fn(|_| AtomicU64::new(0)),
-        })
+    fn alloc(key: u64, arena: &Arena<Leaf>) -> NonNull<Self> {
+        let Some(block) = arena.alloc() else {
+            return NonNull::from(Box::leak(Box::new(Leaf {
+                key,
+                in_arena: false,
+                e: std::array::from_fn(|_| AtomicU64::new(0)),
+            })));
+        };
+        let p = block.as_ptr();
+        // SAFETY: `block` is valid for writes of a `Leaf`, aligned and zero-filled, and
+        // not yet shared; zero bytes are valid for every field (see `Leaf`), so after
+        // writing the two identity fields it is a fully built empty table. `addr_of_mut`
+        // forms no reference to the (not yet initialized as a `Leaf`) memory.
+        unsafe {
+            ptr::addr_of_mut!((*p).key).write(key);
+            ptr::addr_of_mut!((*p).in_arena).write(true);
+        }
+        block
     }
 
     #[inline(always)]
@@ -345,7 +496,7 @@ impl Level for Leaf {
         starts
     }
 
-    fn set(&self, iova: u64, _shift: u32, raw: u64, _created: &mut usize, _tag: u64) {
+    fn set(&self, iova: u64, _shift: u32, raw: u64, _ctx: &mut SetCtx<'_>) {
         self.e[index(iova, Self::SHIFT)].store(raw, Ordering::Release);
     }
 
@@ -354,16 +505,11 @@ impl Level for Leaf {
     }
 }
 
-impl<C: Level> Level for Dir<C> {
+impl<C: Level + Table> Level for Dir<C> {
     const SHIFT: u32 = C::SHIFT + 9;
 
-    fn new_boxed(_key: u64) -> Box<Self> {
-        Box::new(Dir {
-            s: std::array::from_fn(|_| Slot {
-                leaf: AtomicU64::new(0),
-                child: Child::new(),
-            }),
-        })
+    fn alloc(_key: u64, _arena: &Arena<Leaf>) -> NonNull<Self> {
+        NonNull::from(Box::leak(Box::new(Self::empty())))
     }
 
     #[inline(always)]
@@ -431,17 +577,17 @@ impl<C: Level> Level for Dir<C> {
         starts
     }
 
-    fn set(&self, iova: u64, shift: u32, raw: u64, created: &mut usize, tag: u64) {
+    fn set(&self, iova: u64, shift: u32, raw: u64, ctx: &mut SetCtx<'_>) {
         let slot = &self.s[index(iova, Self::SHIFT)];
         if shift >= Self::SHIFT {
             slot.leaf.store(raw, Ordering::Release);
         } else {
             slot.child
-                .get_or_init(|| {
-                    *created += 1;
-                    C::new_boxed(leaf_key(tag, iova))
+                .get_or_init_raw(|| {
+                    ctx.created += 1;
+                    C::alloc(leaf_key(ctx.tag, iova), ctx.arena)
                 })
-                .set(iova, shift, raw, created, tag);
+                .set(iova, shift, raw, ctx);
         }
     }
 
@@ -527,7 +673,11 @@ pub(crate) fn write_mapping(
     page_size_mask: u64,
     tag: u64,
 ) -> usize {
-    let mut created = 0;
+    let mut ctx = SetCtx {
+        created: 0,
+        tag,
+        arena: &root.arena,
+    };
     let mut flags = VALID | START | perm_bits(perm);
     loop {
         let shift = chunk_shift(iova, gpa, last, page_size_mask);
@@ -535,9 +685,9 @@ pub(crate) fn write_mapping(
         if leaf_last == last {
             flags |= END;
         }
-        root.set(iova, shift, (gpa & ADDR_MASK) | flags, &mut created, tag);
+        root.set(iova, shift, (gpa & ADDR_MASK) | flags, &mut ctx);
         if leaf_last == last {
-            return created;
+            return ctx.created;
         }
         flags &= !START;
         iova = leaf_last + 1;
@@ -620,7 +770,7 @@ mod tests {
 
     #[test]
     fn test_table_lookup_of_empty_table_is_invalid() {
-        let root = Root::new_boxed(0);
+        let root = Root::new_boxed();
         assert_eq!(root.lookup(0).0 & VALID, 0);
         assert_eq!(root.lookup((1 << 48) - 1).0 & VALID, 0);
         assert_eq!(root.first_valid(0, (1 << 48) - 1), None);
@@ -628,7 +778,7 @@ mod tests {
 
     #[test]
     fn test_table_4k_mapping_creates_three_tables_and_translates() {
-        let root = Root::new_boxed(0);
+        let root = Root::new_boxed();
         assert_eq!(tables_needed(&root, 0x1000, 0x1fff, 0x8000, MASK, 100), 3);
         assert_eq!(map(&root, 0x1000, 0x8000, 0x1000, RW), 3);
         let (raw, shift) = root.lookup(0x1234);
@@ -640,7 +790,7 @@ mod tests {
 
     #[test]
     fn test_table_aligned_mapping_uses_block_leaves() {
-        let root = Root::new_boxed(0);
+        let root = Root::new_boxed();
         // 1 GiB + 2 MiB + 4 KiB, all aligned: one 1G block, one 2M block, one page.
         let len = (1 << 30) + (1 << 21) + 0x1000;
         let created = map(&root, 1 << 30, 1 << 31, len, RW);
@@ -656,7 +806,7 @@ mod tests {
 
     #[test]
     fn test_table_block_leaves_respect_the_page_size_mask() {
-        let root = Root::new_boxed(0);
+        let root = Root::new_boxed();
         write_mapping(&root, 0, (1 << 21) - 1, 0, RW, 1 << 12, 0);
         assert_eq!(root.lookup(0).1, 12);
     }
@@ -671,7 +821,7 @@ mod tests {
 
     #[test]
     fn test_table_walk_piece_merges_contiguous_pages_only() {
-        let root = Root::new_boxed(0);
+        let root = Root::new_boxed();
         map(&root, 0x1000, 0x10000, 0x1000, RW);
         map(&root, 0x2000, 0x11000, 0x1000, RW); // contiguous with the first
         map(&root, 0x3000, 0x20000, 0x1000, RW); // not contiguous
@@ -687,7 +837,7 @@ mod tests {
 
     #[test]
     fn test_table_walk_piece_checks_permissions() {
-        let root = Root::new_boxed(0);
+        let root = Root::new_boxed();
         map(&root, 0x1000, 0x10000, 0x1000, Permissions::Read);
         assert!(walk_piece(&root, 0x1000, 0x1fff, Permissions::Read).is_ok());
         assert_eq!(
@@ -698,7 +848,7 @@ mod tests {
 
     #[test]
     fn test_table_clear_counts_mapping_starts() {
-        let root = Root::new_boxed(0);
+        let root = Root::new_boxed();
         map(&root, 0x1000, 0x10000, 0x3000, RW);
         map(&root, 0x4000, 0x20000, 0x1000, RW);
         assert_eq!(root.first_valid(0, 0xffff), Some(0x1000));
@@ -709,7 +859,7 @@ mod tests {
 
     #[test]
     fn test_table_tables_needed_stops_at_the_limit() {
-        let root = Root::new_boxed(0);
+        let root = Root::new_boxed();
         // 4 KiB pages one every 2 MiB would need a leaf table each.
         let needed = tables_needed(&root, 0, (1 << 40) - 1, 0x1000, MASK, 10);
         assert!(needed > 10);
@@ -717,10 +867,116 @@ mod tests {
 
     #[test]
     fn test_table_top_of_input_range_is_reachable() {
-        let root = Root::new_boxed(0);
+        let root = Root::new_boxed();
         let top = (1u64 << 48) - 0x1000;
         map(&root, top, 0x5000, 0x1000, RW);
         let p = walk_piece(&root, top, (1 << 48) - 1, RW).unwrap();
         assert_eq!((p.gpa, p.len), (0x5000, 0x1000));
+    }
+
+    /// Map one 4 KiB page at the start of each 2 MiB region `regions`, so that every
+    /// page needs a leaf table of its own.
+    fn map_regions(root: &Root, regions: std::ops::Range<u64>) {
+        for r in regions {
+            let created = map(root, r << 21, 0x1000 * (r + 1), 0x1000, RW);
+            assert!(created >= 1, "region {r} created no leaf table");
+        }
+    }
+
+    /// The leaf table holding the 4 KiB leaf at `iova`.
+    fn leaf_at(root: &Root, iova: u64) -> &Leaf {
+        root.lookup_leaf(iova).2.unwrap()
+    }
+
+    #[test]
+    fn test_table_first_leaf_tables_are_boxes_then_arena_blocks() {
+        let root = Root::with_boxed_leaves(2);
+        map_regions(&root, 0..3);
+        for r in 0..2u64 {
+            let leaf = leaf_at(&root, r << 21);
+            assert!(!leaf.in_arena());
+            assert!(!root.arena().contains(leaf));
+        }
+        let leaf = leaf_at(&root, 2 << 21);
+        assert!(leaf.in_arena());
+        assert!(root.arena().contains(leaf));
+        assert_eq!(root.arena().chunks(), 1);
+    }
+
+    #[test]
+    fn test_table_default_root_boxes_256_leaf_tables() {
+        let root = Root::new_boxed();
+        map_regions(&root, 0..BOXED_LEAVES as u64);
+        assert_eq!(root.arena().chunks(), 0);
+        assert!(!leaf_at(&root, (BOXED_LEAVES as u64 - 1) << 21).in_arena());
+        map_regions(&root, BOXED_LEAVES as u64..BOXED_LEAVES as u64 + 1);
+        assert_eq!(root.arena().chunks(), 1);
+        assert!(leaf_at(&root, (BOXED_LEAVES as u64) << 21).in_arena());
+    }
+
+    #[test]
+    fn test_table_arena_leaf_tables_translate_across_chunk_boundaries() {
+        let per = Arena::<Leaf>::PER_CHUNK as u64;
+        assert_eq!(per, 510);
+        let root = Root::with_boxed_leaves(0);
+        let n = 2 * per + 3;
+        map_regions(&root, 0..n);
+        assert_eq!(root.arena().chunks(), 3);
+        // Tables are consecutive blocks of a chunk up to its end, then a new chunk.
+        let last_of_first = ptr::from_ref(leaf_at(&root, (per - 1) << 21)) as usize;
+        let first_of_second = ptr::from_ref(leaf_at(&root, per << 21)) as usize;
+        assert_eq!(
+            ptr::from_ref(leaf_at(&root, (per - 2) << 21)) as usize + size_of::<Leaf>(),
+            last_of_first
+        );
+        assert_eq!(first_of_second % crate::arena::CHUNK_SIZE, 0);
+        assert_ne!(
+            last_of_first / crate::arena::CHUNK_SIZE,
+            first_of_second / crate::arena::CHUNK_SIZE
+        );
+        for r in 0..n {
+            let iova = (r << 21) | 0x123;
+            let leaf = leaf_at(&root, iova);
+            assert!(leaf.in_arena());
+            assert_eq!(leaf.key(), leaf_key(0, iova));
+            let p = walk_piece(&root, iova, iova + 7, Permissions::Read).unwrap();
+            assert_eq!((p.gpa, p.len), (0x1000 * (r + 1) + 0x123, 8));
+            // The rest of each arena table starts out empty.
+            assert_eq!(leaf.entry(iova + 0x1000), 0);
+            assert_eq!(root.lookup((r << 21) + 0x1000).0 & VALID, 0);
+        }
+        // Clearing and remapping reuses the tables: no new table, no new chunk.
+        assert_eq!(root.clear(0, (n << 21) - 1), n as usize);
+        assert_eq!(map(&root, 5 << 21, 0x7000, 0x1000, RW), 0);
+        assert_eq!(root.arena().chunks(), 3);
+        assert_eq!(root.lookup(5 << 21).0 & ADDR_MASK, 0x7000);
+    }
+
+    #[test]
+    fn test_table_leaf_keys_carry_the_slot_tag_in_both_sources() {
+        let root = Root::with_boxed_leaves(1);
+        let tag = slot_tag(3);
+        for r in 0..3u64 {
+            write_mapping(&root, r << 21, (r << 21) + 0xfff, 0, RW, MASK, tag);
+        }
+        assert!(!leaf_at(&root, 0).in_arena());
+        assert!(leaf_at(&root, 2 << 21).in_arena());
+        for r in 0..3u64 {
+            assert_eq!(leaf_at(&root, r << 21).key(), leaf_key(tag, r << 21));
+        }
+    }
+
+    #[test]
+    fn test_table_drop_frees_boxed_and_arena_tables() {
+        // Leaks and double frees are caught by Miri and valgrind (see BENCHMARKS.md);
+        // this checks a drop of a mixed tree runs and a fresh table is empty.
+        for boxed in [0, 1, 4] {
+            let root = Root::with_boxed_leaves(boxed);
+            map_regions(&root, 0..6);
+            map(&root, 1 << 39, 0, 0x1000, RW);
+            drop(root);
+        }
+        let root = Root::with_boxed_leaves(0);
+        assert_eq!(root.first_valid(0, (1 << 48) - 1), None);
     }
 }
