@@ -41,7 +41,12 @@
 //!   code holding a guard must not call management operations (map, unmap, attach,
 //!   ...) or wait for a thread that does.
 //! * Page tables are never freed while the IOMMU lives (they are reused), so readers
-//!   can never walk freed memory; their number is capped per domain.
+//!   can never walk freed memory; their number is capped per domain
+//!   ([`Config::max_page_tables_per_domain`]). Beyond the first 256 last-level tables
+//!   of a domain slot (1 MiB), last-level tables are carved from 2 MiB chunks advised
+//!   with `MADV_HUGEPAGE` on Linux, so that a walk over many scattered mappings does
+//!   not take a TLB miss per table; this adds at most one partly used chunk per domain
+//!   slot to the memory the cap allows, and the chunks are released with the IOMMU.
 //! * Caches: views cache only the identity of a leaf table, keyed by (domain slot,
 //!   2 MiB region), which never changes once created, so the cache needs no
 //!   invalidation; an empty entry falls back to the full walk. Next to the table
