@@ -123,8 +123,8 @@ fn index(iova: u64, shift: u32) -> usize {
 
 /// Last-level table: 512 4 KiB pages.
 ///
-/// All-zero bytes are a valid empty table of key 0 in a box (the arena relies on it:
-/// its blocks are zero-filled and only `key` and `in_arena` are written).
+/// All-zero bytes are a valid empty table (key 0, not in an arena): the arena relies on
+/// it, its blocks are zero-filled and only `key` and `in_arena` are written.
 pub(crate) struct Leaf {
     /// Immutable identity: `domain tag | (iova >> 21)` of the 2 MiB region it covers
     /// (see [`leaf_key`]). Lets an endpoint cache a table and validate the cache with
