@@ -7,7 +7,7 @@
 //! has not touched for a while. With one 4 KiB allocation per table, a domain with many
 //! scattered mappings has its leaf tables on as many 4 KiB pages, and every such walk
 //! takes a TLB miss (under KVM a two-dimensional page walk) on top of the cache miss.
-//! Carving the tables out of 2 MiB-aligned chunks advised with `MADV_HUGEPAGE` puts 510
+//! Carving the tables out of 2 MiB-aligned chunks advised with `MADV_HUGEPAGE` puts 509
 //! of them behind one TLB entry.
 //!
 //! The arena belongs to one domain slot's page table ([`Root`](crate::table::Root)).

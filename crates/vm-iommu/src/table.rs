@@ -63,13 +63,14 @@ pub(crate) fn entry_allows(raw: u64, access: Permissions) -> bool {
 }
 
 /// One level of the radix tree.
-pub(crate) trait Level: Send + Sync + Sized {
+pub(crate) trait Level: Table + Send + Sync + Sized {
     /// log2 of the bytes one entry of this table covers.
     const SHIFT: u32;
 
-    /// A new, empty table, owned as [`Table::in_arena`] says; `key` identifies a
-    /// last-level table (see [`Leaf::key`]), which may come from `arena`.
-    fn alloc(key: u64, arena: &Arena<Leaf>) -> NonNull<Self>;
+    /// A new, empty table to be published in a slot of `parent`, owned as
+    /// [`Table::in_arena`] says; `key` identifies a last-level table (see
+    /// [`Leaf::key`]), which may come from `arena` and records `parent`.
+    fn alloc(key: u64, arena: &Arena<Leaf>, parent: &Dir<Self>) -> NonNull<Self>;
 
     /// The leaf covering `iova` and the log2 of its size; `(0, _)` if there is none.
     fn lookup(&self, iova: u64) -> (u64, u32);
@@ -123,8 +124,9 @@ fn index(iova: u64, shift: u32) -> usize {
 
 /// Last-level table: 512 4 KiB pages.
 ///
-/// All-zero bytes are a valid empty table (key 0, not in an arena): the arena relies on
-/// it, its blocks are zero-filled and only `key` and `in_arena` are written.
+/// All-zero bytes are a valid empty table (key 0, not in an arena, no parent): the
+/// arena relies on it, its blocks are zero-filled and only `key`, `in_arena` and
+/// `parent` are written.
 pub(crate) struct Leaf {
     /// Immutable identity: `domain tag | (iova >> 21)` of the 2 MiB region it covers
     /// (see [`leaf_key`]). Lets an endpoint cache a table and validate the cache with
@@ -132,6 +134,9 @@ pub(crate) struct Leaf {
     key: u64,
     /// Immutable: the table lives in an [`Arena`] chunk (else in a box of its own).
     in_arena: bool,
+    /// Immutable: the level-2 directory this table is a child of (set before it is
+    /// published; null only for tables built outside a directory), for [`LeafCache`].
+    parent: AtomicPtr<L2>,
     e: [AtomicU64; ENTRIES],
 }
 
@@ -276,7 +281,9 @@ impl<C: Table> Drop for Child<C> {
 }
 
 /// A per-endpoint-handle cache of one last-level table, so that repeated accesses to
-/// one 2 MiB region skip the upper levels of the walk.
+/// one 2 MiB region skip the upper levels of the walk, and of one level-2 directory,
+/// so that accesses to other 2 MiB regions of the same 1 GiB skip all but its level
+/// (like the paging-structure caches of a hardware MMU).
 ///
 /// Besides the pointer it keeps a *hint*: the key the table was cached under. The hint
 /// only lets a lookup for another region give up without touching the cached table
@@ -285,15 +292,23 @@ impl<C: Table> Drop for Child<C> {
 /// table's own immutable key, so a pointer and hint stored by two racing `set`s can
 /// cost a needless walk but never yield a wrong table.
 ///
+/// The directory is cached the same way, under the hint `key >> 9` (domain slot and
+/// 1 GiB region). A lookup whose table hint misses but whose directory hint matches
+/// takes the table from the directory's slot for the region (unless that slot holds a
+/// block leaf) and caches it; the caller's comparison of the table's own key is again
+/// what decides, so a torn directory/hint pair also costs at most a walk.
+///
 /// # Invariants
 ///
-/// The pointer is null or points to a [`Leaf`] of the page tables of the `Inner` that
-/// the owner of the cache keeps alive (an `Endpoint` holds an `Arc` of it). Tables are
-/// freed only when that `Inner` is dropped.
+/// Each pointer is null or points to a [`Leaf`] (resp. level-2 directory) of the page
+/// tables of the `Inner` that the owner of the cache keeps alive (an `Endpoint` holds
+/// an `Arc` of it). Tables are freed only when that `Inner` is dropped.
 #[derive(Debug)]
 pub(crate) struct LeafCache {
     ptr: AtomicPtr<Leaf>,
     hint: AtomicU64,
+    dir: AtomicPtr<L2>,
+    dir_hint: AtomicU64,
 }
 
 /// A hint no leaf key equals (keys have at most 16 + 27 + 1 bits).
@@ -304,6 +319,8 @@ impl Default for LeafCache {
         LeafCache {
             ptr: AtomicPtr::new(ptr::null_mut()),
             hint: AtomicU64::new(NO_HINT),
+            dir: AtomicPtr::new(ptr::null_mut()),
+            dir_hint: AtomicU64::new(NO_HINT),
         }
     }
 }
@@ -313,22 +330,48 @@ impl Clone for LeafCache {
         LeafCache {
             ptr: AtomicPtr::new(self.ptr.load(Ordering::Relaxed)),
             hint: AtomicU64::new(self.hint.load(Ordering::Relaxed)),
+            dir: AtomicPtr::new(self.dir.load(Ordering::Relaxed)),
+            dir_hint: AtomicU64::new(self.dir_hint.load(Ordering::Relaxed)),
         }
     }
 }
 
 impl LeafCache {
-    /// The cached table if its hint is `key`. The caller must still check the table's
-    /// own [`Leaf::key`].
+    /// The cached table if its hint is `key`, else the table for `key` in the cached
+    /// directory if the directory's hint matches. The caller must still check the
+    /// table's own [`Leaf::key`].
     #[inline(always)]
     pub(crate) fn get(&self, key: u64) -> Option<&Leaf> {
         if self.hint.load(Ordering::Relaxed) != key {
-            return None;
+            return self.get_from_dir(key);
         }
         let p = self.ptr.load(Ordering::Acquire);
         // SAFETY: by the type invariant `p` is null or points to a live leaf table that
         // outlives the cache's owner, hence `&self`.
         unsafe { p.as_ref() }
+    }
+
+    /// The table for `key` in the cached directory, which is then cached as the table.
+    #[inline]
+    fn get_from_dir(&self, key: u64) -> Option<&Leaf> {
+        if self.dir_hint.load(Ordering::Relaxed) != key >> 9 {
+            return None;
+        }
+        let d = self.dir.load(Ordering::Acquire);
+        // SAFETY: by the type invariant `d` is null or points to a live level-2
+        // directory that outlives the cache's owner, hence `&self`.
+        let dir = unsafe { d.as_ref() }?;
+        let slot = &dir.s[index(key << 21, L2::SHIFT)];
+        if slot.leaf.load(Ordering::Acquire) & VALID != 0 {
+            // A 2 MiB block leaf: the walk answers.
+            return None;
+        }
+        let leaf = slot.child.get()?;
+        // INVARIANT: `leaf` is a table of the cached directory, so of the same `Inner`.
+        self.ptr
+            .store(ptr::from_ref(leaf).cast_mut(), Ordering::Release);
+        self.hint.store(key, Ordering::Relaxed);
+        Some(leaf)
     }
 
     /// Remember `leaf`, which must belong to the page tables the owner keeps alive,
@@ -343,6 +386,15 @@ impl LeafCache {
         }
         if self.hint.load(Ordering::Relaxed) != key {
             self.hint.store(key, Ordering::Relaxed);
+        }
+        let dir = leaf.parent.load(Ordering::Relaxed);
+        if !dir.is_null() && self.dir.load(Ordering::Relaxed) != dir {
+            // INVARIANT: the parent of a table of the owner's `Inner` is a directory of
+            // the same page tables.
+            self.dir.store(dir, Ordering::Release);
+        }
+        if self.dir_hint.load(Ordering::Relaxed) != key >> 9 {
+            self.dir_hint.store(key >> 9, Ordering::Relaxed);
         }
     }
 }
@@ -440,22 +492,25 @@ impl<C: Table> Dir<C> {
 impl Level for Leaf {
     const SHIFT: u32 = 12;
 
-    fn alloc(key: u64, arena: &Arena<Leaf>) -> NonNull<Self> {
+    fn alloc(key: u64, arena: &Arena<Leaf>, parent: &L2) -> NonNull<Self> {
+        let parent = ptr::from_ref(parent).cast_mut();
         let Some(block) = arena.alloc() else {
             return NonNull::from(Box::leak(Box::new(Leaf {
                 key,
                 in_arena: false,
+                parent: AtomicPtr::new(parent),
                 e: std::array::from_fn(|_| AtomicU64::new(0)),
             })));
         };
         let p = block.as_ptr();
         // SAFETY: `block` is valid for writes of a `Leaf`, aligned and zero-filled, and
         // not yet shared; zero bytes are valid for every field (see `Leaf`), so after
-        // writing the two identity fields it is a fully built empty table. `addr_of_mut`
-        // forms no reference to the (not yet initialized as a `Leaf`) memory.
+        // writing the three identity fields it is a fully built empty table.
+        // `addr_of_mut` forms no reference to the (not yet initialized) memory.
         unsafe {
             ptr::addr_of_mut!((*p).key).write(key);
             ptr::addr_of_mut!((*p).in_arena).write(true);
+            ptr::addr_of_mut!((*p).parent).write(AtomicPtr::new(parent));
         }
         block
     }
@@ -508,7 +563,7 @@ impl Level for Leaf {
 impl<C: Level + Table> Level for Dir<C> {
     const SHIFT: u32 = C::SHIFT + 9;
 
-    fn alloc(_key: u64, _arena: &Arena<Leaf>) -> NonNull<Self> {
+    fn alloc(_key: u64, _arena: &Arena<Leaf>, _parent: &Dir<Self>) -> NonNull<Self> {
         NonNull::from(Box::leak(Box::new(Self::empty())))
     }
 
@@ -585,7 +640,7 @@ impl<C: Level + Table> Level for Dir<C> {
             slot.child
                 .get_or_init_raw(|| {
                     ctx.created += 1;
-                    C::alloc(leaf_key(ctx.tag, iova), ctx.arena)
+                    C::alloc(leaf_key(ctx.tag, iova), ctx.arena, self)
                 })
                 .set(iova, shift, raw, ctx);
         }

@@ -160,7 +160,7 @@ fn test_table_default_root_boxes_256_leaf_tables() {
 #[test]
 fn test_table_arena_leaf_tables_translate_across_chunk_boundaries() {
     let per = Arena::<Leaf>::PER_CHUNK as u64;
-    assert_eq!(per, 510);
+    assert_eq!(per, 509);
     let root = Root::with_boxed_leaves(0);
     let n = 2 * per + 3;
     map_regions(&root, 0..n);
@@ -226,4 +226,44 @@ fn test_table_drop_frees_boxed_and_arena_tables() {
         assert_eq!(root.arena().chunks(), 1);
         drop(root);
     }
+}
+
+#[test]
+fn test_table_leaf_cache_finds_other_regions_through_the_cached_directory() {
+    let root = Root::with_boxed_leaves(1);
+    let tag = slot_tag(1);
+    // Regions 0, 1 and 3 of the first GiB; region 512 is in the second GiB.
+    for r in [0u64, 1, 3, 512] {
+        write_mapping(&root, r << 21, (r << 21) + 0xfff, r << 12, RW, MASK, tag);
+    }
+    let key = |r: u64| leaf_key(tag, r << 21);
+    let cache = LeafCache::default();
+    assert!(cache.get(key(0)).is_none());
+    cache.set(leaf_at(&root, 0), key(0));
+    // Another region of the same GiB (a boxed table from an arena neighbour's view):
+    // found through the directory, and then cached as the table.
+    let leaf = cache.get(key(1)).unwrap();
+    assert!(ptr::eq(leaf, leaf_at(&root, 1 << 21)));
+    assert_eq!(leaf.key(), key(1));
+    assert_eq!(cache.hint.load(Ordering::Relaxed), key(1));
+    assert!(ptr::eq(cache.get(key(3)).unwrap(), leaf_at(&root, 3 << 21)));
+    // No table for region 2; region 512 is under another directory.
+    assert!(cache.get(key(2)).is_none());
+    assert!(cache.get(key(512)).is_none());
+    // The same region in another domain slot: another directory hint.
+    assert!(cache.get(leaf_key(slot_tag(2), 1 << 21)).is_none());
+}
+
+#[test]
+fn test_table_leaf_cache_directory_defers_to_block_leaves() {
+    let root = Root::with_boxed_leaves(0);
+    map(&root, 0, 0x1000, 0x1000, RW);
+    // Region 1 had a table, emptied and then covered by a 2 MiB block leaf.
+    map(&root, 1 << 21, 0x2000, 0x1000, RW);
+    root.clear(1 << 21, (2 << 21) - 1);
+    write_mapping(&root, 1 << 21, (2 << 21) - 1, 1 << 30, RW, MASK, 0);
+    assert_eq!(root.lookup(1 << 21).1, 21);
+    let cache = LeafCache::default();
+    cache.set(leaf_at(&root, 0), leaf_key(0, 0));
+    assert!(cache.get(leaf_key(0, 1 << 21)).is_none());
 }
