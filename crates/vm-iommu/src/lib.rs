@@ -52,7 +52,11 @@
 //!   invalidation; an empty entry falls back to the full walk. Next to the table
 //!   pointer the cache keeps the key as an untrusted hint, so that an access to
 //!   another region is turned away without touching the (by then usually cold) cached
-//!   table; a hit is always confirmed against the table's own key. The view's fast
+//!   table; a hit is always confirmed against the table's own key. The cache also
+//!   keeps the level-2 directory of the last table (keyed by domain slot and 1 GiB
+//!   region, equally immutable), so an access to another 2 MiB region of the same
+//!   GiB takes its table from the directory's slot instead of walking from the root;
+//!   the table's own key decides there too. The view's fast
 //!   path does no input-range check: `map` writes 4 KiB leaves only for pages wholly
 //!   inside the (fixed) input range, so a valid entry implies the page is in range. [`IommuAdapter`] keeps
 //!   a vm-memory [`Iotlb`](vm_memory::Iotlb) that it flushes whenever
