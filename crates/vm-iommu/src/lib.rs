@@ -47,9 +47,9 @@
 //!   with `MADV_HUGEPAGE` on Linux, so that a walk over many scattered mappings does
 //!   not take a TLB miss per table; this adds at most one partly used chunk per domain
 //!   slot to the memory the cap allows, and the chunks are released with the IOMMU.
-//! * Caches: views cache only the identity of a leaf table (and of its directory), keyed by (domain slot,
-//!   2 MiB region), which never changes once created, so the cache needs no
-//!   invalidation; an empty entry falls back to the full walk. Next to the table
+//! * Caches: views cache only the identity of a leaf table (and of its directory),
+//!   keyed by (domain slot, 2 MiB region), which never changes once created, so the
+//!   cache needs no invalidation; an empty entry falls back to the full walk. Next to the table
 //!   pointer the cache keeps the key as an untrusted hint, so that an access to
 //!   another region is turned away without touching the (by then usually cold) cached
 //!   table; a hit is always confirmed against the table's own key. The cache also
