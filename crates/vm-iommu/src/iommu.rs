@@ -386,7 +386,7 @@ impl Iommu {
         let ds = &self.inner.domains[slot];
         let mut st = lock(&ds.state);
         if ds.root.get().is_none() {
-            ds.root.get_or_init(|| Root::new_boxed(0));
+            ds.root.get_or_init(Root::new_boxed);
             st.tables += 1;
         }
         st.id = id;

@@ -425,6 +425,43 @@ fn test_page_table_cap_is_an_error_without_change() {
 }
 
 #[test]
+fn test_page_table_cap_holds_with_arena_leaf_tables() {
+    // Root + L1 + L2 + 300 leaf tables: past the boxed leaf tables into a chunk.
+    let leaves = 300u64;
+    let iommu = Iommu::new(Config {
+        max_page_tables_per_domain: 3 + leaves as usize,
+        ..Default::default()
+    })
+    .unwrap();
+    let d = iommu.create_domain(1, false).unwrap();
+    iommu.attach(7, 1).unwrap();
+    let ep = iommu.endpoint(7).unwrap();
+    for r in 0..leaves {
+        d.map(r << 21, (r + 1) << 12, 0x1000, RW).unwrap();
+    }
+    let refused = Error::TooManyPageTables {
+        domain: 1,
+        needed: 1,
+        available: 0,
+    };
+    assert_eq!(d.map(leaves << 21, 0, 0x1000, RW), Err(refused));
+    // A range over three new regions (4 KiB leaves: the GPA is not 2 MiB aligned).
+    assert!(matches!(
+        d.map(leaves << 21, 0x1000, 3 << 21, RW),
+        Err(Error::TooManyPageTables { available: 0, .. })
+    ));
+    assert_eq!(d.mapping_count(), Ok(leaves as usize));
+    assert!(ep.translate(leaves << 21, 1, Permissions::Read).is_err());
+    for r in [0, 255, 256, leaves - 1] {
+        let t = ep.translate((r << 21) + 8, 8, Permissions::Read).unwrap();
+        assert_eq!(t.single().unwrap().gpa, GuestAddress(((r + 1) << 12) + 8));
+    }
+    // The last (arena) table still has room.
+    d.map(((leaves - 1) << 21) + 0x1000, 0x9000, 0x1000, RW)
+        .unwrap();
+}
+
+#[test]
 fn test_unmap_removes_whole_mappings_only() {
     let (iommu, d) = attached();
     d.map(0x1000, 0xa000, 0x2000, RW).unwrap();

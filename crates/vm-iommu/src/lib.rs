@@ -41,13 +41,22 @@
 //!   code holding a guard must not call management operations (map, unmap, attach,
 //!   ...) or wait for a thread that does.
 //! * Page tables are never freed while the IOMMU lives (they are reused), so readers
-//!   can never walk freed memory; their number is capped per domain.
-//! * Caches: views cache only the identity of a leaf table, keyed by (domain slot,
-//!   2 MiB region), which never changes once created, so the cache needs no
-//!   invalidation; an empty entry falls back to the full walk. Next to the table
+//!   can never walk freed memory; their number is capped per domain
+//!   ([`Config::max_page_tables_per_domain`]). Beyond the first 256 last-level tables
+//!   of a domain slot (1 MiB), last-level tables are carved from 2 MiB chunks advised
+//!   with `MADV_HUGEPAGE` on Linux, so that a walk over many scattered mappings does
+//!   not take a TLB miss per table; this adds at most one partly used chunk per domain
+//!   slot to the memory the cap allows, and the chunks are released with the IOMMU.
+//! * Caches: views cache only the identity of a leaf table (and of its directory),
+//!   keyed by (domain slot, 2 MiB region), which never changes once created, so the
+//!   cache needs no invalidation; an empty entry falls back to the full walk. Next to the table
 //!   pointer the cache keeps the key as an untrusted hint, so that an access to
 //!   another region is turned away without touching the (by then usually cold) cached
-//!   table; a hit is always confirmed against the table's own key. The view's fast
+//!   table; a hit is always confirmed against the table's own key. The cache also
+//!   keeps the level-2 directory of the last table (keyed by domain slot and 1 GiB
+//!   region, equally immutable), so an access to another 2 MiB region of the same
+//!   GiB takes its table from the directory's slot instead of walking from the root;
+//!   the table's own key decides there too. The view's fast
 //!   path does no input-range check: `map` writes 4 KiB leaves only for pages wholly
 //!   inside the (fixed) input range, so a valid entry implies the page is in range. [`IommuAdapter`] keeps
 //!   a vm-memory [`Iotlb`](vm_memory::Iotlb) that it flushes whenever
@@ -84,6 +93,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod adapter;
+mod arena;
 mod config;
 mod domain;
 mod error;

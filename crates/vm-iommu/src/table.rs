@@ -8,16 +8,23 @@
 //!   holds 4 KiB pages.
 //! * `START`/`END` mark the first and last leaf of a mapping, so that unmap can check
 //!   "whole mappings only" from the table itself, without a writer-side interval tree.
-//! * Readers walk with `Acquire` loads and never lock. Child tables are `OnceLock<Box<_>>`
-//!   slots: once published they stay until the table is dropped (the domain slot is
-//!   dropped with its [`Iommu`](crate::Iommu)), so a reader can never walk freed memory.
-//!   Writers (one at a time, under the domain's mutex) publish leaves with `Release`.
+//! * Readers walk with `Acquire` loads and never lock. Child tables are set-once
+//!   pointer slots ([`Child`]): once published they stay until the table is dropped (the
+//!   domain slot is dropped with its [`Iommu`](crate::Iommu)), so a reader can never walk
+//!   freed memory. Writers (one at a time, under the domain's mutex) publish leaves with
+//!   `Release`.
+//! * Directory tables are boxes. Last-level tables are boxes for the first
+//!   [`BOXED_LEAVES`](crate::arena::BOXED_LEAVES) of a domain slot and then come from the
+//!   slot's [`Arena`] of huge-page-backed chunks, which the [`Root`] owns and frees after
+//!   the tree.
 
 use std::marker::PhantomData;
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use vm_memory::Permissions;
+
+use crate::arena::{Arena, BOXED_LEAVES};
 
 /// Entry is a valid leaf.
 pub(crate) const VALID: u64 = 1 << 0;
@@ -56,12 +63,14 @@ pub(crate) fn entry_allows(raw: u64, access: Permissions) -> bool {
 }
 
 /// One level of the radix tree.
-pub(crate) trait Level: Send + Sync + Sized {
+pub(crate) trait Level: Table + Send + Sync + Sized {
     /// log2 of the bytes one entry of this table covers.
     const SHIFT: u32;
 
-    /// A new, empty table; `key` identifies a last-level table (see [`Leaf::key`]).
-    fn new_boxed(key: u64) -> Box<Self>;
+    /// A new, empty table to be published in a slot of `parent`, owned as
+    /// [`Table::in_arena`] says; `key` identifies a last-level table (see
+    /// [`Leaf::key`]), which may come from `arena` and records `parent`.
+    fn alloc(key: u64, arena: &Arena<Leaf>, parent: &Dir<Self>) -> NonNull<Self>;
 
     /// The leaf covering `iova` and the log2 of its size; `(0, _)` if there is none.
     fn lookup(&self, iova: u64) -> (u64, u32);
@@ -78,12 +87,31 @@ pub(crate) trait Level: Send + Sync + Sized {
     fn clear(&self, lo: u64, hi: u64) -> usize;
 
     /// Store `raw` as the leaf of size `1 << shift` at `iova`, creating tables on the
-    /// way (counted in `created`).
-    fn set(&self, iova: u64, shift: u32, raw: u64, created: &mut usize, tag: u64);
+    /// way (see [`SetCtx`]).
+    fn set(&self, iova: u64, shift: u32, raw: u64, ctx: &mut SetCtx<'_>);
 
     /// Depth (1-based, below this table) of the first table missing on the path to a
     /// leaf of size `1 << shift` at `iova`, if any.
     fn first_missing(&self, iova: u64, shift: u32, depth: u32) -> Option<u32>;
+}
+
+/// What [`Level::set`] needs to create tables.
+pub(crate) struct SetCtx<'a> {
+    /// Tables created so far.
+    created: usize,
+    /// Tag of the domain slot (see [`slot_tag`]).
+    tag: u64,
+    /// Where last-level tables beyond the first few come from.
+    arena: &'a Arena<Leaf>,
+}
+
+/// How the table a [`Child`] points to is freed.
+pub(crate) trait Table {
+    /// Whether the table lives in an [`Arena`] chunk, which frees it, rather than in a
+    /// box of its own.
+    fn in_arena(&self) -> bool {
+        false
+    }
 }
 
 /// Index of `iova` in a table whose entries cover `1 << shift` bytes.
@@ -95,11 +123,20 @@ fn index(iova: u64, shift: u32) -> usize {
 }
 
 /// Last-level table: 512 4 KiB pages.
+///
+/// All-zero bytes are a valid empty table (key 0, not in an arena, no parent): the
+/// arena relies on it, its blocks are zero-filled and only `key`, `in_arena` and
+/// `parent` are written.
 pub(crate) struct Leaf {
     /// Immutable identity: `domain tag | (iova >> 21)` of the 2 MiB region it covers
     /// (see [`leaf_key`]). Lets an endpoint cache a table and validate the cache with
     /// one compare: the table of a (domain slot, region) never changes once created.
     key: u64,
+    /// Immutable: the table lives in an [`Arena`] chunk (else in a box of its own).
+    in_arena: bool,
+    /// Immutable: the level-2 directory this table is a child of (set before it is
+    /// published; null only for tables built outside a directory), for [`LeafCache`].
+    parent: AtomicPtr<L2>,
     e: [AtomicU64; ENTRIES],
 }
 
@@ -116,6 +153,14 @@ pub(crate) fn leaf_key(slot_tag: u64, iova: u64) -> u64 {
 pub(crate) fn slot_tag(slot_plus_one: u32) -> u64 {
     u64::from(slot_plus_one) << 27
 }
+
+impl Table for Leaf {
+    fn in_arena(&self) -> bool {
+        self.in_arena
+    }
+}
+
+impl<C: Table> Table for Dir<C> {}
 
 impl Leaf {
     /// This table's key.
@@ -137,16 +182,25 @@ impl Leaf {
     }
 }
 
-/// A child table pointer: set at most once, freed only when its parent is dropped.
+/// A child table pointer: set at most once, released only when its parent is dropped.
 ///
 /// (A `OnceLock<Box<C>>` does the same without `unsafe`, but costs a second load per
-/// level on the lock-free translate path.)
-pub(crate) struct Child<C> {
+/// level on the lock-free translate path, and cannot point into an arena.)
+///
+/// # Invariants
+///
+/// The pointer is null or points to a fully built table published once by
+/// [`get_or_init`](Self::get_or_init), which stays valid until this slot drops. The
+/// table comes from one of two sources, which it records itself ([`Table::in_arena`]):
+/// `Box::into_raw`/`Box::leak` (owned by this slot, freed by its `drop`), or a block of
+/// an [`Arena`] that outlives this slot: the arena of the [`Root`] the slot belongs to,
+/// which `Root` drops after its tree (field order), so the slot must not free it.
+pub(crate) struct Child<C: Table> {
     ptr: AtomicPtr<C>,
     _owns: PhantomData<Box<C>>,
 }
 
-impl<C> Child<C> {
+impl<C: Table> Child<C> {
     pub(crate) fn new() -> Self {
         Child {
             ptr: AtomicPtr::new(ptr::null_mut()),
@@ -157,48 +211,79 @@ impl<C> Child<C> {
     #[inline(always)]
     pub(crate) fn get(&self) -> Option<&C> {
         let p = self.ptr.load(Ordering::Acquire);
-        // SAFETY: `p` is null or came from `Box::into_raw` in `get_or_init` and was
-        // published (Release, after the table was fully built) exactly once. It is freed
-        // only in `drop`, which takes `&mut self`, so no borrow derived from `&self` can
-        // outlive it.
+        // SAFETY: by the type invariant `p` is null or a table published (Release, after
+        // it was fully built) exactly once, valid until `drop`, which takes `&mut self`,
+        // so no borrow derived from `&self` can outlive it.
         unsafe { p.as_ref() }
     }
 
+    /// The child, created as the box `make` returns if there is none yet.
     pub(crate) fn get_or_init(&self, make: impl FnOnce() -> Box<C>) -> &C {
+        self.get_or_init_raw(|| {
+            let table = make();
+            // Only `Leaf::alloc` builds arena tables, and never as a box.
+            debug_assert!(!table.in_arena());
+            NonNull::from(Box::leak(table))
+        })
+    }
+
+    /// The child, created with `make` if there is none yet. `make` must return a fully
+    /// built table that is a box (`Box::into_raw`/`Box::leak`) if it is not
+    /// [`in_arena`](Table::in_arena), else a block of the arena of this slot's [`Root`].
+    pub(crate) fn get_or_init_raw(&self, make: impl FnOnce() -> NonNull<C>) -> &C {
         if let Some(c) = self.get() {
             return c;
         }
-        let new = Box::into_raw(make());
+        let new = make().as_ptr();
         match self
             .ptr
             .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
         {
-            // SAFETY: `new` is the live allocation just published; see `get`.
+            // SAFETY: `new` is the live table just published; see `get`.
             Ok(_) => unsafe { &*new },
             Err(existing) => {
-                // SAFETY: `new` came from `Box::into_raw` above and was never published.
-                drop(unsafe { Box::from_raw(new) });
+                // SAFETY: `new` is a table from `make` (see its contract) that was never
+                // published, so nothing else refers to it.
+                unsafe { Self::release(new) };
                 // SAFETY: `existing` is non-null (the exchange from null failed) and was
                 // published by `get_or_init`; see `get`.
                 unsafe { &*existing }
             }
         }
     }
-}
 
-impl<C> Drop for Child<C> {
-    fn drop(&mut self) {
-        let p = *self.ptr.get_mut();
-        if !p.is_null() {
-            // SAFETY: `p` came from `Box::into_raw` and is owned by this slot; `&mut self`
-            // guarantees no reader holds a reference into it.
+    /// Free `p` if it is a box; an arena table stays with its arena (a block lost to a
+    /// racing `get_or_init` is freed with its chunk).
+    ///
+    /// # Safety
+    ///
+    /// `p` is a table as `get_or_init`'s `make` returns it, nothing refers to it, and it
+    /// is not used after this call.
+    unsafe fn release(p: *mut C) {
+        // SAFETY: by the contract `p` is a valid table that nothing else refers to.
+        if !unsafe { (*p).in_arena() } {
+            // SAFETY: not in an arena, so by the contract of `make` it is a box.
             drop(unsafe { Box::from_raw(p) });
         }
     }
 }
 
+impl<C: Table> Drop for Child<C> {
+    fn drop(&mut self) {
+        let p = *self.ptr.get_mut();
+        if !p.is_null() {
+            // SAFETY: `p` is a table published by `get_or_init` (type invariant), still
+            // valid (an arena table's arena drops after this slot), and `&mut self`
+            // guarantees no reader holds a reference into it.
+            unsafe { Self::release(p) };
+        }
+    }
+}
+
 /// A per-endpoint-handle cache of one last-level table, so that repeated accesses to
-/// one 2 MiB region skip the upper levels of the walk.
+/// one 2 MiB region skip the upper levels of the walk, and of one level-2 directory,
+/// so that accesses to other 2 MiB regions of the same 1 GiB skip all but its level
+/// (like the paging-structure caches of a hardware MMU).
 ///
 /// Besides the pointer it keeps a *hint*: the key the table was cached under. The hint
 /// only lets a lookup for another region give up without touching the cached table
@@ -207,15 +292,23 @@ impl<C> Drop for Child<C> {
 /// table's own immutable key, so a pointer and hint stored by two racing `set`s can
 /// cost a needless walk but never yield a wrong table.
 ///
+/// The directory is cached the same way, under the hint `key >> 9` (domain slot and
+/// 1 GiB region). A lookup whose table hint misses but whose directory hint matches
+/// takes the table from the directory's slot for the region (unless that slot holds a
+/// block leaf) and caches it; the caller's comparison of the table's own key is again
+/// what decides, so a torn directory/hint pair also costs at most a walk.
+///
 /// # Invariants
 ///
-/// The pointer is null or points to a [`Leaf`] of the page tables of the `Inner` that
-/// the owner of the cache keeps alive (an `Endpoint` holds an `Arc` of it). Tables are
-/// freed only when that `Inner` is dropped.
+/// Each pointer is null or points to a [`Leaf`] (resp. level-2 directory) of the page
+/// tables of the `Inner` that the owner of the cache keeps alive (an `Endpoint` holds
+/// an `Arc` of it). Tables are freed only when that `Inner` is dropped.
 #[derive(Debug)]
 pub(crate) struct LeafCache {
     ptr: AtomicPtr<Leaf>,
     hint: AtomicU64,
+    dir: AtomicPtr<L2>,
+    dir_hint: AtomicU64,
 }
 
 /// A hint no leaf key equals (keys have at most 16 + 27 + 1 bits).
@@ -226,6 +319,8 @@ impl Default for LeafCache {
         LeafCache {
             ptr: AtomicPtr::new(ptr::null_mut()),
             hint: AtomicU64::new(NO_HINT),
+            dir: AtomicPtr::new(ptr::null_mut()),
+            dir_hint: AtomicU64::new(NO_HINT),
         }
     }
 }
@@ -235,22 +330,48 @@ impl Clone for LeafCache {
         LeafCache {
             ptr: AtomicPtr::new(self.ptr.load(Ordering::Relaxed)),
             hint: AtomicU64::new(self.hint.load(Ordering::Relaxed)),
+            dir: AtomicPtr::new(self.dir.load(Ordering::Relaxed)),
+            dir_hint: AtomicU64::new(self.dir_hint.load(Ordering::Relaxed)),
         }
     }
 }
 
 impl LeafCache {
-    /// The cached table if its hint is `key`. The caller must still check the table's
-    /// own [`Leaf::key`].
+    /// The cached table if its hint is `key`, else the table for `key` in the cached
+    /// directory if the directory's hint matches. The caller must still check the
+    /// table's own [`Leaf::key`].
     #[inline(always)]
     pub(crate) fn get(&self, key: u64) -> Option<&Leaf> {
         if self.hint.load(Ordering::Relaxed) != key {
-            return None;
+            return self.get_from_dir(key);
         }
         let p = self.ptr.load(Ordering::Acquire);
         // SAFETY: by the type invariant `p` is null or points to a live leaf table that
         // outlives the cache's owner, hence `&self`.
         unsafe { p.as_ref() }
+    }
+
+    /// The table for `key` in the cached directory, which is then cached as the table.
+    #[inline]
+    fn get_from_dir(&self, key: u64) -> Option<&Leaf> {
+        if self.dir_hint.load(Ordering::Relaxed) != key >> 9 {
+            return None;
+        }
+        let d = self.dir.load(Ordering::Acquire);
+        // SAFETY: by the type invariant `d` is null or points to a live level-2
+        // directory that outlives the cache's owner, hence `&self`.
+        let dir = unsafe { d.as_ref() }?;
+        let slot = &dir.s[index(key << 21, L2::SHIFT)];
+        if slot.leaf.load(Ordering::Acquire) & VALID != 0 {
+            // A 2 MiB block leaf: the walk answers.
+            return None;
+        }
+        let leaf = slot.child.get()?;
+        // INVARIANT: `leaf` is a table of the cached directory, so of the same `Inner`.
+        self.ptr
+            .store(ptr::from_ref(leaf).cast_mut(), Ordering::Release);
+        self.hint.store(key, Ordering::Relaxed);
+        Some(leaf)
     }
 
     /// Remember `leaf`, which must belong to the page tables the owner keeps alive,
@@ -266,17 +387,26 @@ impl LeafCache {
         if self.hint.load(Ordering::Relaxed) != key {
             self.hint.store(key, Ordering::Relaxed);
         }
+        let dir = leaf.parent.load(Ordering::Relaxed);
+        if !dir.is_null() && self.dir.load(Ordering::Relaxed) != dir {
+            // INVARIANT: the parent of a table of the owner's `Inner` is a directory of
+            // the same page tables.
+            self.dir.store(dir, Ordering::Release);
+        }
+        if self.dir_hint.load(Ordering::Relaxed) != key >> 9 {
+            self.dir_hint.store(key >> 9, Ordering::Relaxed);
+        }
     }
 }
 
 /// A directory slot: an optional block leaf and an optional child table.
-pub(crate) struct Slot<C> {
+pub(crate) struct Slot<C: Table> {
     leaf: AtomicU64,
     child: Child<C>,
 }
 
 /// A directory table of 512 slots.
-pub(crate) struct Dir<C> {
+pub(crate) struct Dir<C: Table> {
     s: [Slot<C>; ENTRIES],
 }
 
@@ -286,7 +416,7 @@ impl std::fmt::Debug for Leaf {
     }
 }
 
-impl<C> std::fmt::Debug for Dir<C> {
+impl<C: Table> std::fmt::Debug for Dir<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Dir { .. }")
     }
@@ -296,17 +426,93 @@ impl<C> std::fmt::Debug for Dir<C> {
 pub(crate) type L2 = Dir<Leaf>;
 /// Level 1: slots of 1 GiB.
 pub(crate) type L1 = Dir<L2>;
-/// Level 0 (root): slots of 512 GiB.
-pub(crate) type Root = Dir<L1>;
+
+/// Level 0 (slots of 512 GiB) of a domain slot's page table, with the arena its leaf
+/// tables come from. Derefs to the level-0 directory.
+pub(crate) struct Root {
+    // Field order matters: `dir` (whose `Child` slots may point into `arena`) drops
+    // first, then `arena` releases its chunks.
+    dir: Dir<L1>,
+    arena: Arena<Leaf>,
+}
+
+impl Table for Root {}
+
+impl std::fmt::Debug for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Root")
+            .field("arena", &self.arena)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Root {
+    type Target = Dir<L1>;
+
+    #[inline(always)]
+    fn deref(&self) -> &Dir<L1> {
+        &self.dir
+    }
+}
+
+impl Root {
+    /// An empty page table whose first [`BOXED_LEAVES`] leaf tables are boxes and the
+    /// rest come from huge-page-backed chunks.
+    pub(crate) fn new_boxed() -> Box<Self> {
+        Self::with_boxed_leaves(BOXED_LEAVES)
+    }
+
+    /// An empty page table whose first `boxed` leaf tables are boxes.
+    pub(crate) fn with_boxed_leaves(boxed: usize) -> Box<Self> {
+        Box::new(Root {
+            dir: Dir::empty(),
+            arena: Arena::new(boxed),
+        })
+    }
+
+    /// The arena of this table's leaf tables.
+    #[cfg(test)]
+    pub(crate) fn arena(&self) -> &Arena<Leaf> {
+        &self.arena
+    }
+}
+
+impl<C: Table> Dir<C> {
+    /// An empty directory.
+    fn empty() -> Self {
+        Dir {
+            s: std::array::from_fn(|_| Slot {
+                leaf: AtomicU64::new(0),
+                child: Child::new(),
+            }),
+        }
+    }
+}
 
 impl Level for Leaf {
     const SHIFT: u32 = 12;
 
-    fn new_boxed(key: u64) -> Box<Self> {
-        Box::new(Leaf {
-            key,
-            e: std::array::from_fn(|_| AtomicU64::new(0)),
-        })
+    fn alloc(key: u64, arena: &Arena<Leaf>, parent: &L2) -> NonNull<Self> {
+        let parent = ptr::from_ref(parent).cast_mut();
+        let Some(block) = arena.alloc() else {
+            return NonNull::from(Box::leak(Box::new(Leaf {
+                key,
+                in_arena: false,
+                parent: AtomicPtr::new(parent),
+                e: std::array::from_fn(|_| AtomicU64::new(0)),
+            })));
+        };
+        let p = block.as_ptr();
+        // SAFETY: `block` is valid for writes of a `Leaf`, aligned and zero-filled, and
+        // not yet shared; zero bytes are valid for every field (see `Leaf`), so after
+        // writing the three identity fields it is a fully built empty table.
+        // `addr_of_mut` forms no reference to the (not yet initialized) memory.
+        unsafe {
+            ptr::addr_of_mut!((*p).key).write(key);
+            ptr::addr_of_mut!((*p).in_arena).write(true);
+            ptr::addr_of_mut!((*p).parent).write(AtomicPtr::new(parent));
+        }
+        block
     }
 
     #[inline(always)]
@@ -345,7 +551,7 @@ impl Level for Leaf {
         starts
     }
 
-    fn set(&self, iova: u64, _shift: u32, raw: u64, _created: &mut usize, _tag: u64) {
+    fn set(&self, iova: u64, _shift: u32, raw: u64, _ctx: &mut SetCtx<'_>) {
         self.e[index(iova, Self::SHIFT)].store(raw, Ordering::Release);
     }
 
@@ -354,16 +560,11 @@ impl Level for Leaf {
     }
 }
 
-impl<C: Level> Level for Dir<C> {
+impl<C: Level + Table> Level for Dir<C> {
     const SHIFT: u32 = C::SHIFT + 9;
 
-    fn new_boxed(_key: u64) -> Box<Self> {
-        Box::new(Dir {
-            s: std::array::from_fn(|_| Slot {
-                leaf: AtomicU64::new(0),
-                child: Child::new(),
-            }),
-        })
+    fn alloc(_key: u64, _arena: &Arena<Leaf>, _parent: &Dir<Self>) -> NonNull<Self> {
+        NonNull::from(Box::leak(Box::new(Self::empty())))
     }
 
     #[inline(always)]
@@ -431,17 +632,17 @@ impl<C: Level> Level for Dir<C> {
         starts
     }
 
-    fn set(&self, iova: u64, shift: u32, raw: u64, created: &mut usize, tag: u64) {
+    fn set(&self, iova: u64, shift: u32, raw: u64, ctx: &mut SetCtx<'_>) {
         let slot = &self.s[index(iova, Self::SHIFT)];
         if shift >= Self::SHIFT {
             slot.leaf.store(raw, Ordering::Release);
         } else {
             slot.child
-                .get_or_init(|| {
-                    *created += 1;
-                    C::new_boxed(leaf_key(tag, iova))
+                .get_or_init_raw(|| {
+                    ctx.created += 1;
+                    C::alloc(leaf_key(ctx.tag, iova), ctx.arena, self)
                 })
-                .set(iova, shift, raw, created, tag);
+                .set(iova, shift, raw, ctx);
         }
     }
 
@@ -527,7 +728,11 @@ pub(crate) fn write_mapping(
     page_size_mask: u64,
     tag: u64,
 ) -> usize {
-    let mut created = 0;
+    let mut ctx = SetCtx {
+        created: 0,
+        tag,
+        arena: &root.arena,
+    };
     let mut flags = VALID | START | perm_bits(perm);
     loop {
         let shift = chunk_shift(iova, gpa, last, page_size_mask);
@@ -535,9 +740,9 @@ pub(crate) fn write_mapping(
         if leaf_last == last {
             flags |= END;
         }
-        root.set(iova, shift, (gpa & ADDR_MASK) | flags, &mut created, tag);
+        root.set(iova, shift, (gpa & ADDR_MASK) | flags, &mut ctx);
         if leaf_last == last {
-            return created;
+            return ctx.created;
         }
         flags &= !START;
         iova = leaf_last + 1;
@@ -608,119 +813,5 @@ pub(crate) fn walk_piece_leaf(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const RW: Permissions = Permissions::ReadWrite;
-    const MASK: u64 = (1 << 12) | (1 << 21) | (1 << 30);
-
-    fn map(root: &Root, iova: u64, gpa: u64, len: u64, perm: Permissions) -> usize {
-        write_mapping(root, iova, iova + len - 1, gpa, perm, MASK, 0)
-    }
-
-    #[test]
-    fn test_table_lookup_of_empty_table_is_invalid() {
-        let root = Root::new_boxed(0);
-        assert_eq!(root.lookup(0).0 & VALID, 0);
-        assert_eq!(root.lookup((1 << 48) - 1).0 & VALID, 0);
-        assert_eq!(root.first_valid(0, (1 << 48) - 1), None);
-    }
-
-    #[test]
-    fn test_table_4k_mapping_creates_three_tables_and_translates() {
-        let root = Root::new_boxed(0);
-        assert_eq!(tables_needed(&root, 0x1000, 0x1fff, 0x8000, MASK, 100), 3);
-        assert_eq!(map(&root, 0x1000, 0x8000, 0x1000, RW), 3);
-        let (raw, shift) = root.lookup(0x1234);
-        assert_eq!(shift, 12);
-        assert_eq!(raw & ADDR_MASK, 0x8000);
-        assert_eq!(raw & (START | END | VALID), START | END | VALID);
-        assert_eq!(tables_needed(&root, 0x2000, 0x2fff, 0x9000, MASK, 100), 0);
-    }
-
-    #[test]
-    fn test_table_aligned_mapping_uses_block_leaves() {
-        let root = Root::new_boxed(0);
-        // 1 GiB + 2 MiB + 4 KiB, all aligned: one 1G block, one 2M block, one page.
-        let len = (1 << 30) + (1 << 21) + 0x1000;
-        let created = map(&root, 1 << 30, 1 << 31, len, RW);
-        // L1 table, then an L2 table and a leaf table for the tail.
-        assert_eq!(created, 3);
-        assert_eq!(root.lookup(1 << 30).1, 30);
-        assert_eq!(root.lookup((1 << 31) + 5).1, 21);
-        assert_eq!(root.lookup((1 << 31) + (1 << 21)).1, 12);
-        let piece = walk_piece(&root, 1 << 30, (1 << 30) + len - 1, RW).unwrap();
-        assert_eq!(piece.gpa, 1 << 31);
-        assert_eq!(piece.len, len);
-    }
-
-    #[test]
-    fn test_table_block_leaves_respect_the_page_size_mask() {
-        let root = Root::new_boxed(0);
-        write_mapping(&root, 0, (1 << 21) - 1, 0, RW, 1 << 12, 0);
-        assert_eq!(root.lookup(0).1, 12);
-    }
-
-    #[test]
-    fn test_table_misaligned_gpa_uses_small_pages() {
-        assert_eq!(chunk_shift(0, 0x1000, (1 << 30) - 1, MASK), 12);
-        assert_eq!(chunk_shift(0, 1 << 21, (1 << 30) - 1, MASK), 21);
-        assert_eq!(chunk_shift(0, 0, (1 << 30) - 1, MASK), 30);
-        assert_eq!(chunk_shift(0, 0, (1 << 30) - 2, MASK), 21);
-    }
-
-    #[test]
-    fn test_table_walk_piece_merges_contiguous_pages_only() {
-        let root = Root::new_boxed(0);
-        map(&root, 0x1000, 0x10000, 0x1000, RW);
-        map(&root, 0x2000, 0x11000, 0x1000, RW); // contiguous with the first
-        map(&root, 0x3000, 0x20000, 0x1000, RW); // not contiguous
-        let p = walk_piece(&root, 0x1800, 0x3fff, Permissions::Read).unwrap();
-        assert_eq!((p.gpa, p.len), (0x10800, 0x1800));
-        let p = walk_piece(&root, 0x3000, 0x3fff, Permissions::Read).unwrap();
-        assert_eq!((p.gpa, p.len), (0x20000, 0x1000));
-        assert_eq!(
-            walk_piece(&root, 0x4000, 0x4fff, Permissions::Read),
-            Err((0x4000, false))
-        );
-    }
-
-    #[test]
-    fn test_table_walk_piece_checks_permissions() {
-        let root = Root::new_boxed(0);
-        map(&root, 0x1000, 0x10000, 0x1000, Permissions::Read);
-        assert!(walk_piece(&root, 0x1000, 0x1fff, Permissions::Read).is_ok());
-        assert_eq!(
-            walk_piece(&root, 0x1000, 0x1fff, Permissions::Write),
-            Err((0x1000, true))
-        );
-    }
-
-    #[test]
-    fn test_table_clear_counts_mapping_starts() {
-        let root = Root::new_boxed(0);
-        map(&root, 0x1000, 0x10000, 0x3000, RW);
-        map(&root, 0x4000, 0x20000, 0x1000, RW);
-        assert_eq!(root.first_valid(0, 0xffff), Some(0x1000));
-        assert_eq!(root.first_valid(0x2800, 0xffff), Some(0x2800));
-        assert_eq!(root.clear(0, (1 << 48) - 1), 2);
-        assert_eq!(root.first_valid(0, (1 << 48) - 1), None);
-    }
-
-    #[test]
-    fn test_table_tables_needed_stops_at_the_limit() {
-        let root = Root::new_boxed(0);
-        // 4 KiB pages one every 2 MiB would need a leaf table each.
-        let needed = tables_needed(&root, 0, (1 << 40) - 1, 0x1000, MASK, 10);
-        assert!(needed > 10);
-    }
-
-    #[test]
-    fn test_table_top_of_input_range_is_reachable() {
-        let root = Root::new_boxed(0);
-        let top = (1u64 << 48) - 0x1000;
-        map(&root, top, 0x5000, 0x1000, RW);
-        let p = walk_piece(&root, top, (1 << 48) - 1, RW).unwrap();
-        assert_eq!((p.gpa, p.len), (0x5000, 0x1000));
-    }
-}
+#[path = "table_tests.rs"]
+mod tests;

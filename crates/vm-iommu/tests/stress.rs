@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use vm_iommu::{Config, Iommu};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
@@ -21,6 +22,22 @@ const IOVA: u64 = 0x40_0000_0000;
 const SLOTS: u64 = 4;
 /// Generations per slot; below 1024 so that every generation has its own guest page.
 const GENERATIONS: u64 = 150;
+/// Generations at most, when the device threads have not yet raced with the writer
+/// after the planned ones (a loaded machine may not schedule them in time); below 1024.
+const MAX_GENERATIONS: u64 = 1000;
+
+/// Whether the writer should run generation `g`: the `planned` ones, then more (giving
+/// the device threads time, up to `MAX_GENERATIONS`) until `raced()` holds.
+fn another_generation(g: u64, planned: u64, raced: impl Fn() -> bool) -> bool {
+    if g < planned {
+        return true;
+    }
+    if g >= MAX_GENERATIONS || raced() {
+        return false;
+    }
+    thread::sleep(Duration::from_millis(1));
+    true
+}
 const DEVICE_THREADS: usize = 3;
 
 fn iova_of(slot: u64) -> u64 {
@@ -46,15 +63,17 @@ fn test_stress_no_translation_after_unmap_returned_uses_old_mapping() {
     // `unmap` returned).
     let unmapped: Arc<Vec<AtomicU64>> = Arc::new((0..SLOTS).map(|_| AtomicU64::new(0)).collect());
     let done = Arc::new(AtomicBool::new(false));
+    // Translations that found a mapping / faulted, over all device threads.
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
 
     let devices: Vec<_> = (0..DEVICE_THREADS)
         .map(|t| {
             let view = iommu.view(1, mem.clone()).unwrap();
             let unmapped = Arc::clone(&unmapped);
             let done = Arc::clone(&done);
+            let counts = Arc::clone(&counts);
             thread::spawn(move || {
                 let ep = view.endpoint().clone();
-                let (mut hits, mut misses) = (0u64, 0u64);
                 let mut tag = (t as u64) << 32;
                 while !done.load(Ordering::SeqCst) {
                     for s in 0..SLOTS {
@@ -68,9 +87,11 @@ fn test_stress_no_translation_after_unmap_returned_uses_old_mapping() {
                                     "slot {s}: translation to generation {g} started after \
                                      generations < {floor} were unmapped"
                                 );
-                                hits += 1;
+                                counts[0].fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(_) => misses += 1,
+                            Err(_) => {
+                                counts[1].fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         // Real accesses through the view: they either succeed or fail
                         // with an error, never panic or touch unmapped memory.
@@ -79,12 +100,13 @@ fn test_stress_no_translation_after_unmap_returned_uses_old_mapping() {
                         let _ = view.read_obj::<u64>(GuestAddress(iova_of(s) + 16));
                     }
                 }
-                (hits, misses)
             })
         })
         .collect();
 
-    for g in 0..GENERATIONS {
+    let raced = || counts.iter().all(|c| c.load(Ordering::Relaxed) > 0);
+    let mut g = 0;
+    while another_generation(g, GENERATIONS, raced) {
         for s in 0..SLOTS {
             domain
                 .map(iova_of(s), gpa_of(s, g), PAGE, Permissions::ReadWrite)
@@ -95,15 +117,20 @@ fn test_stress_no_translation_after_unmap_returned_uses_old_mapping() {
             assert_eq!(domain.unmap(iova_of(s), PAGE), Ok(1));
             unmapped[s as usize].store(g + 1, Ordering::SeqCst);
         }
+        g += 1;
     }
     done.store(true, Ordering::SeqCst);
-    let (mut hits, mut misses) = (0, 0);
     for d in devices {
-        let (h, m) = d.join().unwrap();
-        hits += h;
-        misses += m;
+        d.join().unwrap();
     }
-    assert!(hits > 0 && misses > 0, "hits {hits}, misses {misses}");
+    let (hits, misses) = (
+        counts[0].load(Ordering::SeqCst),
+        counts[1].load(Ordering::SeqCst),
+    );
+    assert!(
+        hits > 0 && misses > 0,
+        "hits {hits}, misses {misses} in {g} generations"
+    );
     // Faults were recorded, boundedly.
     assert!(iommu.pending_faults() <= Config::default().fault_log_capacity);
 }
@@ -177,12 +204,13 @@ fn test_stress_guarded_accesses_never_write_after_unmap_returned() {
     let domain = iommu.create_domain(1, false).unwrap();
     iommu.attach(1, 1).unwrap();
     let done = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
     let devices: Vec<_> = (0..DEVICE_THREADS)
         .map(|t| {
             let view = iommu.view(1, mem.clone()).unwrap();
             let done = Arc::clone(&done);
+            let written = Arc::clone(&written);
             thread::spawn(move || {
-                let mut written = 0u64;
                 let mut tag = (t as u64 + 1) << 32;
                 while !done.load(Ordering::SeqCst) {
                     let _guard = view.pin();
@@ -199,16 +227,18 @@ fn test_stress_guarded_accesses_never_write_after_unmap_returned() {
                         thread::yield_now();
                         for slice in slices {
                             slice.write_obj(tag, 0).unwrap();
-                            written += 1;
+                            written.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
-                written
             })
         })
         .collect();
 
-    for g in 0..GUARDED_GENERATIONS {
+    let raced = || written.load(Ordering::Relaxed) > 0;
+    let mut generations = 0;
+    while another_generation(generations, GUARDED_GENERATIONS, raced) {
+        let g = generations;
         for s in 0..SLOTS {
             domain
                 .map(iova_of(s), gpa_of(s, g), PAGE, Permissions::ReadWrite)
@@ -220,11 +250,15 @@ fn test_stress_guarded_accesses_never_write_after_unmap_returned() {
             mem.write_obj(SENTINEL, GuestAddress(gpa_of(s, g) + 16))
                 .unwrap();
         }
+        generations += 1;
     }
     done.store(true, Ordering::SeqCst);
-    let written: u64 = devices.into_iter().map(|d| d.join().unwrap()).sum();
-    assert!(written > 0);
-    for g in 0..GUARDED_GENERATIONS {
+    for d in devices {
+        d.join().unwrap();
+    }
+    let written = written.load(Ordering::SeqCst);
+    assert!(written > 0, "no write in {generations} generations");
+    for g in 0..generations {
         for s in 0..SLOTS {
             let v = mem
                 .read_obj::<u64>(GuestAddress(gpa_of(s, g) + 16))
