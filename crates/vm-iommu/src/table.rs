@@ -26,6 +26,9 @@ use vm_memory::Permissions;
 
 use crate::arena::{Arena, BOXED_LEAVES};
 
+mod cache;
+pub(crate) use cache::LeafCache;
+
 /// Entry is a valid leaf.
 pub(crate) const VALID: u64 = 1 << 0;
 /// Shift of the two permission bits (R = bit 1, W = bit 2).
@@ -276,125 +279,6 @@ impl<C: Table> Drop for Child<C> {
             // valid (an arena table's arena drops after this slot), and `&mut self`
             // guarantees no reader holds a reference into it.
             unsafe { Self::release(p) };
-        }
-    }
-}
-
-/// A per-endpoint-handle cache of one last-level table, so that repeated accesses to
-/// one 2 MiB region skip the upper levels of the walk, and of one level-2 directory,
-/// so that accesses to other 2 MiB regions of the same 1 GiB skip all but its level
-/// (like the paging-structure caches of a hardware MMU).
-///
-/// Besides the pointer it keeps a *hint*: the key the table was cached under. The hint
-/// only lets a lookup for another region give up without touching the cached table
-/// (whose key line is usually cold by then: the walk that found the table read only
-/// one entry); it is never trusted. A lookup whose hint matches still compares the
-/// table's own immutable key, so a pointer and hint stored by two racing `set`s can
-/// cost a needless walk but never yield a wrong table.
-///
-/// The directory is cached the same way, under the hint `key >> 9` (domain slot and
-/// 1 GiB region). A lookup whose table hint misses but whose directory hint matches
-/// takes the table from the directory's slot for the region (unless that slot holds a
-/// block leaf) and caches it; the caller's comparison of the table's own key is again
-/// what decides, so a torn directory/hint pair also costs at most a walk.
-///
-/// # Invariants
-///
-/// Each pointer is null or points to a [`Leaf`] (resp. level-2 directory) of the page
-/// tables of the `Inner` that the owner of the cache keeps alive (an `Endpoint` holds
-/// an `Arc` of it). Tables are freed only when that `Inner` is dropped.
-#[derive(Debug)]
-pub(crate) struct LeafCache {
-    ptr: AtomicPtr<Leaf>,
-    hint: AtomicU64,
-    dir: AtomicPtr<L2>,
-    dir_hint: AtomicU64,
-}
-
-/// A hint no leaf key equals (keys have at most 16 + 27 + 1 bits).
-const NO_HINT: u64 = u64::MAX;
-
-impl Default for LeafCache {
-    fn default() -> Self {
-        LeafCache {
-            ptr: AtomicPtr::new(ptr::null_mut()),
-            hint: AtomicU64::new(NO_HINT),
-            dir: AtomicPtr::new(ptr::null_mut()),
-            dir_hint: AtomicU64::new(NO_HINT),
-        }
-    }
-}
-
-impl Clone for LeafCache {
-    fn clone(&self) -> Self {
-        LeafCache {
-            ptr: AtomicPtr::new(self.ptr.load(Ordering::Relaxed)),
-            hint: AtomicU64::new(self.hint.load(Ordering::Relaxed)),
-            dir: AtomicPtr::new(self.dir.load(Ordering::Relaxed)),
-            dir_hint: AtomicU64::new(self.dir_hint.load(Ordering::Relaxed)),
-        }
-    }
-}
-
-impl LeafCache {
-    /// The cached table if its hint is `key`, else the table for `key` in the cached
-    /// directory if the directory's hint matches. The caller must still check the
-    /// table's own [`Leaf::key`].
-    #[inline(always)]
-    pub(crate) fn get(&self, key: u64) -> Option<&Leaf> {
-        if self.hint.load(Ordering::Relaxed) != key {
-            return self.get_from_dir(key);
-        }
-        let p = self.ptr.load(Ordering::Acquire);
-        // SAFETY: by the type invariant `p` is null or points to a live leaf table that
-        // outlives the cache's owner, hence `&self`.
-        unsafe { p.as_ref() }
-    }
-
-    /// The table for `key` in the cached directory, which is then cached as the table.
-    #[inline]
-    fn get_from_dir(&self, key: u64) -> Option<&Leaf> {
-        if self.dir_hint.load(Ordering::Relaxed) != key >> 9 {
-            return None;
-        }
-        let d = self.dir.load(Ordering::Acquire);
-        // SAFETY: by the type invariant `d` is null or points to a live level-2
-        // directory that outlives the cache's owner, hence `&self`.
-        let dir = unsafe { d.as_ref() }?;
-        let slot = &dir.s[index(key << 21, L2::SHIFT)];
-        if slot.leaf.load(Ordering::Acquire) & VALID != 0 {
-            // A 2 MiB block leaf: the walk answers.
-            return None;
-        }
-        let leaf = slot.child.get()?;
-        // INVARIANT: `leaf` is a table of the cached directory, so of the same `Inner`.
-        self.ptr
-            .store(ptr::from_ref(leaf).cast_mut(), Ordering::Release);
-        self.hint.store(key, Ordering::Relaxed);
-        Some(leaf)
-    }
-
-    /// Remember `leaf`, which must belong to the page tables the owner keeps alive,
-    /// with `key` (its key, computed by the caller without touching the table) as the
-    /// hint.
-    #[inline]
-    pub(crate) fn set(&self, leaf: &Leaf, key: u64) {
-        let p = ptr::from_ref(leaf).cast_mut();
-        if self.ptr.load(Ordering::Relaxed) != p {
-            // INVARIANT: callers pass tables of the cache owner's `Inner`.
-            self.ptr.store(p, Ordering::Release);
-        }
-        if self.hint.load(Ordering::Relaxed) != key {
-            self.hint.store(key, Ordering::Relaxed);
-        }
-        let dir = leaf.parent.load(Ordering::Relaxed);
-        if !dir.is_null() && self.dir.load(Ordering::Relaxed) != dir {
-            // INVARIANT: the parent of a table of the owner's `Inner` is a directory of
-            // the same page tables.
-            self.dir.store(dir, Ordering::Release);
-        }
-        if self.dir_hint.load(Ordering::Relaxed) != key >> 9 {
-            self.dir_hint.store(key >> 9, Ordering::Relaxed);
         }
     }
 }
