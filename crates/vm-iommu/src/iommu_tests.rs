@@ -764,3 +764,22 @@ fn test_shared_endpoint_cache_never_yields_another_regions_table() {
         }
     });
 }
+
+#[test]
+fn test_cached_handle_faults_beyond_the_48_bit_input_space() {
+    // Regression (found by the iommu_model fuzz target): the leaf-table cache key
+    // `slot tag | iova >> 21` is unique only below 2^48, so with IOVA 0's table
+    // cached a handle translated IOVA 2^48 + x as IOVA x.
+    let (iommu, d) = attached();
+    d.map(0, 0x29_0000, 0x1000, RW).unwrap();
+    let ep = iommu.endpoint(1).unwrap();
+    for iova in [1u64 << 48, (1 << 48) + 0x10, 1 << 49, 0xffff_ffff_ffff_f000] {
+        assert_eq!(ep_gpa(&ep, 0x10), Ok(0x29_0010));
+        match ep.translate(iova, 8, R) {
+            Err(Error::Fault(f)) => {
+                assert_eq!((f.iova, f.reason), (iova, FaultReason::OutOfRange));
+            }
+            other => panic!("{iova:#x}: {other:?}"),
+        }
+    }
+}
