@@ -85,10 +85,13 @@ impl<T> SpinLock<T> {
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for SpinLock<T> {
+/// Does not lock (formatting a structure from inside one of its critical
+/// sections must not spin forever): shows whether the lock is held.
+impl<T> fmt::Debug for SpinLock<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let g = self.lock();
-        f.debug_struct("SpinLock").field("value", &*g).finish()
+        f.debug_struct("SpinLock")
+            .field("locked", &self.locked.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,6 +161,8 @@ mod tests {
         }
         assert!(!lock.locked.load(Ordering::Relaxed));
         assert_eq!(*lock.lock(), [1, 2]);
-        assert_eq!(format!("{lock:?}"), "SpinLock { value: [1, 2] }");
+        assert_eq!(format!("{lock:?}"), "SpinLock { locked: false, .. }");
+        let _g = lock.lock();
+        assert_eq!(format!("{lock:?}"), "SpinLock { locked: true, .. }");
     }
 }
