@@ -40,13 +40,13 @@ pub const LOG_PAGE_SIZE: u64 = 0x1000;
 /// Most regions accepted in one memory table (QEMU's `VHOST_MEMORY_BASELINE_NREGIONS`).
 pub const MAX_REGIONS: usize = 8;
 
-/// Whether `file` holds `offset..offset + size` (vm-memory 0.18's mmap builder
-/// does not check it, and an access to a mapped page past the end of the file
-/// raises SIGBUS: a front-end could crash the daemon with a short file).
-///
-/// The file is sealed against shrinking first where it can be ([`seal_shrink`]),
-/// so that for such files the answer stays true while the daemon maps it.
-fn file_covers(file: &File, offset: u64, size: u64) -> bool {
+/// Seals `file` against shrinking where it can be ([`seal_shrink`]), then
+/// tells whether it holds `offset..offset + size` (vm-memory 0.18's mmap
+/// builder does not check it, and an access to a mapped page past the end of
+/// the file raises SIGBUS: a front-end could crash the daemon with a short
+/// file). Sealing first keeps the answer true, for sealable files, for as long
+/// as the daemon maps them.
+fn seal_and_check_covers(file: &File, offset: u64, size: u64) -> bool {
     seal_shrink(file);
     match (file.metadata(), offset.checked_add(size)) {
         (Ok(m), Some(end)) => end <= m.len(),
@@ -100,7 +100,7 @@ impl DirtyLog {
             .ok()
             .filter(|l| *l > 0)
             .ok_or(Error::BadLog { offset, size })?;
-        if !file_covers(&file, offset, size) {
+        if !seal_and_check_covers(&file, offset, size) {
             return Err(Error::BadLog { offset, size });
         }
         let region = MmapRegion::<()>::from_file(FileOffset::new(file, offset), len)
@@ -259,7 +259,7 @@ impl MemTable {
             }
             let len = usize::try_from(size).map_err(|_| bad())?;
             // A mapping past the end of the file raises SIGBUS on first access.
-            if !file_covers(&file, offset, size) {
+            if !seal_and_check_covers(&file, offset, size) {
                 return Err(bad());
             }
             let mmap = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
@@ -354,7 +354,7 @@ mod tests {
     #[test]
     fn test_sealable_memfd_cannot_shrink_once_checked() {
         let f = memfd(0x4000, libc::MFD_ALLOW_SEALING);
-        assert!(file_covers(&f, 0, 0x4000));
+        assert!(seal_and_check_covers(&f, 0, 0x4000));
         // The front-end's copy of the descriptor refers to the same file.
         let theirs = f.try_clone().unwrap();
         assert!(theirs.set_len(0x1000).is_err());
@@ -369,8 +369,8 @@ mod tests {
         // A memfd without MFD_ALLOW_SEALING and a regular file: no seal, same check.
         for f in [memfd(0x4000, 0), file(0x4000)] {
             assert!(!seal_shrink(&f));
-            assert!(file_covers(&f, 0, 0x4000));
-            assert!(!file_covers(&f, 0x1000, 0x4000));
+            assert!(seal_and_check_covers(&f, 0, 0x4000));
+            assert!(!seal_and_check_covers(&f, 0x1000, 0x4000));
             f.set_len(0x1000).unwrap();
         }
     }
