@@ -316,9 +316,11 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         device_addr: DmaAddr,
         size: u64,
     ) -> Result<GuestAddress> {
-        let mem = self.declared_memory().ok_or(Error::InvalidDeclaration {
-            reason: "the device has no declared region",
-        })?;
+        let mem = self
+            .declared_memory()
+            .ok_or_else(|| Error::InvalidDeclaration {
+                reason: "the device has no declared region",
+            })?;
         let last = checked_last(device_addr.0, size)?;
         let outside = Error::NotOwned {
             addr: device_addr.0,

@@ -456,7 +456,7 @@ pub(crate) fn checked_end(base: u64, size: u64) -> Result<u64> {
         return Err(Error::ZeroSize);
     }
     base.checked_add(size)
-        .ok_or(Error::Overflow { addr: base, size })
+        .ok_or_else(|| Error::Overflow { addr: base, size })
 }
 
 /// The inclusive last byte `base + size - 1`, or an error for an empty or
@@ -466,5 +466,5 @@ pub(crate) fn checked_last(base: u64, size: u64) -> Result<u64> {
         return Err(Error::ZeroSize);
     }
     base.checked_add(size - 1)
-        .ok_or(Error::Overflow { addr: base, size })
+        .ok_or_else(|| Error::Overflow { addr: base, size })
 }

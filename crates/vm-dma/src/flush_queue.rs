@@ -68,6 +68,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vm_iommu::spin::SpinLock;
+
 use crate::error::{Error, Result};
 use crate::iova::{lock, shard_of, IovaDomain};
 use crate::types::DmaAddr;
@@ -248,7 +250,9 @@ impl Ring {
 /// ```
 pub struct FlushQueue<I> {
     domain: Arc<IovaDomain>,
-    rings: Box<[Mutex<Ring>]>,
+    /// Spin locks, as Linux's `fq->lock` (held across a flush when the
+    /// ring is full, as Linux does).
+    rings: Box<[SpinLock<Ring>]>,
     invalidate: Mutex<I>,
     start_cnt: AtomicU64,
     finish_cnt: AtomicU64,
@@ -292,7 +296,7 @@ impl<I: Invalidate> FlushQueue<I> {
             domain,
             rings: (0..config.rings)
                 .map(|_| {
-                    Mutex::new(Ring {
+                    SpinLock::new(Ring {
                         entries: vec![Entry::default(); config.capacity].into_boxed_slice(),
                         head: 0,
                         len: 0,
@@ -324,7 +328,7 @@ impl<I: Invalidate> FlushQueue<I> {
 
     /// Entries waiting for a flush.
     pub fn pending(&self) -> usize {
-        self.rings.iter().map(|r| lock(r).len).sum()
+        self.rings.iter().map(|r| r.lock().len).sum()
     }
 
     /// When [`FlushQueue::poll`] will flush, if armed.
@@ -381,7 +385,7 @@ impl<I: Invalidate> FlushQueue<I> {
     }
 
     fn push(&self, pfn: u64, size: u64, owned: bool) -> Result<()> {
-        let mut ring = lock(&self.rings[shard_of(self.rings.len())]);
+        let mut ring = self.rings[shard_of(self.rings.len())].lock();
         self.ring_free(&mut ring);
         if ring.is_full() {
             self.flush_iotlb();
@@ -412,7 +416,7 @@ impl<I: Invalidate> FlushQueue<I> {
         self.timer_on.store(false, Ordering::SeqCst);
         self.flush_iotlb();
         for ring in self.rings.iter() {
-            let mut ring = lock(ring);
+            let mut ring = ring.lock();
             self.ring_free(&mut ring);
         }
     }
@@ -558,7 +562,7 @@ mod tests {
         fq.start_cnt.fetch_add(1, Ordering::SeqCst);
         fq.queue(b.addr(), 1).unwrap();
         fq.finish_cnt.fetch_add(1, Ordering::SeqCst);
-        let mut ring = lock(&fq.rings[0]);
+        let mut ring = fq.rings[0].lock();
         fq.ring_free(&mut ring);
         drop(ring);
         // a (counter 0 < finish 1) is released, b (counter 1) is not.

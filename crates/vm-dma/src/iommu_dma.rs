@@ -177,6 +177,13 @@ enum Mode {
 pub struct IommuDma {
     iova: Arc<IovaDomain>,
     ops: Arc<dyn IommuDomainOps>,
+    /// The same domain as `ops` when it is an in-process vm-iommu domain
+    /// ([`IommuDma::for_vm_iommu`]): map and unmap call it directly rather
+    /// than through `dyn IommuDomainOps`, which saves the virtual call and
+    /// the moves of the large `Result` through it on the hot path. Its
+    /// unmap is final when it returns, so it needs no IOTLB flush (its
+    /// [`IommuDomainOps`] impl forwards to the same methods).
+    vm_iommu: Option<vm_iommu::Domain>,
     mode: Mode,
     shift: u32,
     coherent: bool,
@@ -229,6 +236,7 @@ impl IommuDma {
             shift: granule.trailing_zeros(),
             iova,
             ops,
+            vm_iommu: None,
             mode,
             coherent: config.coherent,
             try_32bit: AtomicBool::new(config.pci_32bit_first),
@@ -263,13 +271,46 @@ impl IommuDma {
                 .end()
                 .checked_sub(*r.start())
                 .and_then(|s| s.checked_add(1))
-                .ok_or(Error::Overflow {
+                .ok_or_else(|| Error::Overflow {
                     addr: *r.start(),
                     size: u64::MAX,
                 })?;
             iova.reserve(*r.start(), size)?;
         }
-        IommuDma::new(Arc::new(iova), Arc::new(d), config)
+        let mut dma = IommuDma::new(Arc::new(iova), Arc::new(d.clone()), config)?;
+        dma.vm_iommu = Some(d);
+        Ok(dma)
+    }
+
+    /// [`IommuDomainOps::map`] of the domain.
+    #[inline]
+    pub(super) fn domain_map(&self, iova: u64, gpa: u64, len: u64, prot: Prot) -> Result<()> {
+        match &self.vm_iommu {
+            Some(d) => d
+                .map(iova, gpa, len, prot.permissions())
+                .map_err(|e| iommu_err("map", iova, len, e)),
+            None => self.ops.map(iova, gpa, len, prot),
+        }
+    }
+
+    /// [`IommuDomainOps::unmap`] of the domain.
+    #[inline]
+    pub(super) fn domain_unmap(&self, iova: u64, len: u64) -> Result<()> {
+        match &self.vm_iommu {
+            Some(d) => match d.unmap(iova, len) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(iommu_err("unmap", iova, len, e)),
+            },
+            None => self.ops.unmap(iova, len),
+        }
+    }
+
+    /// [`IommuDomainOps::flush_iotlb_all`] of the domain (strict mode).
+    #[inline]
+    fn domain_flush(&self) {
+        if self.vm_iommu.is_none() {
+            self.ops.flush_iotlb_all();
+        }
     }
 
     /// The IOVA granule in bytes.
@@ -393,7 +434,7 @@ impl IommuDma {
     ) -> Result<DmaAddr> {
         let n = len >> self.shift;
         let iova = self.alloc_iova(n, limit, owned)?;
-        if let Err(e) = self.ops.map(iova.raw(), phys_aligned, len, prot) {
+        if let Err(e) = self.domain_map(iova.raw(), phys_aligned, len, prot) {
             self.free_iova(iova, n, owned);
             return Err(e);
         }
@@ -520,11 +561,11 @@ impl IommuDma {
     /// Errors: [`Error::ZeroSize`], [`Error::Overflow`], [`Error::IommuOp`].
     pub(crate) fn unmap_owned(&self, dma: DmaAddr, size: u64) -> Result<()> {
         let (iova, len, n) = self.iova_range(dma, size)?;
-        self.ops.unmap(iova.raw(), len)?;
+        self.domain_unmap(iova.raw(), len)?;
         let pfn = iova.raw() >> self.shift;
         match &self.mode {
             Mode::Strict => {
-                self.ops.flush_iotlb_all();
+                self.domain_flush();
                 self.iova.release_owned(pfn, n);
                 Ok(())
             }
@@ -537,14 +578,14 @@ impl IommuDma {
         // page-table unmap, so a bad unmap changes nothing and a racing
         // second unmap of the same IOVA fails.
         let pfn = self.iova.mark_queued(iova, n)?;
-        if let Err(e) = self.ops.unmap(iova.raw(), len) {
+        if let Err(e) = self.domain_unmap(iova.raw(), len) {
             self.iova.unmark_queued(pfn);
             return Err(e);
         }
         match &self.mode {
             Mode::Strict => {
                 // free_strict: invalidate, then free.
-                self.ops.flush_iotlb_all();
+                self.domain_flush();
                 self.iova.free_queued(pfn, n);
                 Ok(())
             }

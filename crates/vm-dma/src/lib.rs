@@ -27,7 +27,6 @@ pub mod noncoherent;
 pub mod page_alloc;
 pub mod pool;
 mod sg;
-mod spin;
 pub mod swiotlb;
 mod sync;
 mod types;

@@ -473,10 +473,12 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
                 addr: page.raw_value(),
             });
         }
-        page.raw_value().checked_add(offset).ok_or(Error::Overflow {
-            addr: page.raw_value(),
-            size: offset,
-        })
+        page.raw_value()
+            .checked_add(offset)
+            .ok_or_else(|| Error::Overflow {
+                addr: page.raw_value(),
+                size: offset,
+            })
     }
 
     /// Linux's `dma_map_single()`: maps `size` bytes of guest RAM at `cpu`

@@ -148,7 +148,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         let offset = phys % PAGE_SIZE;
         let span = size
             .checked_add(offset)
-            .ok_or(Error::Overflow { addr: phys, size })?;
+            .ok_or_else(|| Error::Overflow { addr: phys, size })?;
         let order = get_order(span);
         let mut map = self.inner.shadows.lock();
         match ShadowTable::find(&map, phys, last) {
@@ -317,7 +317,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     fn nc_range(buf: &NoncoherentBuffer, offset: u64, size: u64) -> Result<u64> {
         let end = offset
             .checked_add(size)
-            .ok_or(Error::Overflow { addr: offset, size })?;
+            .ok_or_else(|| Error::Overflow { addr: offset, size })?;
         if size == 0 {
             return Err(Error::ZeroSize);
         }

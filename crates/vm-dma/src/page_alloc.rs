@@ -197,10 +197,13 @@ impl PageAllocator {
                 continue;
             }
             // Inclusive last byte, so a range ending at 2^64 - 1 is legal.
-            let last = start.0.checked_add(len - 1).ok_or(Error::Overflow {
-                addr: start.0,
-                size: len,
-            })?;
+            let last = start
+                .0
+                .checked_add(len - 1)
+                .ok_or_else(|| Error::Overflow {
+                    addr: start.0,
+                    size: len,
+                })?;
             let first = start.0.div_ceil(PAGE_SIZE);
             // One past the last whole page, as a frame number (at most 2^52).
             let last_excl = (last >> PAGE_SHIFT) + u64::from(last % PAGE_SIZE == PAGE_SIZE - 1);

@@ -79,7 +79,7 @@ impl SgEntry {
         let addr = page
             .raw_value()
             .checked_add(u64::from(offset))
-            .ok_or(Error::Overflow {
+            .ok_or_else(|| Error::Overflow {
                 addr: page.raw_value(),
                 size: u64::from(offset),
             })?;

@@ -191,10 +191,13 @@ impl Swiotlb {
         if size == 0 || size % IO_TLB_MAX_BOUNCE != 0 {
             return Err(bad("size is not a non-zero multiple of 256 KiB"));
         }
-        start.0.checked_add(size - 1).ok_or(Error::Overflow {
-            addr: start.0,
-            size,
-        })?;
+        start
+            .0
+            .checked_add(size - 1)
+            .ok_or_else(|| Error::Overflow {
+                addr: start.0,
+                size,
+            })?;
         let nslabs = usize::try_from(size >> IO_TLB_SHIFT).map_err(|_| bad("too many slots"))?;
         // Slot indexes are stored in u16 `list` counts only up to a set, but
         // the pool itself must be indexable.
@@ -301,7 +304,7 @@ impl Swiotlb {
         let padded = size
             .checked_add(offset)
             .and_then(|s| s.checked_next_multiple_of(c.alloc_align_mask.checked_add(1)?))
-            .ok_or(Error::BounceTooLarge {
+            .ok_or_else(|| Error::BounceTooLarge {
                 size,
                 max: IO_TLB_MAX_BOUNCE,
             })?;
@@ -511,7 +514,7 @@ impl Swiotlb {
         let orig = slot
             .orig_addr
             .checked_add_signed(tlb_offset)
-            .ok_or(Error::NotBounceBuffer { addr: tlb.0 })?;
+            .ok_or_else(|| Error::NotBounceBuffer { addr: tlb.0 })?;
         let remaining = slot.alloc_size - tlb_offset;
         if remaining <= 0 {
             log::warn!(

@@ -185,7 +185,7 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
     }
 
     fn range_addr(dma: DmaAddr, offset: u64) -> Result<DmaAddr> {
-        dma.checked_add(offset).ok_or(Error::Overflow {
+        dma.checked_add(offset).ok_or_else(|| Error::Overflow {
             addr: dma.raw(),
             size: offset,
         })

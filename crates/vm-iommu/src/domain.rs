@@ -4,7 +4,7 @@
 //! translation for an endpoint.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
 
 use vm_memory::Permissions;
 
@@ -12,6 +12,7 @@ use crate::config::PAGE_SIZE_4K;
 use crate::error::{checked_last, Error, Result};
 use crate::iommu::{lock, DomainSlot, DomainState, EndpointState, Inner};
 use crate::quiesce::AccessGuard;
+use crate::spin::SpinGuard;
 use crate::table::{self, perm_bits, LeafCache, Level, ADDR_MASK, END, START, VALID};
 use crate::translate::{self, Translation};
 
@@ -41,9 +42,9 @@ impl Domain {
         self.id
     }
 
-    fn lock_state(&self) -> Result<(&DomainSlot, MutexGuard<'_, DomainState>)> {
+    fn lock_state(&self) -> Result<(&DomainSlot, SpinGuard<'_, DomainState>)> {
         let ds = &self.inner.domains[self.slot];
-        let st = lock(&ds.state);
+        let st = ds.state.lock();
         if st.instance != self.instance {
             return Err(Error::UnknownDomain(self.id));
         }
@@ -56,7 +57,7 @@ impl Domain {
     /// Number of mappings in the domain.
     pub fn mapping_count(&self) -> Result<usize> {
         let ds = &self.inner.domains[self.slot];
-        let st = lock(&ds.state);
+        let st = ds.state.lock();
         if st.instance != self.instance {
             return Err(Error::UnknownDomain(self.id));
         }
@@ -192,9 +193,12 @@ impl Domain {
             match root.lookup_leaf(iova) {
                 (raw, _, _) if raw & VALID == 0 => return Ok(0),
                 (raw, 12, Some(leaf)) if raw & (START | END) == START | END => {
-                    leaf.store_entry(iova, 0);
+                    leaf.clear_entry_seqcst(iova);
                     st.mappings -= 1.min(st.mappings);
-                    self.finish_unmap(&st);
+                    self.inner.invalidated();
+                    for ep in &st.endpoints {
+                        ep.quiesce.synchronize_after_seqcst_clear();
+                    }
                     return Ok(1);
                 }
                 _ => {}

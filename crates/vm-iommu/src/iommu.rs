@@ -14,6 +14,7 @@ use crate::domain::{Domain, Endpoint};
 use crate::error::{Error, Fault, Result};
 use crate::fault::FaultLog;
 use crate::quiesce::Quiesce;
+use crate::spin::SpinLock;
 use crate::table::{Child, LeafCache, Level, Root};
 use crate::translate::{self, Translation};
 use crate::view::DeviceView;
@@ -58,7 +59,7 @@ pub(crate) struct DomainSlot {
     pub(crate) root: Child<Root>,
     pub(crate) bypass: AtomicBool,
     /// Written by every map/unmap: padded away from the read-mostly fields above.
-    pub(crate) state: CachePadded<Mutex<DomainState>>,
+    pub(crate) state: CachePadded<SpinLock<DomainState>>,
 }
 
 impl std::fmt::Debug for DomainSlot {
@@ -309,7 +310,7 @@ impl Iommu {
             .map(|_| DomainSlot {
                 root: Child::new(),
                 bypass: AtomicBool::new(false),
-                state: CachePadded(Mutex::new(DomainState {
+                state: CachePadded(SpinLock::new(DomainState {
                     id: 0,
                     instance: 0,
                     mappings: 0,
@@ -384,7 +385,7 @@ impl Iommu {
         ctl.next_instance += 1;
         ctl.domains.insert(id, slot);
         let ds = &self.inner.domains[slot];
-        let mut st = lock(&ds.state);
+        let mut st = ds.state.lock();
         if ds.root.get().is_none() {
             ds.root.get_or_init(Root::new_boxed);
             st.tables += 1;
@@ -407,7 +408,7 @@ impl Iommu {
         let slot = self.inner.slot_of(&ctl, id)?;
         ctl.domains.remove(&id);
         let ds = &self.inner.domains[slot];
-        let mut st = lock(&ds.state);
+        let mut st = ds.state.lock();
         for ep in &st.endpoints {
             ep.domain.store(0, Ordering::Release);
         }
@@ -430,7 +431,7 @@ impl Iommu {
     pub fn domain(&self, id: u32) -> Result<Domain> {
         let ctl = lock(&self.inner.control);
         let slot = self.inner.slot_of(&ctl, id)?;
-        let instance = lock(&self.inner.domains[slot].state).instance;
+        let instance = self.inner.domains[slot].state.lock().instance;
         Ok(Domain {
             inner: Arc::clone(&self.inner),
             slot,
@@ -478,14 +479,14 @@ impl Iommu {
         // Lock order: control, then domain slots by index, then reserved lists.
         let (mut new_st, old_st) = match old_slot {
             Some(o) if o < new_slot => {
-                let old = lock(&self.inner.domains[o].state);
-                (lock(&new_ds.state), Some(old))
+                let old = self.inner.domains[o].state.lock();
+                (new_ds.state.lock(), Some(old))
             }
             Some(o) => {
-                let new = lock(&new_ds.state);
-                (new, Some(lock(&self.inner.domains[o].state)))
+                let new = new_ds.state.lock();
+                (new, Some(self.inner.domains[o].state.lock()))
             }
-            None => (lock(&new_ds.state), None),
+            None => (new_ds.state.lock(), None),
         };
         if let Some(ep) = &existing {
             if !new_ds.is_bypass() {
@@ -525,7 +526,7 @@ impl Iommu {
         if ep.domain.load(Ordering::Acquire) as usize != slot + 1 {
             return Err(Error::NotAttached { endpoint, domain });
         }
-        let mut st = lock(&self.inner.domains[slot].state);
+        let mut st = self.inner.domains[slot].state.lock();
         st.endpoints.retain(|e| !Arc::ptr_eq(e, &ep));
         ep.domain.store(0, Ordering::Release);
         drop(st);
@@ -542,7 +543,7 @@ impl Iommu {
             .endpoints
             .find(endpoint)
             .ok_or(Error::UnknownEndpoint(endpoint))?;
-        Ok(self.inner.domain_of(ep).map(|ds| lock(&ds.state).id))
+        Ok(self.inner.domain_of(ep).map(|ds| ds.state.lock().id))
     }
 
     /// Replace the reserved regions (inclusive IOVA ranges, e.g. an MSI window) of
@@ -582,7 +583,7 @@ impl Iommu {
             }
         };
         let ds = self.inner.domain_of(&ep);
-        let _st = ds.map(|ds| lock(&ds.state));
+        let _st = ds.map(|ds| ds.state.lock());
         if let Some(ds) = ds.filter(|ds| !ds.is_bypass()) {
             self.inner
                 .check_reserved_unmapped(regions, endpoint, ds.root())?;

@@ -100,6 +100,7 @@ mod error;
 mod fault;
 mod iommu;
 mod quiesce;
+pub mod spin;
 mod table;
 mod translate;
 mod view;

@@ -12,7 +12,9 @@
 //! 1. issue a `SeqCst` fence and look at the endpoint's two reader counters: if both
 //!    are zero, no guard that could have seen the old entries exists (any later guard
 //!    sees the cleared table), and the writer returns at once: unguarded use costs
-//!    the writer two loads per attached endpoint;
+//!    the writer two loads per attached endpoint. (A writer whose clearing was itself a
+//!    `SeqCst` read-modify-write of the entry, as a one-page unmap's is, needs no
+//!    separate fence: see `Quiesce::synchronize_after_seqcst_clear`.)
 //! 2. otherwise flip the endpoint's epoch and wait (yielding) until the counter of the
 //!    old epoch drains. New guards count in the new epoch, so waiting is bounded by
 //!    the guards that existed when the writer cleared the table.
@@ -76,6 +78,17 @@ impl Quiesce {
     /// call has been dropped.
     pub(crate) fn synchronize(&self) {
         fence(Ordering::SeqCst);
+        self.synchronize_after_seqcst_clear();
+    }
+
+    /// [`Quiesce::synchronize`] for a writer whose last removal of a translation was a
+    /// `SeqCst` read-modify-write of the entry (and whose earlier removals, if any,
+    /// are sequenced before it): that write takes the place of the fence. It and the
+    /// `SeqCst` loads below are in the single total order of `SeqCst` operations with
+    /// a guard's fence; if the loads come before the guard's fence in that order they
+    /// see the guard's count, else the write comes before that fence and the guard's
+    /// accesses, sequenced after its fence, see the cleared entry.
+    pub(crate) fn synchronize_after_seqcst_clear(&self) {
         if self.readers[0].load(Ordering::SeqCst) == 0
             && self.readers[1].load(Ordering::SeqCst) == 0
         {
@@ -128,6 +141,54 @@ mod tests {
         released.store(true, Ordering::SeqCst);
         drop(g);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn test_quiesce_seqcst_clear_orders_like_the_fence() {
+        // Store buffering: each round the writer clears an entry with a `SeqCst` swap
+        // and checks the counters without a fence while a guard reads the entry; a
+        // guard that read the old entry must then be waited for. Under Miri's
+        // weak-memory emulation this checks the ordering argument itself, not only
+        // x86's total store order.
+        const ROUNDS: usize = if cfg!(miri) { 300 } else { 20_000 };
+        let q = Arc::new(Quiesce::default());
+        let entries: Arc<Vec<AtomicU64>> =
+            Arc::new((0..ROUNDS).map(|_| AtomicU64::new(1)).collect());
+        let in_use: Arc<Vec<AtomicBool>> =
+            Arc::new((0..ROUNDS).map(|_| AtomicBool::new(false)).collect());
+        let go = Arc::new(AtomicUsize::new(usize::MAX));
+        let reader = {
+            let (q, entries, in_use, go) = (
+                Arc::clone(&q),
+                Arc::clone(&entries),
+                Arc::clone(&in_use),
+                Arc::clone(&go),
+            );
+            std::thread::spawn(move || {
+                for r in 0..ROUNDS {
+                    while go.load(Ordering::Acquire).wrapping_add(1) <= r {
+                        std::hint::spin_loop();
+                    }
+                    let g = q.pin();
+                    if entries[r].load(Ordering::Acquire) == 1 {
+                        in_use[r].store(true, Ordering::Relaxed);
+                        std::hint::spin_loop();
+                        in_use[r].store(false, Ordering::Relaxed);
+                    }
+                    drop(g);
+                }
+            })
+        };
+        for r in 0..ROUNDS {
+            go.store(r, Ordering::Release);
+            entries[r].swap(0, Ordering::SeqCst);
+            q.synchronize_after_seqcst_clear();
+            assert!(
+                !in_use[r].load(Ordering::Relaxed),
+                "round {r}: a guard still uses the old entry after synchronize returned"
+            );
+        }
+        reader.join().unwrap();
     }
 
     #[test]

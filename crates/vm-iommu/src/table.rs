@@ -183,6 +183,15 @@ impl Leaf {
     pub(crate) fn store_entry(&self, iova: u64, raw: u64) {
         self.e[index(iova, 12)].store(raw, Ordering::Release);
     }
+
+    /// Clear the entry for `iova` (writers only, under the domain lock) with a
+    /// `SeqCst` read-modify-write. The `SeqCst` write is what orders the clearing
+    /// before the writer's `SeqCst` loads of the access-guard counters, in place of a
+    /// fence ([`Quiesce::synchronize_after_seqcst_clear`](crate::quiesce::Quiesce::synchronize_after_seqcst_clear)).
+    #[inline(always)]
+    pub(crate) fn clear_entry_seqcst(&self, iova: u64) {
+        self.e[index(iova, 12)].swap(0, Ordering::SeqCst);
+    }
 }
 
 /// A child table pointer: set at most once, released only when its parent is dropped.

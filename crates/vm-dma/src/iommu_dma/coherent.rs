@@ -132,7 +132,8 @@ impl IommuDma {
     /// `PAGE_ALIGN(size)` rounded up to the granule: what is mapped (the
     /// block is `get_order` of it, so it covers every mapped byte).
     fn coherent_len(&self, size: u64) -> Result<u64> {
-        align_up(size, self.mask().max(PAGE_SIZE - 1)).ok_or(Error::Overflow { addr: 0, size })
+        align_up(size, self.mask().max(PAGE_SIZE - 1))
+            .ok_or_else(|| Error::Overflow { addr: 0, size })
     }
 
     /// Linux's `iommu_dma_free`: unmaps the buffer (strict or lazy, as

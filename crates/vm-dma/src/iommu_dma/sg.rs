@@ -121,8 +121,7 @@ impl IommuDma {
                 continue;
             }
             if run.len != 0 {
-                self.ops
-                    .map(base + run.pos, run.phys, run.len, prot)
+                self.domain_map(base + run.pos, run.phys, run.len, prot)
                     .map_err(|err| (mapped, err))?;
                 mapped = run.pos + run.len;
             }
@@ -132,8 +131,7 @@ impl IommuDma {
                 len: s.alen,
             };
         }
-        self.ops
-            .map(base + run.pos, run.phys, run.len, prot)
+        self.domain_map(base + run.pos, run.phys, run.len, prot)
             .map_err(|err| (mapped, err))
     }
 
@@ -181,7 +179,7 @@ impl IommuDma {
         let iova = self.alloc_iova(n, dma_limit, false)?;
         if let Err((mapped, e)) = self.map_runs(entries, iova.raw(), seg_mask, prot) {
             if mapped != 0 {
-                if let Err(un) = self.ops.unmap(iova.raw(), mapped) {
+                if let Err(un) = self.domain_unmap(iova.raw(), mapped) {
                     log::error!("iommu_dma: cannot undo a partial sg map at {iova}: {un}");
                 }
             }

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::spin::SpinLock;
+use vm_iommu::spin::SpinLock;
 
 /// Size classes: orders 0..=5, i.e. 1 to 32 granules (Linux
 /// `IOVA_RANGE_CACHE_MAX_SIZE`).

@@ -1,18 +1,30 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! A spin lock for the per-thread-shard structures of the hot path (the IOVA
-//! range cache's magazines and the flush queue's rings).
+//! A spin lock for short critical sections on hot paths: here a domain's
+//! writer state (map and unmap), and in vm-dma the IOVA range cache's
+//! per-thread-shard magazines.
 //!
-//! Linux protects the same structures with spin locks (`cpu_rcache->lock`,
-//! `fq->lock`): the critical sections are a few loads and stores, and each
-//! shard is used by one thread (or CPU) at a time, so the lock is almost never
-//! contended. `std::sync::Mutex` costs two atomic read-modify-writes per
+//! Linux protects the same structures with spin locks (the IO page-table
+//! lock, `cpu_rcache->lock`): the critical sections are a few loads and
+//! stores and are almost never contended. `std::sync::Mutex` costs two atomic read-modify-writes per
 //! lock/unlock pair (the unlock must swap to learn about sleepers); this lock
 //! takes one (the acquire) and releases with a plain `Release` store. A waiter
 //! spins briefly and then yields, so a holder that was preempted (there can be
 //! more threads than shards) gets the CPU back instead of being starved.
 //!
-//! Only for short critical sections that never block.
+//! Only for critical sections that are short, or rare and allowed to make
+//! waiters yield (a domain's writers wait for access guards with its lock
+//! held). A panic inside a critical section releases the lock (the guard's
+//! drop runs while unwinding) and does not poison it: keep the protected data
+//! consistent between statements that can panic.
+//!
+//! ```
+//! use vm_iommu::spin::SpinLock;
+//!
+//! let counter = SpinLock::new(0u32);
+//! *counter.lock() += 1;
+//! assert_eq!(*counter.lock(), 1);
+//! ```
 
 use std::cell::UnsafeCell;
 use std::fmt;
@@ -23,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const SPINS: u32 = 64;
 
 /// A mutual-exclusion lock that spins (then yields) instead of sleeping.
-pub(crate) struct SpinLock<T> {
+pub struct SpinLock<T> {
     locked: AtomicBool,
     value: UnsafeCell<T>,
 }
@@ -34,13 +46,13 @@ pub(crate) struct SpinLock<T> {
 unsafe impl<T: Send> Sync for SpinLock<T> {}
 
 /// Access to the value of a [`SpinLock`]; unlocks when dropped.
-pub(crate) struct SpinGuard<'a, T> {
+pub struct SpinGuard<'a, T> {
     lock: &'a SpinLock<T>,
 }
 
 impl<T> SpinLock<T> {
     /// A new, unlocked lock holding `value`.
-    pub(crate) const fn new(value: T) -> Self {
+    pub const fn new(value: T) -> Self {
         SpinLock {
             locked: AtomicBool::new(false),
             value: UnsafeCell::new(value),
@@ -49,7 +61,7 @@ impl<T> SpinLock<T> {
 
     /// Acquires the lock.
     #[inline]
-    pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
+    pub fn lock(&self) -> SpinGuard<'_, T> {
         if self
             .locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -92,6 +104,12 @@ impl<T> fmt::Debug for SpinLock<T> {
         f.debug_struct("SpinLock")
             .field("locked", &self.locked.load(Ordering::Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for SpinGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
