@@ -13,7 +13,7 @@ use crate::error::{checked_last, Error, Result};
 use crate::iommu::{lock, DomainSlot, DomainState, EndpointState, Inner};
 use crate::quiesce::AccessGuard;
 use crate::spin::SpinGuard;
-use crate::table::{self, perm_bits, LeafCache, Level, ADDR_MASK, END, START, VALID};
+use crate::table::{self, perm_bits, Leaf, LeafCache, Level, ADDR_MASK, END, START, VALID};
 use crate::translate::{self, Translation};
 
 /// A handle on one domain's IO page table (see [`Iommu::domain`](crate::Iommu::domain)). Operations through a
@@ -105,7 +105,7 @@ impl Domain {
         // One 4 KiB page: a single lookup tells whether it is mapped (by a page or a
         // block leaf) and finds its leaf table if there is one.
         let (single, leaf) = if len == PAGE_SIZE_4K {
-            let (raw, _, leaf) = root.lookup_leaf(iova);
+            let (raw, _, leaf) = page_lookup(&mut st, root, iova);
             (Some(raw & VALID != 0), leaf)
         } else {
             (None, None)
@@ -165,6 +165,8 @@ impl Domain {
         }
         // `slot < max_domains <= MAX_DOMAINS` (checked by `Config::validate`).
         let tag = table::slot_tag(self.slot as u32 + 1);
+        // Directory slots may change (block leaves): the writers' cache starts over.
+        st.last_leaf.clear();
         st.tables +=
             table::write_mapping(root, iova, last, gpa, perm, self.inner.page_size_mask, tag);
         st.mappings += 1;
@@ -190,7 +192,7 @@ impl Domain {
         if len == PAGE_SIZE_4K && iova & (PAGE_SIZE_4K - 1) == 0 {
             // One aligned page: unmapped, or a whole one-page mapping, is decided by a
             // single lookup; anything else takes the general path below.
-            match root.lookup_leaf(iova) {
+            match page_lookup(&mut st, root, iova) {
                 (raw, _, _) if raw & VALID == 0 => return Ok(0),
                 (raw, 12, Some(leaf)) if raw & (START | END) == START | END => {
                     leaf.clear_entry_seqcst(iova);
@@ -222,6 +224,8 @@ impl Domain {
                 split_at: last,
             });
         }
+        // Block leaves may go: the writers' cache starts over.
+        st.last_leaf.clear();
         let removed = root.clear(iova, last);
         st.mappings -= removed.min(st.mappings);
         if removed > 0 {
@@ -240,6 +244,26 @@ impl Domain {
             ep.quiesce.synchronize();
         }
     }
+}
+
+/// `root.lookup_leaf(iova)` for a one-page operation, through the writers' cache of
+/// the last leaf table. `st` is the locked state of the slot whose root is `root`.
+#[inline]
+fn page_lookup<'a>(
+    st: &mut DomainState,
+    root: &'a table::Root,
+    iova: u64,
+) -> (u64, u32, Option<&'a Leaf>) {
+    // SAFETY: the callers pass the root and the locked state of the same slot
+    // (`lock_state`'s `ds.root()` and guard).
+    if let Some(leaf) = unsafe { st.last_leaf.get(iova, root) } {
+        return (leaf.entry(iova), 12, Some(leaf));
+    }
+    let r = root.lookup_leaf(iova);
+    if let (_, 12, Some(leaf)) = r {
+        st.last_leaf.set(iova, leaf);
+    }
+    r
 }
 
 impl Endpoint {
@@ -298,3 +322,7 @@ impl Endpoint {
         )
     }
 }
+
+#[cfg(test)]
+#[path = "domain_tests.rs"]
+mod tests;

@@ -15,7 +15,7 @@ use crate::error::{Error, Fault, Result};
 use crate::fault::FaultLog;
 use crate::quiesce::Quiesce;
 use crate::spin::SpinLock;
-use crate::table::{Child, LeafCache, Level, Root};
+use crate::table::{Child, LeafCache, Level, Root, WriterLeafCache};
 use crate::translate::{self, Translation};
 use crate::view::DeviceView;
 
@@ -52,6 +52,8 @@ pub(crate) struct DomainState {
     pub(crate) tables: usize,
     /// Endpoints attached to the domain.
     pub(crate) endpoints: Vec<Arc<EndpointState>>,
+    /// The leaf table of the last one-page map or unmap.
+    pub(crate) last_leaf: WriterLeafCache,
 }
 
 /// One domain slot. Slots are allocated once, up to `max_domains`, and reused.
@@ -316,6 +318,7 @@ impl Iommu {
                     mappings: 0,
                     tables: 0,
                     endpoints: Vec::new(),
+                    last_leaf: WriterLeafCache::default(),
                 })),
             })
             .collect();
@@ -393,6 +396,7 @@ impl Iommu {
         st.id = id;
         st.instance = instance;
         st.mappings = 0;
+        st.last_leaf.clear();
         ds.bypass.store(bypass, Ordering::Release);
         Ok(Domain {
             inner: Arc::clone(&self.inner),
@@ -420,6 +424,7 @@ impl Iommu {
         }
         st.mappings = 0;
         st.instance = 0;
+        st.last_leaf.clear();
         ds.bypass.store(false, Ordering::Release);
         drop(st);
         ctl.free.push(slot);

@@ -27,7 +27,7 @@ use vm_memory::Permissions;
 use crate::arena::{Arena, BOXED_LEAVES};
 
 mod cache;
-pub(crate) use cache::LeafCache;
+pub(crate) use cache::{LeafCache, WriterLeafCache};
 
 /// Entry is a valid leaf.
 pub(crate) const VALID: u64 = 1 << 0;

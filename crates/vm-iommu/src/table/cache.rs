@@ -127,3 +127,65 @@ impl LeafCache {
         }
     }
 }
+
+/// The writers' cache of one leaf table of a domain slot, kept in the slot's writer
+/// state (so only read and written under the domain lock): a one-page map or unmap
+/// in the same 2 MiB region as the previous one skips the walk.
+///
+/// It holds a table only while the walk that found it stays valid: the table was
+/// reached through directory slots without block leaves. Only writers change
+/// directory slots (a block leaf written over an emptied table, or removed), and they
+/// do so on the general map and unmap paths, which [`WriterLeafCache::clear`] the
+/// cache, as do the creation and destruction of a domain in the slot.
+///
+/// # Invariants
+///
+/// `leaf` is `None` or points to a [`Leaf`] of the page tables of the domain slot
+/// whose state holds this cache; tables are freed only when that slot is dropped, and
+/// the cache (which has no drop glue) is not read after that.
+#[derive(Debug, Default)]
+pub(crate) struct WriterLeafCache {
+    /// `iova >> 21` of the cached table.
+    region: u64,
+    leaf: Option<ptr::NonNull<Leaf>>,
+}
+
+// SAFETY: the pointer is only dereferenced by the holder of the domain lock (the cache
+// lives inside the lock's data), and `Leaf` is `Sync` (atomic entries, immutable key
+// and parent), so moving the cache between threads with the lock is sound.
+unsafe impl Send for WriterLeafCache {}
+
+impl WriterLeafCache {
+    /// The cached table if it covers `iova`, borrowed as long as `root`.
+    ///
+    /// # Safety
+    ///
+    /// `root` must be the root table of the domain slot whose state holds `self`.
+    #[inline(always)]
+    pub(crate) unsafe fn get<'r>(&self, iova: u64, root: &'r super::Root) -> Option<&'r Leaf> {
+        let _ = root;
+        let p = self.leaf?;
+        if self.region != iova >> 21 {
+            return None;
+        }
+        // SAFETY: by the type invariant `p` points to a leaf table of the slot whose
+        // state holds `self`; the caller guarantees `root` is that slot's root, and the
+        // slot's tables live as long as the slot, hence as long as `root` is borrowed.
+        Some(unsafe { p.as_ref() })
+    }
+
+    /// Remember `leaf`, the table covering `iova` reached by a walk of this slot's
+    /// page tables through directory slots without block leaves.
+    #[inline]
+    pub(crate) fn set(&mut self, iova: u64, leaf: &Leaf) {
+        // INVARIANT: callers pass tables of the slot whose state holds `self`.
+        self.region = iova >> 21;
+        self.leaf = Some(ptr::NonNull::from(leaf));
+    }
+
+    /// Forget the cached table.
+    #[inline]
+    pub(crate) fn clear(&mut self) {
+        self.leaf = None;
+    }
+}
