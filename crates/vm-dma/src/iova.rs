@@ -101,6 +101,7 @@
 
 mod config;
 mod gap_tree;
+mod hot;
 mod live;
 mod rcache;
 mod reserve;
@@ -117,6 +118,8 @@ use std::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::types::DmaAddr;
 use gap_tree::GapTree;
+use hot::HotCache;
+pub use hot::{HOT_DEPTH, HOT_THREADS};
 use live::LiveMap;
 pub(crate) use rcache::{lock, shard_of};
 use rcache::{Magazine, Rcache};
@@ -231,6 +234,9 @@ pub struct IovaDomain {
     aperture_end: u64,
     tree: Mutex<Tree>,
     rcache: Option<Rcache>,
+    /// Per-thread stacks of single granules in front of `rcache`, for owned
+    /// IOVAs only (present with it).
+    hot: Option<HotCache>,
     live: Box<[Mutex<LiveMap>]>,
 }
 
@@ -338,6 +344,7 @@ impl IovaDomain {
                 end_pfn,
                 dma32_pfn: 1u64 << (32 - shift),
             }),
+            hot: rcache.as_ref().map(|_| HotCache::new()),
             rcache,
             live: (0..LIVE_SHARDS)
                 .map(|_| Mutex::new(LiveMap::default()))
@@ -508,6 +515,16 @@ impl IovaDomain {
         let Some(limit_pfn) = self.limit_pfn(limit) else {
             return Err(exhausted());
         };
+        if let (Some(hot), Tracking::Owner, 1) = (&self.hot, tracking, asize) {
+            let refill = |buf: &mut [u64]| {
+                self.rcache
+                    .as_ref()
+                    .map_or(0, |rc| rc.get_many(0, limit_pfn, buf))
+            };
+            if let Some(pfn) = hot.pop(limit_pfn, refill) {
+                return Ok(self.iova(pfn, 1));
+            }
+        }
         if let (Some(rc), Some(class)) = (&self.rcache, self.class(asize)) {
             if let Some(max_pfn) = (limit_pfn + 1).checked_sub(asize) {
                 if let Some(pfn) = rc.get(class, max_pfn) {
@@ -571,9 +588,29 @@ impl IovaDomain {
 
     /// Frees an IOVA of [`IovaDomain::alloc_owned`] (Linux
     /// `free_iova_fast`): `pfn` and `size` must be exactly what it handed
-    /// out and not yet released; the owner guarantees it.
+    /// out and not yet released; the owner guarantees it. A single granule
+    /// goes to the calling thread's stack first (see [`HOT_THREADS`]).
     pub(crate) fn release_owned(&self, pfn: u64, size: u64) {
+        if let (Some(hot), 1) = (&self.hot, size) {
+            if hot.push(pfn, |spill| self.release_granules(spill)) {
+                return;
+            }
+        }
         self.release(pfn, size);
+    }
+
+    /// Returns single granules that are no longer live to the cache (or the
+    /// tree).
+    fn release_granules(&self, pfns: &[u64]) {
+        if let Some(rc) = &self.rcache {
+            if rc.insert_many(0, pfns, |mag| self.free_magazine(0, mag)) {
+                return;
+            }
+        }
+        let mut tree = lock(&self.tree);
+        for &pfn in pfns {
+            tree.free(pfn, 1);
+        }
     }
 
     /// Returns a range that is no longer live to the cache or the tree.
@@ -608,9 +645,19 @@ impl IovaDomain {
     /// d.flush_cache();
     /// assert_eq!((d.stats().cached, d.stats().gaps), (0, 1));
     /// ```
+    ///
+    /// The per-thread stacks of single granules that streaming maps of a
+    /// `DmaDevice` use (at most [`HOT_DEPTH`] granules for each of up to
+    /// [`HOT_THREADS`] threads) are drained for the calling thread only:
+    /// other threads' stacks are theirs alone (that is what makes them free
+    /// of atomic read-modify-writes), unlike Linux's per-CPU caches.
     pub fn flush_cache(&self) {
         if let Some(rc) = &self.rcache {
             rc.drain_all(|class, mag| self.free_magazine(class, mag));
+        }
+        if let Some(hot) = &self.hot {
+            let mut tree = lock(&self.tree);
+            hot.drain_own(|pfn| tree.free(pfn, 1));
         }
     }
 
@@ -633,7 +680,12 @@ impl IovaDomain {
             live += shard.len();
             queued += shard.values().filter(|e| e.queued).count();
         }
-        let (cached, cached_granules) = self.rcache.as_ref().map_or((0, 0), Rcache::cached);
+        let (mut cached, mut cached_granules) = self.rcache.as_ref().map_or((0, 0), Rcache::cached);
+        if let Some(hot) = &self.hot {
+            let n = hot.cached();
+            cached += n;
+            cached_granules += n as u64;
+        }
         let t = lock(&self.tree);
         IovaStats {
             live,

@@ -167,11 +167,33 @@ impl Rcache {
     pub(super) fn get(&self, class: usize, max_pfn: u64) -> Option<u64> {
         let mut shard = self.shards[self.shard_index()].lock();
         let cpu = shard.classes.get_mut(class)?;
+        self.get_locked(cpu, class, max_pfn)
+    }
+
+    /// Up to `out.len()` cached PFNs `<= max_pfn` of `class` under one lock
+    /// round trip; returns how many were written to `out`.
+    pub(super) fn get_many(&self, class: usize, max_pfn: u64, out: &mut [u64]) -> usize {
+        let mut shard = self.shards[self.shard_index()].lock();
+        let Some(cpu) = shard.classes.get_mut(class) else {
+            return 0;
+        };
+        let mut n = 0;
+        for slot in out.iter_mut() {
+            match self.get_locked(cpu, class, max_pfn) {
+                Some(pfn) => *slot = pfn,
+                None => break,
+            }
+            n += 1;
+        }
+        n
+    }
+
+    fn get_locked(&self, cpu: &mut CpuRcache, class: usize, max_pfn: u64) -> Option<u64> {
         if cpu.loaded.is_empty() {
             if !cpu.prev.is_empty() {
                 std::mem::swap(&mut cpu.loaded, &mut cpu.prev);
             } else {
-                let mut depot = lock(&self.depots[class]);
+                let mut depot = lock(self.depots.get(class)?);
                 match depot.pop() {
                     Some(full) => cpu.loaded = full,
                     None => return None,
@@ -186,30 +208,42 @@ impl Rcache {
     /// When the loaded and previous magazines are full and the depot of the
     /// class is full too, `evict` is called (with the shard locked) to return
     /// the full loaded magazine to the tree; it must drain it.
-    pub(super) fn insert(&self, class: usize, pfn: u64, evict: impl FnOnce(&mut Magazine)) -> bool {
+    pub(super) fn insert(&self, class: usize, pfn: u64, evict: impl FnMut(&mut Magazine)) -> bool {
+        self.insert_many(class, &[pfn], evict)
+    }
+
+    /// [`Rcache::insert`] of every PFN of `pfns` under one lock round trip.
+    pub(super) fn insert_many(
+        &self,
+        class: usize,
+        pfns: &[u64],
+        mut evict: impl FnMut(&mut Magazine),
+    ) -> bool {
         let mut shard = self.shards[self.shard_index()].lock();
         let Some(cpu) = shard.classes.get_mut(class) else {
             return false;
         };
-        if !cpu.loaded.is_full() {
+        for &pfn in pfns {
+            if !cpu.loaded.is_full() {
+                cpu.loaded.push(pfn);
+                continue;
+            }
+            if !cpu.prev.is_full() {
+                std::mem::swap(&mut cpu.loaded, &mut cpu.prev);
+                cpu.loaded.push(pfn);
+                continue;
+            }
+            let mut depot = lock(&self.depots[class]);
+            if depot.len() < self.depot_max {
+                depot.push(cpu.loaded);
+                drop(depot);
+            } else {
+                drop(depot);
+                evict(&mut cpu.loaded);
+            }
+            cpu.loaded = Magazine::EMPTY;
             cpu.loaded.push(pfn);
-            return true;
         }
-        if !cpu.prev.is_full() {
-            std::mem::swap(&mut cpu.loaded, &mut cpu.prev);
-            cpu.loaded.push(pfn);
-            return true;
-        }
-        let mut depot = lock(&self.depots[class]);
-        if depot.len() < self.depot_max {
-            depot.push(cpu.loaded);
-            drop(depot);
-        } else {
-            drop(depot);
-            evict(&mut cpu.loaded);
-        }
-        cpu.loaded = Magazine::EMPTY;
-        cpu.loaded.push(pfn);
         true
     }
 
