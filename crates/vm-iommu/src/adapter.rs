@@ -81,6 +81,9 @@ fn cannot_resolve(iova: GuestAddress, length: usize, reason: String) -> IotlbErr
 impl IommuAdapter {
     /// An adapter translating for `endpoint`.
     pub fn new(endpoint: Endpoint) -> Self {
+        // Unmaps bump the generation from now on (and the fence orders that before
+        // every lookup of this adapter).
+        endpoint.inner.watch_generation();
         IommuAdapter {
             endpoint,
             tlb: RwLock::new(TlbState::default()),

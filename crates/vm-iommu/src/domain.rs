@@ -3,7 +3,7 @@
 //! Domain and endpoint handles: map/unmap on a domain's IO page table, and lock-free
 //! translation for an endpoint.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use vm_memory::Permissions;
@@ -197,7 +197,7 @@ impl Domain {
                 (raw, 12, Some(leaf)) if raw & (START | END) == START | END => {
                     leaf.clear_entry_seqcst(iova);
                     st.mappings -= 1.min(st.mappings);
-                    self.inner.invalidated();
+                    self.inner.unmapped();
                     for ep in &st.endpoints {
                         ep.quiesce.synchronize_after_seqcst_clear();
                     }
@@ -239,9 +239,10 @@ impl Domain {
     /// guards that may still use the removed entries. The caller keeps the domain lock
     /// so that the IOVAs cannot be mapped again meanwhile.
     fn finish_unmap(&self, st: &DomainState) {
-        self.inner.invalidated();
+        fence(Ordering::SeqCst);
+        self.inner.unmapped();
         for ep in &st.endpoints {
-            ep.quiesce.synchronize();
+            ep.quiesce.synchronize_after_seqcst_clear();
         }
     }
 }

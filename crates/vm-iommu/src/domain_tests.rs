@@ -94,3 +94,27 @@ fn test_one_page_paths_interleave_across_regions() {
     }
     assert_eq!(d.mapping_count(), Ok(0));
 }
+
+#[test]
+fn test_unwatched_generation_never_tags_a_translation_that_an_unmap_removed() {
+    // The first reader of the generation races with an unmap that may skip the bump:
+    // if the reader's translation still saw the mapping, the unmap must have bumped.
+    for _ in 0..if cfg!(miri) { 20 } else { 300 } {
+        let iommu = Iommu::new(Config::default()).unwrap();
+        let d = iommu.create_domain(1, false).unwrap();
+        iommu.attach(1, 1).unwrap();
+        d.map(0x1000, 0x1000, 0x1000, RW).unwrap();
+        let ep = iommu.endpoint(1).unwrap();
+        let unmapper = std::thread::spawn(move || d.unmap(0x1000, 0x1000));
+        let g = iommu.invalidation_generation();
+        let saw_mapping = ep.translate(0x1000, 8, Permissions::Read).is_ok();
+        assert_eq!(unmapper.join().unwrap(), Ok(1));
+        if saw_mapping {
+            assert_ne!(
+                iommu.invalidation_generation(),
+                g,
+                "a translation tagged with the generation outlived its unmap"
+            );
+        }
+    }
+}

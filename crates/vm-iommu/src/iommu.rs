@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use vm_memory::{GuestMemoryBackend, Permissions};
@@ -173,7 +173,11 @@ pub(crate) struct Inner {
     pub(crate) faults: FaultLog,
     /// Bumped after every change that removes or alters translations (unmap, detach,
     /// attach, destroy). Caches compare it to decide whether they are still valid.
+    /// Unmaps bump it only once it is watched.
     pub(crate) invalidation: CachePadded<AtomicU64>,
+    /// Whether anything reads `invalidation` ([`Inner::watch_generation`]): until
+    /// then, unmaps skip bumping it (an atomic read-modify-write per unmap).
+    generation_watched: AtomicBool,
 }
 
 impl EndpointState {
@@ -203,6 +207,33 @@ impl Inner {
 
     pub(crate) fn invalidated(&self) {
         self.invalidation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The generation bump of an unmap, which the caller ordered after its clearing
+    /// with a `SeqCst` fence or a `SeqCst` read-modify-write of the last entry it
+    /// cleared: only if the generation is watched.
+    ///
+    /// Why skipping is sound: an unmap whose `SeqCst` load here reads `false`
+    /// precedes, in the single total order of `SeqCst` operations, the store of
+    /// `true` in [`Inner::watch_generation`] and so that call's fence, and its clearing
+    /// precedes its load. A reader of the generation reads only after such a fence
+    /// (its own or, for an adapter, the one of its creation, which happens before its
+    /// use), so by the fence rules of the memory model its table walks see the
+    /// clearing: it never caches the removed entry under any generation.
+    #[inline]
+    pub(crate) fn unmapped(&self) {
+        if self.generation_watched.load(Ordering::SeqCst) {
+            self.invalidation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// From now on every unmap bumps the generation; the fence orders this
+    /// before whatever the caller does next (see [`Inner::unmapped`]).
+    pub(crate) fn watch_generation(&self) {
+        if !self.generation_watched.load(Ordering::SeqCst) {
+            self.generation_watched.store(true, Ordering::SeqCst);
+        }
+        fence(Ordering::SeqCst);
     }
 
     pub(crate) fn check_in_range(&self, iova: u64, len: u64, last: u64) -> Result<()> {
@@ -341,6 +372,7 @@ impl Iommu {
             bypass_unattached: AtomicBool::new(config.bypass_unattached),
             faults: FaultLog::new(config.fault_log_capacity),
             invalidation: CachePadded(AtomicU64::new(0)),
+            generation_watched: AtomicBool::new(false),
         };
         Ok(Iommu {
             inner: Arc::new(inner),
@@ -651,7 +683,25 @@ impl Iommu {
     /// A counter that changes after every operation that removes or alters
     /// translations (unmap, attach, detach, destroy, bypass switch). A cache of
     /// translations taken while it had value `g` is valid only while it still reads `g`.
+    ///
+    /// Unmaps count from the first call of this method (or the creation of an
+    /// [`IommuAdapter`](crate::IommuAdapter)) on: until something watches the
+    /// counter, unmaps skip the atomic increment. Each call issues a `SeqCst` fence,
+    /// which is what makes translations taken after it safe to tag with its value.
+    ///
+    /// ```
+    /// use vm_iommu::{Config, Iommu};
+    /// use vm_memory::Permissions;
+    ///
+    /// let iommu = Iommu::new(Config::default()).unwrap();
+    /// let d = iommu.create_domain(1, false).unwrap();
+    /// d.map(0x1000, 0x1000, 0x1000, Permissions::Read).unwrap();
+    /// let g = iommu.invalidation_generation();
+    /// d.unmap(0x1000, 0x1000).unwrap();
+    /// assert_ne!(iommu.invalidation_generation(), g);
+    /// ```
     pub fn invalidation_generation(&self) -> u64 {
+        self.inner.watch_generation();
         self.inner.invalidation.load(Ordering::Acquire)
     }
 }
