@@ -394,6 +394,18 @@ impl IommuDma {
     /// `owned`: the IOVA is proven live by the caller's own records (see
     /// [`IommuDma::map_phys_owned`]) rather than by the IOVA live set.
     fn alloc_iova(&self, n: u64, limit: u64, owned: bool) -> Result<DmaAddr> {
+        if owned && n == 1 {
+            // The thread's own stack first: below 4 GiB while the PCI trick is
+            // on (what the 32-bit try would find there), else below `limit`.
+            let first = if self.try_32bit.load(Ordering::Relaxed) {
+                limit.min(DMA_32BIT_LIMIT)
+            } else {
+                limit
+            };
+            if let Some(i) = self.iova.take_hot_granule(first) {
+                return Ok(i.addr());
+            }
+        }
         if self.try_32bit.load(Ordering::Relaxed) && limit > DMA_32BIT_LIMIT {
             let (i, fell_back) = if owned {
                 self.iova.alloc_32bit_first_owned(n, limit)?

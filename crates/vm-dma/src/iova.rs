@@ -515,14 +515,9 @@ impl IovaDomain {
         let Some(limit_pfn) = self.limit_pfn(limit) else {
             return Err(exhausted());
         };
-        if let (Some(hot), Tracking::Owner, 1) = (&self.hot, tracking, asize) {
-            let refill = |buf: &mut [u64]| {
-                self.rcache
-                    .as_ref()
-                    .map_or(0, |rc| rc.get_many(0, limit_pfn, buf))
-            };
-            if let Some(pfn) = hot.pop(limit_pfn, refill) {
-                return Ok(self.iova(pfn, 1));
+        if let (Tracking::Owner, 1) = (tracking, asize) {
+            if let Some(i) = self.take_hot_granule(limit) {
+                return Ok(i);
             }
         }
         if let (Some(rc), Some(class)) = (&self.rcache, self.class(asize)) {
@@ -543,6 +538,21 @@ impl IovaDomain {
         };
         self.insert_live(pfn, size, tracking);
         Ok(self.iova(pfn, asize))
+    }
+
+    /// The fast path of [`IovaDomain::alloc_owned`]`(1, limit)`: a granule
+    /// `<= limit` from the calling thread's stack (refilled from the range
+    /// cache), or `None` (then take the full path).
+    #[inline]
+    pub(crate) fn take_hot_granule(&self, limit: u64) -> Option<Iova> {
+        let hot = self.hot.as_ref()?;
+        let limit_pfn = self.limit_pfn(limit)?;
+        let refill = |buf: &mut [u64]| {
+            self.rcache
+                .as_ref()
+                .map_or(0, |rc| rc.get_many(0, limit_pfn, buf))
+        };
+        hot.pop(limit_pfn, refill).map(|pfn| self.iova(pfn, 1))
     }
 
     /// dma-iommu's PCI 32-bit trick: for a limit above 4 GiB, first try below
