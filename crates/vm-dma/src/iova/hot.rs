@@ -134,16 +134,25 @@ impl HotCache {
     ) -> Option<u64> {
         let s = self.own()?;
         let n = s.len.load(Ordering::Relaxed).min(HOT_DEPTH);
-        if let Some(i) = (0..n)
+        match (0..n)
             .rev()
             .find(|&i| s.pfns[i].load(Ordering::Relaxed) <= max_pfn)
         {
-            let top = n - 1;
-            let pfn = s.pfns[i].load(Ordering::Relaxed);
-            s.pfns[i].store(s.pfns[top].load(Ordering::Relaxed), Ordering::Relaxed);
-            s.len.store(top, Ordering::Relaxed);
-            return Some(pfn);
+            Some(i) => {
+                let top = n - 1;
+                let pfn = s.pfns[i].load(Ordering::Relaxed);
+                s.pfns[i].store(s.pfns[top].load(Ordering::Relaxed), Ordering::Relaxed);
+                s.len.store(top, Ordering::Relaxed);
+                Some(pfn)
+            }
+            None => Self::refill(s, n, refill),
         }
+    }
+
+    /// The slow half of [`HotCache::pop`]: nothing in the slot fits.
+    #[cold]
+    #[inline(never)]
+    fn refill(s: &Slot, n: usize, refill: impl FnOnce(&mut [u64]) -> usize) -> Option<u64> {
         // Room for a batch: what does not fit stays in the range cache.
         let room = HOT_DEPTH - n;
         let mut buf = [0u64; HOT_BATCH];
@@ -167,19 +176,27 @@ impl HotCache {
         };
         let mut n = s.len.load(Ordering::Relaxed).min(HOT_DEPTH);
         if n == HOT_DEPTH {
-            let mut buf = [0u64; HOT_BATCH];
-            for (b, p) in buf.iter_mut().zip(&s.pfns) {
-                *b = p.load(Ordering::Relaxed);
-            }
-            spill(&buf);
-            for k in HOT_BATCH..HOT_DEPTH {
-                s.pfns[k - HOT_BATCH].store(s.pfns[k].load(Ordering::Relaxed), Ordering::Relaxed);
-            }
-            n = HOT_DEPTH - HOT_BATCH;
+            n = Self::spill(s, spill);
         }
         s.pfns[n].store(pfn, Ordering::Relaxed);
         s.len.store(n + 1, Ordering::Relaxed);
         true
+    }
+
+    /// The slow half of [`HotCache::push`]: hands the oldest batch of a full
+    /// slot to `spill`; returns the new length.
+    #[cold]
+    #[inline(never)]
+    fn spill(s: &Slot, spill: impl FnOnce(&[u64])) -> usize {
+        let mut buf = [0u64; HOT_BATCH];
+        for (b, p) in buf.iter_mut().zip(&s.pfns) {
+            *b = p.load(Ordering::Relaxed);
+        }
+        spill(&buf);
+        for k in HOT_BATCH..HOT_DEPTH {
+            s.pfns[k - HOT_BATCH].store(s.pfns[k].load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        HOT_DEPTH - HOT_BATCH
     }
 
     /// Takes every granule cached by the calling thread.
