@@ -74,6 +74,9 @@ use crate::error::{Error, Result};
 use crate::iova::{lock, shard_of, IovaDomain};
 use crate::types::DmaAddr;
 
+/// Owned single granules released together by one pass over a ring.
+const RELEASE_BATCH: usize = 32;
+
 /// Linux `IOVA_DEFAULT_FQ_SIZE`: entries of a per-CPU ring.
 pub const IOVA_DEFAULT_FQ_SIZE: usize = 256;
 /// Linux `IOVA_DEFAULT_FQ_TIMEOUT`: 10 ms.
@@ -352,16 +355,30 @@ impl<I: Invalidate> FlushQueue<I> {
     /// started after.
     fn ring_free(&self, ring: &mut Ring) {
         let finish = self.finish_cnt.load(Ordering::SeqCst);
+        // Owned single granules (the streaming maps of devices) are released
+        // in batches.
+        let mut batch = [0u64; RELEASE_BATCH];
+        let mut n = 0;
         while let Some(e) = ring.front() {
             if e.counter >= finish {
                 break;
             }
             ring.pop();
-            if e.owned {
-                self.domain.release_owned(e.pfn, e.size);
-            } else {
-                self.domain.free_queued(e.pfn, e.size);
+            match (e.owned, e.size) {
+                (true, 1) => {
+                    batch[n] = e.pfn;
+                    n += 1;
+                    if n == RELEASE_BATCH {
+                        self.domain.release_owned_granules(&batch);
+                        n = 0;
+                    }
+                }
+                (true, _) => self.domain.release_owned(e.pfn, e.size),
+                (false, _) => self.domain.free_queued(e.pfn, e.size),
             }
+        }
+        if n > 0 {
+            self.domain.release_owned_granules(&batch[..n]);
         }
     }
 

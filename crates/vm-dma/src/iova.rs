@@ -609,6 +609,17 @@ impl IovaDomain {
         self.release(pfn, size);
     }
 
+    /// [`IovaDomain::release_owned`] of single granules: the calling thread's
+    /// stack first, looked up once.
+    pub(crate) fn release_owned_granules(&self, pfns: &[u64]) {
+        if let Some(hot) = &self.hot {
+            if hot.push_many(pfns, |spill| self.release_granules(spill)) {
+                return;
+            }
+        }
+        self.release_granules(pfns);
+    }
+
     /// Returns single granules that are no longer live to the cache (or the
     /// tree).
     fn release_granules(&self, pfns: &[u64]) {

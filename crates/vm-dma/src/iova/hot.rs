@@ -199,6 +199,24 @@ impl HotCache {
         HOT_DEPTH - HOT_BATCH
     }
 
+    /// [`HotCache::push`] of every granule of `pfns`, looking the slot up
+    /// once; false (nothing taken) if the thread has no slot.
+    pub(super) fn push_many(&self, pfns: &[u64], mut spill: impl FnMut(&[u64])) -> bool {
+        let Some(s) = self.own() else {
+            return false;
+        };
+        let mut n = s.len.load(Ordering::Relaxed).min(HOT_DEPTH);
+        for &pfn in pfns {
+            if n == HOT_DEPTH {
+                n = Self::spill(s, &mut spill);
+            }
+            s.pfns[n].store(pfn, Ordering::Relaxed);
+            n += 1;
+        }
+        s.len.store(n, Ordering::Relaxed);
+        true
+    }
+
     /// Takes every granule cached by the calling thread.
     pub(super) fn drain_own(&self, mut f: impl FnMut(u64)) {
         let Some(s) = self.own() else {

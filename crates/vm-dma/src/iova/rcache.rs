@@ -104,6 +104,37 @@ impl Magazine {
         Some(pfn)
     }
 
+    /// Up to `out.len()` PFNs `<= max_pfn` from the top of the stack while
+    /// they qualify (else one by [`Magazine::pop_le`]); how many were taken.
+    fn pop_many_le(&mut self, max_pfn: u64, out: &mut [u64]) -> usize {
+        let mut n = 0;
+        for slot in out.iter_mut() {
+            match self.len.checked_sub(1).map(|top| (top, self.pfns[top])) {
+                Some((top, pfn)) if pfn <= max_pfn => {
+                    *slot = pfn;
+                    self.len = top;
+                    n += 1;
+                }
+                _ => break,
+            }
+        }
+        if n == 0 {
+            if let (Some(slot), Some(pfn)) = (out.first_mut(), self.pop_le(max_pfn)) {
+                *slot = pfn;
+                n = 1;
+            }
+        }
+        n
+    }
+
+    /// Pushes as many of `pfns` as fit; how many.
+    fn push_many(&mut self, pfns: &[u64]) -> usize {
+        let n = pfns.len().min(IOVA_MAG_SIZE - self.len);
+        self.pfns[self.len..self.len + n].copy_from_slice(&pfns[..n]);
+        self.len += n;
+        n
+    }
+
     /// Takes every PFN out.
     pub(super) fn drain(&mut self) -> impl Iterator<Item = u64> + '_ {
         let n = std::mem::replace(&mut self.len, 0);
@@ -178,27 +209,41 @@ impl Rcache {
             return 0;
         };
         let mut n = 0;
-        for slot in out.iter_mut() {
-            match self.get_locked(cpu, class, max_pfn) {
-                Some(pfn) => *slot = pfn,
-                None => break,
+        while n < out.len() {
+            if cpu.loaded.is_empty() && !self.reload(cpu, class) {
+                break;
             }
-            n += 1;
+            let got = cpu.loaded.pop_many_le(max_pfn, &mut out[n..]);
+            if got == 0 {
+                break;
+            }
+            n += got;
         }
         n
     }
 
-    fn get_locked(&self, cpu: &mut CpuRcache, class: usize, max_pfn: u64) -> Option<u64> {
-        if cpu.loaded.is_empty() {
-            if !cpu.prev.is_empty() {
-                std::mem::swap(&mut cpu.loaded, &mut cpu.prev);
-            } else {
-                let mut depot = lock(self.depots.get(class)?);
-                match depot.pop() {
-                    Some(full) => cpu.loaded = full,
-                    None => return None,
-                }
+    /// Makes an empty loaded magazine non-empty from the previous one or the
+    /// depot; false if both are empty.
+    fn reload(&self, cpu: &mut CpuRcache, class: usize) -> bool {
+        if !cpu.prev.is_empty() {
+            std::mem::swap(&mut cpu.loaded, &mut cpu.prev);
+            return true;
+        }
+        let Some(depot) = self.depots.get(class) else {
+            return false;
+        };
+        match lock(depot).pop() {
+            Some(full) => {
+                cpu.loaded = full;
+                true
             }
+            None => false,
+        }
+    }
+
+    fn get_locked(&self, cpu: &mut CpuRcache, class: usize, max_pfn: u64) -> Option<u64> {
+        if cpu.loaded.is_empty() && !self.reload(cpu, class) {
+            return None;
         }
         cpu.loaded.pop_le(max_pfn)
     }
@@ -223,11 +268,15 @@ impl Rcache {
         let Some(cpu) = shard.classes.get_mut(class) else {
             return false;
         };
-        for &pfn in pfns {
-            if !cpu.loaded.is_full() {
-                cpu.loaded.push(pfn);
-                continue;
-            }
+        let mut rest = pfns;
+        while !rest.is_empty() {
+            let n = cpu.loaded.push_many(rest);
+            rest = &rest[n..];
+            let Some((&pfn, tail)) = rest.split_first() else {
+                break;
+            };
+            rest = tail;
+            // The loaded magazine is full.
             if !cpu.prev.is_full() {
                 std::mem::swap(&mut cpu.loaded, &mut cpu.prev);
                 cpu.loaded.push(pfn);
