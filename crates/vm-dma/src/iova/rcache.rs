@@ -340,3 +340,39 @@ impl Rcache {
         (n, granules)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_batches_fill_magazines_then_the_depot_and_evict_beyond_it() {
+        let rc = Rcache::new(1, 1);
+        let pfns: Vec<u64> = (1..=4 * IOVA_MAG_SIZE as u64).collect();
+        let mut evicted = Vec::new();
+        assert!(rc.insert_many(0, &pfns, |m| evicted.extend(m.drain())));
+        // Loaded + previous + one depot magazine hold three; the fourth full
+        // one was evicted.
+        assert_eq!(rc.cached(), (3 * IOVA_MAG_SIZE, 3 * IOVA_MAG_SIZE as u64));
+        assert_eq!(evicted.len(), IOVA_MAG_SIZE);
+        assert!(!rc.insert_many(IOVA_RANGE_CACHE_MAX_SIZE, &[1], |_| ()));
+    }
+
+    #[test]
+    fn test_get_many_takes_the_newest_first_and_honours_the_limit() {
+        let rc = Rcache::new(1, 2);
+        assert!(rc.insert_many(0, &[10, 50, 20, 60, 30], |_| ()));
+        let mut out = [0u64; 8];
+        // From the top while they fit, then one by one below the limit.
+        assert_eq!(rc.get_many(0, 40, &mut out[..2]), 2);
+        assert_eq!(out[..2], [30, 20]);
+        assert_eq!(rc.get_many(0, 40, &mut out), 1);
+        assert_eq!(out[0], 10);
+        assert_eq!(rc.get_many(0, 40, &mut out), 0);
+        // Each pop below the limit moved the top into its hole: 60 sits
+        // under 50 now.
+        assert_eq!(rc.get_many(0, u64::MAX, &mut out), 2);
+        assert_eq!(out[..2], [50, 60]);
+        assert_eq!(rc.cached().0, 0);
+    }
+}
