@@ -9,8 +9,8 @@
 //! speed of a shared virtual machine drifts more than the differences measured).
 //!
 //! ```text
-//! cargo run --release -p vm-dma-benches --example iommu_dma_ab            # 30 rounds
-//! cargo run --release -p vm-dma-benches --example iommu_dma_ab -- 50      # 50 rounds
+//! cargo run --profile bench -p vm-dma-benches --example iommu_dma_ab        # 30 rounds
+//! cargo run --profile bench -p vm-dma-benches --example iommu_dma_ab -- 50  # 50 rounds
 //! valgrind --tool=callgrind target/release/examples/iommu_dma_ab strict   # one device
 //! ```
 
