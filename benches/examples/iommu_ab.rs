@@ -178,7 +178,11 @@ fn queue(rounds: usize) {
             ratios[k].push(t[k] / t[0]);
         }
     }
-    let mut faster: Vec<f64> = ratios[2].iter().zip(&ratios[1]).map(|(i, v)| i / v).collect();
+    let mut faster: Vec<f64> = ratios[2]
+        .iter()
+        .zip(&ratios[1])
+        .map(|(i, v)| i / v)
+        .collect();
     report(
         &format!("virtio_queue: {rounds} rounds of {n} passes of {CHAINS} chains"),
         &names,
