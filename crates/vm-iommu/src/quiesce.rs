@@ -81,9 +81,10 @@ impl Quiesce {
         self.synchronize_after_seqcst_clear();
     }
 
-    /// [`Quiesce::synchronize`] for a writer whose last removal of a translation was a
-    /// `SeqCst` read-modify-write of the entry (and whose earlier removals, if any,
-    /// are sequenced before it): that write takes the place of the fence. It and the
+    /// [`Quiesce::synchronize`] for a writer that already ordered its removals: with
+    /// a `SeqCst` fence after them (then this is `synchronize`), or because its last
+    /// removal was a `SeqCst` read-modify-write of the entry (earlier ones, if any,
+    /// sequenced before it): that write takes the place of the fence. It and the
     /// `SeqCst` loads below are in the single total order of `SeqCst` operations with
     /// a guard's fence; if the loads come before the guard's fence in that order they
     /// see the guard's count, else the write comes before that fence and the guard's
