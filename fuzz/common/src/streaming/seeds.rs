@@ -315,6 +315,44 @@ pub fn seeds() -> Vec<StreamingInput> {
             },
         ],
     };
+    // Found by the fuzzer (a wrong oracle): the raw unmap is address based too,
+    // so unmapping one list in a direction it was not mapped with succeeds when
+    // another live list has the same segments, as many entries and that
+    // direction; it is that list which is unmapped.
+    let unmap_other = StreamingInput {
+        mask_sel: 4,
+        bus_limit: Edge::Zero,
+        max_seg: Edge::Zero,
+        boundary_log2: 0,
+        min_align_log2: 0,
+        track_overlap: false,
+        strict: false,
+        ops: vec![
+            MapSg {
+                segs: vec![(Edge::Zero, 3)],
+                dir: 1,
+            },
+            MapSg {
+                segs: vec![(Edge::Zero, 3)],
+                dir: 0,
+            },
+            UnmapSg {
+                pick: 0,
+                nents_delta: 0,
+                dir: Some(0),
+            },
+            UnmapSg {
+                pick: 0,
+                nents_delta: 0,
+                dir: Some(0),
+            },
+            UnmapSg {
+                pick: 0,
+                nents_delta: 0,
+                dir: None,
+            },
+        ],
+    };
     vec![
         base,
         edges,
@@ -326,5 +364,6 @@ pub fn seeds() -> Vec<StreamingInput> {
         nested(true),
         shared_head,
         covered,
+        unmap_other,
     ]
 }
