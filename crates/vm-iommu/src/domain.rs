@@ -249,7 +249,7 @@ impl Domain {
 
 /// `root.lookup_leaf(iova)` for a one-page operation, through the writers' cache of
 /// the last leaf table. `st` is the locked state of the slot whose root is `root`.
-#[inline]
+#[inline(always)]
 fn page_lookup<'a>(
     st: &mut DomainState,
     root: &'a table::Root,
