@@ -32,9 +32,9 @@ use super::rcache::lock;
 pub const HOT_THREADS: usize = 64;
 /// Granules a thread's slot holds.
 pub const HOT_DEPTH: usize = 16;
-/// Granules moved between a slot and the range cache at once, when the slot
-/// is empty (refill) or full (spill): one lock round trip of the range cache
-/// per this many allocations or frees.
+/// Granules a full slot hands to the range cache at once (spill): one lock
+/// round trip of the range cache per this many frees. An empty slot is
+/// refilled whole, one lock round trip per `HOT_DEPTH` allocations.
 pub const HOT_BATCH: usize = HOT_DEPTH / 2;
 
 /// No index: the thread has none (all taken) or its index was released.
@@ -122,7 +122,7 @@ impl HotCache {
 
     /// Takes the topmost cached granule `<= max_pfn` of the calling thread
     /// (the top one fills its hole, as in Linux's `iova_magazine_pop`). If
-    /// there is none, `refill` may write up to [`HOT_BATCH`] granules
+    /// there is none, `refill` may write up to the slot's free room of granules
     /// `<= max_pfn` into its buffer (from the range cache) and return how
     /// many: they join the slot and the last one is taken. `None` if the
     /// thread has no slot or nothing fits.
@@ -153,10 +153,9 @@ impl HotCache {
     #[cold]
     #[inline(never)]
     fn refill(s: &Slot, n: usize, refill: impl FnOnce(&mut [u64]) -> usize) -> Option<u64> {
-        // Room for a batch: what does not fit stays in the range cache.
-        let room = HOT_DEPTH - n;
-        let mut buf = [0u64; HOT_BATCH];
-        let want = room.min(HOT_BATCH);
+        // Fill the slot: what does not fit stays in the range cache.
+        let want = HOT_DEPTH - n;
+        let mut buf = [0u64; HOT_DEPTH];
         let got = refill(&mut buf[..want]).min(want);
         let (&last, rest) = buf[..got].split_last()?;
         for (k, &pfn) in rest.iter().enumerate() {
@@ -200,20 +199,21 @@ impl HotCache {
     }
 
     /// [`HotCache::push`] of every granule of `pfns`, looking the slot up
-    /// once; false (nothing taken) if the thread has no slot.
-    pub(super) fn push_many(&self, pfns: &[u64], mut spill: impl FnMut(&[u64])) -> bool {
+    /// once: the slot takes what fits and `spill` gets the rest in one call.
+    /// False (nothing taken) if the thread has no slot.
+    pub(super) fn push_many(&self, pfns: &[u64], spill: impl FnOnce(&[u64])) -> bool {
         let Some(s) = self.own() else {
             return false;
         };
-        let mut n = s.len.load(Ordering::Relaxed).min(HOT_DEPTH);
-        for &pfn in pfns {
-            if n == HOT_DEPTH {
-                n = Self::spill(s, &mut spill);
-            }
-            s.pfns[n].store(pfn, Ordering::Relaxed);
-            n += 1;
+        let n = s.len.load(Ordering::Relaxed).min(HOT_DEPTH);
+        let (fit, rest) = pfns.split_at(pfns.len().min(HOT_DEPTH - n));
+        for (slot, &pfn) in s.pfns[n..].iter().zip(fit) {
+            slot.store(pfn, Ordering::Relaxed);
         }
-        s.len.store(n, Ordering::Relaxed);
+        s.len.store(n + fit.len(), Ordering::Relaxed);
+        if !rest.is_empty() {
+            spill(rest);
+        }
         true
     }
 
@@ -274,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn test_hot_cache_spills_its_oldest_batch_when_full_and_refills_a_batch_when_empty() {
+    fn test_hot_cache_spills_its_oldest_batch_when_full_and_refills_whole_when_empty() {
         let h = HotCache::new();
         for p in 1..=HOT_DEPTH as u64 {
             assert!(h.push(p, no_spill));
@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(h.pop(u64::MAX, no_refill), Some(100));
         assert_eq!(h.pop(u64::MAX, no_refill), Some(HOT_DEPTH as u64));
         h.drain_own(|_| ());
-        // Empty: a refill of a batch; the last one is handed out, the rest stay.
+        // Empty: a refill of the whole slot; the last one is handed out, the rest stay.
         let mut asked = 0;
         let got = h.pop(50, |buf| {
             asked = buf.len();
@@ -296,9 +296,9 @@ mod tests {
             }
             buf.len()
         });
-        assert_eq!(asked, HOT_BATCH);
-        assert_eq!(got, Some(10 + HOT_BATCH as u64 - 1));
-        assert_eq!(h.cached(), HOT_BATCH - 1);
+        assert_eq!(asked, HOT_DEPTH);
+        assert_eq!(got, Some(10 + HOT_DEPTH as u64 - 1));
+        assert_eq!(h.cached(), HOT_DEPTH - 1);
         // A short refill is fine; nothing at all is `None`.
         h.drain_own(|_| ());
         assert_eq!(
@@ -310,6 +310,23 @@ mod tests {
         );
         assert_eq!(h.cached(), 0);
         assert_eq!(h.pop(50, no_refill), None);
+    }
+
+    #[test]
+    fn test_push_many_keeps_what_fits_and_spills_the_rest_in_one_call() {
+        let h = HotCache::new();
+        assert!(h.push(1, no_spill));
+        let pfns: Vec<u64> = (100..100 + HOT_DEPTH as u64 + 5).collect();
+        let mut calls = Vec::new();
+        assert!(h.push_many(&pfns, |rest| calls.push(rest.to_vec())));
+        // The slot had room for HOT_DEPTH - 1: the first ones stay, the rest
+        // go to the range cache together.
+        assert_eq!(calls, vec![pfns[HOT_DEPTH - 1..].to_vec()]);
+        assert_eq!(h.cached(), HOT_DEPTH);
+        assert_eq!(h.pop(u64::MAX, no_refill), Some(pfns[HOT_DEPTH - 2]));
+        // Nothing to spill: no call.
+        assert!(h.push_many(&[7], no_spill));
+        assert_eq!(h.pop(u64::MAX, no_refill), Some(7));
     }
 
     #[test]
