@@ -119,7 +119,7 @@ use crate::error::{Error, Result};
 use crate::types::DmaAddr;
 use gap_tree::GapTree;
 use hot::HotCache;
-pub use hot::{HOT_DEPTH, HOT_THREADS};
+pub use hot::{HOT_DEPTH, HOT_MIN_GRANULES, HOT_THREADS};
 use live::LiveMap;
 pub(crate) use rcache::{lock, shard_of};
 use rcache::{Magazine, Rcache};
@@ -344,7 +344,13 @@ impl IovaDomain {
                 end_pfn,
                 dma32_pfn: 1u64 << (32 - shift),
             }),
-            hot: rcache.as_ref().map(|_| HotCache::new()),
+            // Only where what the stacks can park is a sliver of the space:
+            // other threads' stacks are out of reach of an allocation that
+            // fails (see `flush_cache`).
+            hot: rcache
+                .as_ref()
+                .filter(|_| end_pfn - start_pfn >= HOT_MIN_GRANULES)
+                .map(|_| HotCache::new()),
             rcache,
             live: (0..LIVE_SHARDS)
                 .map(|_| Mutex::new(LiveMap::default()))
@@ -671,7 +677,9 @@ impl IovaDomain {
     /// `DmaDevice` use (at most [`HOT_DEPTH`] granules for each of up to
     /// [`HOT_THREADS`] threads) are drained for the calling thread only:
     /// other threads' stacks are theirs alone (that is what makes them free
-    /// of atomic read-modify-writes), unlike Linux's per-CPU caches.
+    /// of atomic read-modify-writes), unlike Linux's per-CPU caches. The
+    /// stacks are used only in spaces of more than [`HOT_MIN_GRANULES`]
+    /// granules, where what they can park is under 2 % of the space.
     pub fn flush_cache(&self) {
         if let Some(rc) = &self.rcache {
             rc.drain_all(|class, mag| self.free_magazine(class, mag));

@@ -37,6 +37,10 @@ pub const HOT_DEPTH: usize = 16;
 /// refilled whole, one lock round trip per `HOT_DEPTH` allocations.
 pub const HOT_BATCH: usize = HOT_DEPTH / 2;
 
+/// An IOVA space uses the stacks only if it spans more granules than this:
+/// 2^16, 64 times what they can park ([`HOT_THREADS`] × [`HOT_DEPTH`]).
+pub const HOT_MIN_GRANULES: u64 = 1 << 16;
+
 /// No index: the thread has none (all taken) or its index was released.
 const NO_INDEX: usize = usize::MAX;
 

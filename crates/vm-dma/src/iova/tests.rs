@@ -564,3 +564,27 @@ fn owned_single_granules_from_the_threads_stack_honour_the_limit() {
     assert!(tiny.last() < 0x10_0000);
     assert_eq!(d.alloc_owned(1, u64::MAX).unwrap(), high);
 }
+
+#[test]
+fn small_spaces_do_not_park_granules_in_thread_stacks() {
+    let small = IovaDomain::with_config(&IovaConfig {
+        aperture_start: 0,
+        aperture_end: HOT_MIN_GRANULES * G - 1,
+        ..IovaConfig::default()
+    })
+    .unwrap();
+    assert!(small.hot.is_none());
+    let big = IovaDomain::with_config(&IovaConfig {
+        aperture_start: 0,
+        aperture_end: (HOT_MIN_GRANULES + 2) * G - 1,
+        ..IovaConfig::default()
+    })
+    .unwrap();
+    assert!(big.hot.is_some());
+    // Without stacks, an owned granule goes back to the shared range cache.
+    let i = small.alloc_owned(1, u64::MAX).unwrap();
+    small.release_owned(i.addr().raw() / G, 1);
+    assert_eq!(small.stats().cached, 1);
+    small.flush_cache();
+    assert_eq!(small.stats().cached, 0);
+}
