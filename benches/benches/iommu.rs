@@ -5,156 +5,17 @@
 //! mappings: scattered 4 KiB pages, so that they cannot merge into one IOTLB entry.
 
 use std::hint::black_box;
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion};
-use virtio_bindings_shim::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT, Reader, Writer};
-use vm_iommu::{Config, DeviceView, Iommu};
-use vm_memory::iommu::{Error as IotlbError, IotlbIterator, IovaRange};
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory, Iotlb, Permissions,
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Iotlb, Permissions};
+
+use crate::iommu_fixture::{
+    build_queue, gpa_of_page, iommu_with, process, setup, CHAINS, GPA_BASE, IOVA_BASE, PAGE,
 };
-
-/// virtio-bindings is not a dependency of the bench package; the flags we need.
-mod virtio_bindings_shim {
-    pub const VRING_DESC_F_NEXT: u16 = 1;
-    pub const VRING_DESC_F_WRITE: u16 = 2;
-}
-
-type Mem = GuestMemoryMmap<()>;
-
-const PAGE: u64 = 0x1000;
-/// Guest memory: 32 MiB at GPA 0.
-const MEM_SIZE: u64 = 32 << 20;
-/// IOVAs start at 4 GiB (not backed by guest memory directly).
-const IOVA_BASE: u64 = 1 << 32;
-/// Pages mapped for the queue benchmarks.
-const PAGES: u64 = 4096;
-/// Stride (in pages) between the guest pages of consecutive IOVA pages; odd, so the
-/// mapping is a permutation of the 4096 pages and no two neighbours are contiguous.
-const STRIDE: u64 = 2053;
-/// Guest pages used as mapping targets start here.
-const GPA_BASE: u64 = 8 << 20;
-
-fn gpa_of_page(i: u64) -> u64 {
-    GPA_BASE + ((i * STRIDE) % PAGES) * PAGE
-}
-
-/// The anchor: vm-memory's `Iotlb` behind an `RwLock`, as vm-memory's own test IOMMU
-/// and a vhost-user backend would hold it (no miss handling needed: it is pre-filled).
-#[derive(Debug, Default)]
-struct IotlbIommu {
-    iotlb: RwLock<Iotlb>,
-}
-
-impl vm_memory::Iommu for IotlbIommu {
-    type IotlbGuard<'a> = RwLockReadGuard<'a, Iotlb>;
-
-    fn translate(
-        &self,
-        iova: GuestAddress,
-        length: usize,
-        access: Permissions,
-    ) -> Result<IotlbIterator<Self::IotlbGuard<'_>>, IotlbError> {
-        Iotlb::lookup(self.iotlb.read().unwrap(), iova, length, access).map_err(|_| {
-            IotlbError::CannotResolve {
-                iova_range: IovaRange { base: iova, length },
-                reason: "miss".into(),
-            }
-        })
-    }
-}
-
-struct Setup {
-    mem: Mem,
-    view: DeviceView<Mem>,
-    iommu_mem: IommuMemory<Mem, IotlbIommu>,
-}
-
-/// 4096 scattered 4 KiB mappings at `IOVA_BASE`, in our IOMMU and in an `Iotlb`.
-fn setup() -> Setup {
-    let mem = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
-    let iommu = Iommu::new(Config::default()).unwrap();
-    let domain = iommu.create_domain(1, false).unwrap();
-    iommu.attach(1, 1).unwrap();
-    let tlb = IotlbIommu::default();
-    for i in 0..PAGES {
-        let iova = IOVA_BASE + i * PAGE;
-        domain
-            .map(iova, gpa_of_page(i), PAGE, Permissions::ReadWrite)
-            .unwrap();
-        tlb.iotlb
-            .write()
-            .unwrap()
-            .set_mapping(
-                GuestAddress(iova),
-                GuestAddress(gpa_of_page(i)),
-                PAGE as usize,
-                Permissions::ReadWrite,
-            )
-            .unwrap();
-    }
-    let view = iommu.view(1, mem.clone()).unwrap();
-    let iommu_mem = IommuMemory::new(mem.clone(), tlb, true, ());
-    Setup {
-        mem,
-        view,
-        iommu_mem,
-    }
-}
-
-const CHAINS: u16 = 16;
-const BUF: u32 = 512;
-
-/// Build `CHAINS` two-descriptor chains (512 readable bytes, 512 writable bytes),
-/// every buffer in its own page, the rings at `base`.
-fn build_queue<M: GuestMemory>(mem: &M, base: u64) -> MockSplitQueue<'_, M> {
-    let mq = MockSplitQueue::create(mem, GuestAddress(base), 256);
-    let mut descs = Vec::new();
-    for c in 0..u64::from(CHAINS) {
-        // Pages 8.. hold buffers; 0..3 hold the rings.
-        let rd = base + (8 + 2 * c) * PAGE + 0x100;
-        let wr = base + (9 + 2 * c) * PAGE + 0x100;
-        let next = u16::try_from(2 * c + 1).unwrap();
-        descs.push(RawDescriptor::from(SplitDescriptor::new(
-            rd,
-            BUF,
-            VRING_DESC_F_NEXT,
-            next,
-        )));
-        descs.push(RawDescriptor::from(SplitDescriptor::new(
-            wr,
-            BUF,
-            VRING_DESC_F_WRITE,
-            0,
-        )));
-    }
-    mq.add_desc_chains(&descs, 0).unwrap();
-    mq
-}
-
-/// Device-side processing of every available chain: pop, read all readable bytes,
-/// write all writable bytes, add_used.
-fn process<M: GuestMemory>(q: &mut Queue, mem: &M) -> usize {
-    let mut buf = [0u8; BUF as usize];
-    let mut n = 0;
-    while let Some(chain) = q.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        let mut r = Reader::new(mem, chain.clone()).unwrap();
-        r.read_exact(&mut buf).unwrap();
-        let mut w = Writer::new(mem, chain).unwrap();
-        w.write_all(&buf).unwrap();
-        q.add_used(mem, head, BUF).unwrap();
-        n += 1;
-    }
-    n
-}
 
 fn bench_queue<M: GuestMemory>(c: &mut Criterion, name: &str, mem: &M, base: u64) {
     let mq = build_queue(mem, base);
@@ -204,19 +65,6 @@ fn read_obj(c: &mut Criterion) {
 }
 
 /// An IOMMU with `n` scattered 4 KiB mappings starting at `IOVA_BASE` (not backed).
-fn iommu_with(n: u64) -> Iommu {
-    let iommu = Iommu::new(Config::default()).unwrap();
-    let d = iommu.create_domain(1, false).unwrap();
-    iommu.attach(1, 1).unwrap();
-    for i in 0..n {
-        // Guest pages in a permuted order so that no two neighbours merge.
-        let gpa = ((i * 7919) % (1 << 24)) * PAGE;
-        d.map(IOVA_BASE + i * PAGE, gpa, PAGE, Permissions::ReadWrite)
-            .unwrap();
-    }
-    iommu
-}
-
 fn translate(c: &mut Criterion) {
     for n in [1u64, 1000, 1_000_000] {
         let iommu = iommu_with(n);

@@ -16,6 +16,7 @@ mod dma;
 mod dma_map;
 mod iommu;
 mod iommu_dma;
+mod iommu_fixture;
 mod iova;
 
 criterion::criterion_main!(
