@@ -74,6 +74,12 @@ use crate::error::{Error, Result};
 use crate::iova::{lock, shard_of, IovaDomain};
 use crate::types::DmaAddr;
 
+mod ring;
+mod stage;
+use ring::{Batch, Entry, Ring, BATCH};
+pub use stage::FQ_STAGE;
+use stage::{Stage, Stages};
+
 /// Owned single granules released together by one pass over a ring.
 const RELEASE_BATCH: usize = 32;
 
@@ -175,61 +181,6 @@ impl Default for FlushQueueConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Entry {
-    pfn: u64,
-    size: u64,
-    counter: u64,
-    /// Allocated with `IovaDomain::alloc_owned`: not in the live set.
-    owned: bool,
-}
-
-/// A fixed ring of entries (Linux `struct iova_fq`).
-#[derive(Debug)]
-struct Ring {
-    entries: Box<[Entry]>,
-    head: usize,
-    len: usize,
-}
-
-impl Ring {
-    fn is_full(&self) -> bool {
-        self.len == self.entries.len()
-    }
-
-    fn front(&self) -> Option<Entry> {
-        (self.len > 0).then(|| self.entries[self.head])
-    }
-
-    /// `head + k` wrapped (`head < capacity`, `k <= capacity`): a compare,
-    /// not a division (this is on every lazy unmap).
-    fn wrap(&self, k: usize) -> usize {
-        let i = self.head + k;
-        if i >= self.entries.len() {
-            i - self.entries.len()
-        } else {
-            i
-        }
-    }
-
-    fn pop(&mut self) {
-        if self.len > 0 {
-            self.head = self.wrap(1);
-            self.len -= 1;
-        }
-    }
-
-    fn push(&mut self, e: Entry) -> bool {
-        if self.is_full() {
-            return false;
-        }
-        let idx = self.wrap(self.len);
-        self.entries[idx] = e;
-        self.len += 1;
-        true
-    }
-}
-
 /// Lazy-mode IOVA release for one [`IovaDomain`]. `Send + Sync` when the
 /// invalidation is `Send`.
 ///
@@ -256,6 +207,9 @@ pub struct FlushQueue<I> {
     /// Spin locks, as Linux's `fq->lock` (held across a flush when the
     /// ring is full, as Linux does).
     rings: Box<[SpinLock<Ring>]>,
+    /// Per-thread stages of owned single granules (if the domain has
+    /// per-thread stacks: a large IOVA space).
+    stages: Option<Stages>,
     invalidate: Mutex<I>,
     start_cnt: AtomicU64,
     finish_cnt: AtomicU64,
@@ -296,22 +250,17 @@ impl<I: Invalidate> FlushQueue<I> {
             });
         }
         Ok(FlushQueue {
-            domain,
             rings: (0..config.rings)
-                .map(|_| {
-                    SpinLock::new(Ring {
-                        entries: vec![Entry::default(); config.capacity].into_boxed_slice(),
-                        head: 0,
-                        len: 0,
-                    })
-                })
+                .map(|_| SpinLock::new(Ring::new(config.capacity)))
                 .collect(),
+            stages: domain.uses_thread_stacks().then(Stages::new),
             invalidate: Mutex::new(invalidate),
             start_cnt: AtomicU64::new(0),
             finish_cnt: AtomicU64::new(0),
             timer_on: AtomicBool::new(false),
             deadline: Mutex::new(None),
             timeout: config.timeout,
+            domain,
         })
     }
 
@@ -329,9 +278,10 @@ impl<I: Invalidate> FlushQueue<I> {
         )
     }
 
-    /// Entries waiting for a flush.
+    /// Entries waiting for a flush, staged ones included.
     pub fn pending(&self) -> usize {
-        self.rings.iter().map(|r| r.lock().len).sum()
+        let staged = self.stages.as_ref().map_or(0, Stages::staged);
+        self.rings.iter().map(|r| r.lock().len()).sum::<usize>() + staged
     }
 
     /// When [`FlushQueue::poll`] will flush, if armed.
@@ -353,8 +303,20 @@ impl<I: Invalidate> FlushQueue<I> {
 
     /// Linux `fq_ring_free_locked`: releases the entries a completed flush
     /// started after.
+    #[inline]
     fn ring_free(&self, ring: &mut Ring) {
         let finish = self.finish_cnt.load(Ordering::SeqCst);
+        // Counters never decrease along a ring (they are read under its lock
+        // from a growing count), so the oldest entry decides whether there
+        // is anything to release; usually there is not.
+        if ring.has_releasable(finish) {
+            self.ring_release(ring, finish);
+        }
+    }
+
+    /// The releasing half of [`FlushQueue::ring_free`].
+    #[inline(never)]
+    fn ring_release(&self, ring: &mut Ring, finish: u64) {
         // Owned single granules (the streaming maps of devices) are released
         // in batches.
         let mut batch = [0u64; RELEASE_BATCH];
@@ -380,6 +342,10 @@ impl<I: Invalidate> FlushQueue<I> {
         if n > 0 {
             self.domain.release_owned_granules(&batch[..n]);
         }
+        while let Some(b) = ring.front_batch().filter(|b| b.counter < finish) {
+            self.domain.release_owned_granules(&b.pfns);
+            ring.pop_batch();
+        }
     }
 
     /// Queues the unmapped IOVA `addr` of `size` granules (the size passed
@@ -397,8 +363,98 @@ impl<I: Invalidate> FlushQueue<I> {
     /// [`FlushQueue::queue`] for an IOVA of `IovaDomain::alloc_owned`
     /// (granule `pfn`, `size` granules): the owner guarantees it is live
     /// and queued once; the flush releases it with `release_owned`.
+    ///
+    /// A single granule goes to the calling thread's stage if the queue has
+    /// stages (see the `stage` module); a full stage moves to a ring.
+    #[inline]
     pub(crate) fn queue_owned(&self, pfn: u64, size: u64) -> Result<()> {
+        if size == 1 {
+            if let Some(stage) = self.stages.as_ref().and_then(Stages::own) {
+                if stage.push(pfn) {
+                    return Ok(());
+                }
+                return self.unstage(stage, Some(pfn));
+            }
+        }
         self.push(pfn, size, true)
+    }
+
+    /// Moves the calling thread's `stage`, and `extra`, to a ring: a full
+    /// stage and `extra` as one batch if the ring takes batches.
+    #[cold]
+    #[inline(never)]
+    fn unstage(&self, stage: &Stage, extra: Option<u64>) -> Result<()> {
+        let mut buf = [0u64; BATCH];
+        let mut staged = [0u64; FQ_STAGE];
+        let mut n = stage.take(&mut staged);
+        buf[..n].copy_from_slice(&staged[..n]);
+        if let Some(pfn) = extra {
+            buf[n] = pfn;
+            n += 1;
+        }
+        if n == BATCH {
+            let mut ring = self.rings[shard_of(self.rings.len())].lock();
+            if ring.takes_batches() {
+                self.ring_free(&mut ring);
+                if ring.batch_is_full() {
+                    self.flush_iotlb();
+                    self.ring_free(&mut ring);
+                }
+                let batch = Batch {
+                    counter: self.start_cnt.load(Ordering::SeqCst),
+                    pfns: buf,
+                };
+                if !ring.push_batch(batch) {
+                    // Unreachable: the flush above emptied the ring, which
+                    // takes batches. The granules stay allocated (safe).
+                    return Err(Error::TooManyMappings {
+                        limit: self.rings.len(),
+                    });
+                }
+                drop(ring);
+                self.arm_timer();
+                return Ok(());
+            }
+        }
+        self.push_granules(&buf[..n])
+    }
+
+    /// Queues owned single granules on the calling thread's ring under one
+    /// lock, each stamped with the flush-start count when it is pushed.
+    fn push_granules(&self, pfns: &[u64]) -> Result<()> {
+        if pfns.is_empty() {
+            return Ok(());
+        }
+        let mut ring = self.rings[shard_of(self.rings.len())].lock();
+        self.ring_free(&mut ring);
+        for &pfn in pfns {
+            if ring.is_full() {
+                self.flush_iotlb();
+                self.ring_free(&mut ring);
+            }
+            let entry = Entry {
+                pfn,
+                size: 1,
+                counter: self.start_cnt.load(Ordering::SeqCst),
+                owned: true,
+            };
+            if !ring.push(entry) {
+                // Unreachable: the flush above released every entry of the
+                // ring. The rest stay allocated (never reused: safe).
+                return Err(Error::TooManyMappings {
+                    limit: self.rings.len(),
+                });
+            }
+        }
+        drop(ring);
+        self.arm_timer();
+        Ok(())
+    }
+
+    fn arm_timer(&self) {
+        if !self.timer_on.load(Ordering::SeqCst) && !self.timer_on.swap(true, Ordering::SeqCst) {
+            *lock(&self.deadline) = Instant::now().checked_add(self.timeout);
+        }
     }
 
     fn push(&self, pfn: u64, size: u64, owned: bool) -> Result<()> {
@@ -421,15 +477,25 @@ impl<I: Invalidate> FlushQueue<I> {
             });
         }
         drop(ring);
-        if !self.timer_on.load(Ordering::SeqCst) && !self.timer_on.swap(true, Ordering::SeqCst) {
-            *lock(&self.deadline) = Instant::now().checked_add(self.timeout);
-        }
+        self.arm_timer();
         Ok(())
     }
 
     /// Invalidates the IOTLB and releases every entry queued before
-    /// (Linux `fq_flush_timeout`).
+    /// (Linux `fq_flush_timeout`), including the calling thread's staged
+    /// granules and those of exited threads. Granules staged by other live
+    /// threads (at most [`FQ_STAGE`] each) wait for their thread's next full
+    /// stage or flush.
     pub fn flush(&self) {
+        if let Some(stages) = &self.stages {
+            if let Some(stage) = stages.own() {
+                // An error leaves the rest allocated (never reused): safe.
+                let _ = self.unstage(stage, None);
+            }
+            stages.take_orphans(|pfns| {
+                let _ = self.push_granules(pfns);
+            });
+        }
         self.timer_on.store(false, Ordering::SeqCst);
         self.flush_iotlb();
         for ring in self.rings.iter() {
@@ -479,211 +545,4 @@ pub fn free_strict<I: Invalidate + ?Sized>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::iova::IovaConfig;
-    use std::sync::atomic::AtomicUsize;
-
-    fn domain() -> Arc<IovaDomain> {
-        Arc::new(IovaDomain::new(4096, 0, u64::MAX).unwrap())
-    }
-
-    fn counter() -> (Arc<AtomicUsize>, impl FnMut() + Send) {
-        let c = Arc::new(AtomicUsize::new(0));
-        let c2 = c.clone();
-        (c, move || {
-            c2.fetch_add(1, Ordering::SeqCst);
-        })
-    }
-
-    fn cfg(capacity: usize) -> FlushQueueConfig {
-        FlushQueueConfig {
-            rings: 1,
-            capacity,
-            timeout: Duration::from_millis(10),
-        }
-    }
-
-    #[test]
-    fn config_is_validated() {
-        let d = domain();
-        for c in [
-            FlushQueueConfig { rings: 0, ..cfg(4) },
-            FlushQueueConfig {
-                rings: 65,
-                ..cfg(4)
-            },
-            cfg(0),
-            cfg(MAX_FQ_SIZE + 1),
-        ] {
-            assert!(matches!(
-                FlushQueue::new(d.clone(), || (), c),
-                Err(Error::InvalidIovaConfig { .. })
-            ));
-        }
-        assert_eq!(FlushQueueConfig::default().capacity, IOVA_SINGLE_FQ_SIZE);
-        assert_eq!(FlushQueueConfig::per_cpu().capacity, IOVA_DEFAULT_FQ_SIZE);
-    }
-
-    #[test]
-    fn not_reused_before_flush() {
-        let d = domain();
-        let (n, inv) = counter();
-        let fq = FlushQueue::new(d.clone(), inv, cfg(64)).unwrap();
-        let a = d.alloc(1, u64::MAX).unwrap();
-        fq.queue(a.addr(), 1).unwrap();
-        assert_eq!(fq.pending(), 1);
-        for _ in 0..50 {
-            let b = d.alloc(1, u64::MAX).unwrap();
-            assert_ne!(b.addr(), a.addr());
-        }
-        assert_eq!(n.load(Ordering::SeqCst), 0);
-        fq.flush();
-        assert_eq!(n.load(Ordering::SeqCst), 1);
-        assert_eq!(fq.pending(), 0);
-        assert_eq!(fq.flush_counts(), (1, 1));
-        // Back in the domain (its cache): LIFO.
-        assert_eq!(d.alloc(1, u64::MAX).unwrap(), a);
-    }
-
-    #[test]
-    fn full_ring_flushes_at_once() {
-        let d = domain();
-        let (n, inv) = counter();
-        let fq = FlushQueue::new(d.clone(), inv, cfg(4)).unwrap();
-        let iovas: Vec<_> = (0..5).map(|_| d.alloc(1, u64::MAX).unwrap()).collect();
-        for i in &iovas[..4] {
-            fq.queue(i.addr(), 1).unwrap();
-        }
-        assert_eq!(n.load(Ordering::SeqCst), 0);
-        fq.queue(iovas[4].addr(), 1).unwrap();
-        assert_eq!(n.load(Ordering::SeqCst), 1);
-        // The four older ones were released; the new one waits.
-        assert_eq!(fq.pending(), 1);
-        assert_eq!(d.stats().queued, 1);
-        assert_eq!(d.stats().live, 1);
-    }
-
-    #[test]
-    fn entries_wait_for_a_flush_started_after_them() {
-        // A flush that is in progress when the entry is queued does not
-        // release it: the invalidate callback queues (through another
-        // domain handle) while the flush runs.
-        let d = domain();
-        let a = d.alloc(1, u64::MAX).unwrap();
-        let b = d.alloc(1, u64::MAX).unwrap();
-        let fq = FlushQueue::new(d.clone(), || (), cfg(8)).unwrap();
-        fq.queue(a.addr(), 1).unwrap();
-        // Entry a has counter 0; simulate "flush started" by bumping only
-        // the start counter, then queue b, then finish.
-        fq.start_cnt.fetch_add(1, Ordering::SeqCst);
-        fq.queue(b.addr(), 1).unwrap();
-        fq.finish_cnt.fetch_add(1, Ordering::SeqCst);
-        let mut ring = fq.rings[0].lock();
-        fq.ring_free(&mut ring);
-        drop(ring);
-        // a (counter 0 < finish 1) is released, b (counter 1) is not.
-        assert_eq!(fq.pending(), 1);
-        assert!(d.free(a.addr(), 1).is_err());
-        assert_eq!(d.stats().queued, 1);
-        fq.flush();
-        assert_eq!(fq.pending(), 0);
-        assert_eq!(d.stats().live, 0);
-    }
-
-    #[test]
-    fn queue_checks_the_iova() {
-        let d = domain();
-        let fq = FlushQueue::new(d.clone(), || (), cfg(8)).unwrap();
-        let a = d.alloc(3, u64::MAX).unwrap();
-        assert!(matches!(
-            fq.queue(a.addr(), 4),
-            Err(Error::IovaSizeMismatch { .. })
-        ));
-        assert!(matches!(
-            fq.queue(DmaAddr(0x1000), 1),
-            Err(Error::IovaNotAllocated { .. })
-        ));
-        fq.queue(a.addr(), 3).unwrap();
-        // Queued twice, or freed directly while queued: refused.
-        assert!(fq.queue(a.addr(), 3).is_err());
-        assert!(d.free(a.addr(), 3).is_err());
-        assert_eq!(fq.pending(), 1);
-        fq.flush();
-        assert_eq!(d.stats().live, 0);
-    }
-
-    #[test]
-    fn poll_honours_the_timeout() {
-        let d = domain();
-        let (n, inv) = counter();
-        let fq = FlushQueue::new(d.clone(), inv, cfg(8)).unwrap();
-        let t0 = Instant::now();
-        assert_eq!(fq.deadline(), None);
-        assert!(!fq.poll(t0 + Duration::from_secs(10)));
-        let a = d.alloc(1, u64::MAX).unwrap();
-        fq.queue(a.addr(), 1).unwrap();
-        let dl = fq.deadline().unwrap();
-        assert!(dl >= t0 + Duration::from_millis(10));
-        assert!(!fq.poll(dl - Duration::from_millis(1)));
-        assert_eq!(n.load(Ordering::SeqCst), 0);
-        assert!(fq.poll(dl));
-        assert_eq!(n.load(Ordering::SeqCst), 1);
-        assert_eq!(fq.deadline(), None);
-        assert_eq!(fq.pending(), 0);
-    }
-
-    #[test]
-    fn strict_invalidates_before_freeing() {
-        let d = domain();
-        let a = d.alloc(1, u64::MAX).unwrap();
-        let dd = d.clone();
-        let mut seen_live = None;
-        free_strict(&d, &mut || seen_live = Some(dd.stats().live), a.addr(), 1).unwrap();
-        // During the invalidation the IOVA was still allocated.
-        assert_eq!(seen_live, Some(1));
-        assert_eq!(d.stats().live, 0);
-    }
-
-    #[test]
-    fn per_thread_rings() {
-        let d = Arc::new(
-            IovaDomain::with_config(&IovaConfig {
-                cache_shards: 2,
-                ..IovaConfig::default()
-            })
-            .unwrap(),
-        );
-        let (n, inv) = counter();
-        let fq = Arc::new(
-            FlushQueue::new(
-                d.clone(),
-                inv,
-                FlushQueueConfig {
-                    rings: 2,
-                    capacity: 16,
-                    timeout: Duration::from_millis(10),
-                },
-            )
-            .unwrap(),
-        );
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                let (d, fq) = (d.clone(), fq.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..200 {
-                        let i = d.alloc(1, u64::MAX).unwrap();
-                        fq.queue(i.addr(), 1).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
-        assert!(n.load(Ordering::SeqCst) >= 1);
-        fq.flush();
-        assert_eq!(fq.pending(), 0);
-        assert_eq!(d.stats().live, 0);
-    }
-}
+mod tests;

@@ -120,6 +120,7 @@ use crate::types::DmaAddr;
 use gap_tree::GapTree;
 use hot::HotCache;
 pub use hot::{HOT_DEPTH, HOT_MIN_GRANULES, HOT_THREADS};
+pub(crate) use hot::{thread_index, with_free_indexes};
 use live::LiveMap;
 pub(crate) use rcache::{lock, shard_of};
 use rcache::{Magazine, Rcache};
@@ -544,6 +545,13 @@ impl IovaDomain {
         };
         self.insert_live(pfn, size, tracking);
         Ok(self.iova(pfn, asize))
+    }
+
+    /// Whether single granules go through per-thread stacks (an IOVA space
+    /// of more than [`HOT_MIN_GRANULES`] granules with a range cache): then
+    /// a flush queue of this domain stages them per thread too.
+    pub(crate) fn uses_thread_stacks(&self) -> bool {
+        self.hot.is_some()
     }
 
     /// The fast path of [`IovaDomain::alloc_owned`]`(1, limit)`: a granule

@@ -82,11 +82,23 @@ thread_local! {
     static INDEX: ThreadIndex = ThreadIndex::claim();
 }
 
-/// The calling thread's index, if it has one (not while its thread-local
-/// storage is being destroyed).
+/// The calling thread's index (below [`HOT_THREADS`]), if it has one (not
+/// while its thread-local storage is being destroyed). Other per-thread
+/// slots (the flush queue's stages) use the same indexes.
 #[inline]
-fn thread_index() -> Option<usize> {
+pub(crate) fn thread_index() -> Option<usize> {
     INDEX.try_with(|i| i.0).ok().filter(|&i| i < HOT_THREADS)
+}
+
+/// Runs `f` with the indexes of exited threads, which no thread can claim
+/// until `f` returns: `f` may take over what those threads left in their
+/// slots. The mutex orders the exited owners' accesses to their slots
+/// before `f`'s, and `f`'s before those of the next owners.
+///
+/// `f` must not claim an index (call [`thread_index`] for the first time on
+/// its thread) or take a lock that is held while one is claimed.
+pub(crate) fn with_free_indexes<R>(f: impl FnOnce(&[usize]) -> R) -> R {
+    f(&lock(&FREE_INDEXES))
 }
 
 /// One thread's stack, on cache lines of its own.
