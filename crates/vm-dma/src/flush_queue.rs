@@ -20,6 +20,12 @@
 //! - The invalidation itself is an [`Invalidate`] (any `FnMut()` is one), so
 //!   a vIOMMU or virtio-iommu driver plugs in its "invalidate all".
 //! - [`free_strict`] is strict mode: invalidate, then free.
+//! - The streaming unmaps of devices (owned single granules, in IOVA spaces
+//!   with per-thread stacks) first go to the calling thread's stage of
+//!   [`FQ_STAGE`] granules, without a lock; the unmap that finds it full
+//!   moves all of them to the thread's ring as one batch (stamped then, so
+//!   after their unmaps) and takes one completed batch back to the thread's
+//!   IOVA stack. See the `stage` module.
 //!
 //! Flushes are serialized, so the start and finish counters are exact.
 //!
@@ -40,6 +46,12 @@
 //!   the caller.
 //! - Dropping a queue with pending entries leaves their IOVAs allocated
 //!   (never reused: safe); call [`FlushQueue::flush`] first to get them back.
+//! - [`FlushQueue::flush`] reaches the caller's stage and those of exited
+//!   threads, not the stages of other live threads (at most [`FQ_STAGE`]
+//!   granules each); and a queued batch releases one completed batch, the
+//!   rest staying in the ring until room is needed (Linux releases all that
+//!   a completed flush covers on every `queue_iova`): later reuse, never
+//!   earlier.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -305,18 +317,26 @@ impl<I: Invalidate> FlushQueue<I> {
     /// started after.
     #[inline]
     fn ring_free(&self, ring: &mut Ring) {
+        self.ring_free_batches(ring, usize::MAX);
+    }
+
+    /// [`FlushQueue::ring_free`], but releasing at most `max_batches`
+    /// batches: the rest stay in the ring, released but not yet handed back
+    /// (safe: later than needed, never earlier).
+    #[inline]
+    fn ring_free_batches(&self, ring: &mut Ring, max_batches: usize) {
         let finish = self.finish_cnt.load(Ordering::SeqCst);
         // Counters never decrease along a ring (they are read under its lock
         // from a growing count), so the oldest entry decides whether there
         // is anything to release; usually there is not.
         if ring.has_releasable(finish) {
-            self.ring_release(ring, finish);
+            self.ring_release(ring, finish, max_batches);
         }
     }
 
-    /// The releasing half of [`FlushQueue::ring_free`].
+    /// The releasing half of [`FlushQueue::ring_free_batches`].
     #[inline(never)]
-    fn ring_release(&self, ring: &mut Ring, finish: u64) {
+    fn ring_release(&self, ring: &mut Ring, finish: u64, max_batches: usize) {
         // Owned single granules (the streaming maps of devices) are released
         // in batches.
         let mut batch = [0u64; RELEASE_BATCH];
@@ -342,7 +362,10 @@ impl<I: Invalidate> FlushQueue<I> {
         if n > 0 {
             self.domain.release_owned_granules(&batch[..n]);
         }
-        while let Some(b) = ring.front_batch().filter(|b| b.counter < finish) {
+        for _ in 0..max_batches {
+            let Some(b) = ring.front_batch().filter(|b| b.counter < finish) else {
+                break;
+            };
             self.domain.release_owned_granules(&b.pfns);
             ring.pop_batch();
         }
@@ -371,6 +394,8 @@ impl<I: Invalidate> FlushQueue<I> {
         if size == 1 {
             if let Some(stage) = self.stages.as_ref().and_then(Stages::own) {
                 if stage.push(pfn) {
+                    // The timer runs while anything waits, staged or not.
+                    self.arm_timer();
                     return Ok(());
                 }
                 return self.unstage(stage, Some(pfn));
@@ -395,10 +420,18 @@ impl<I: Invalidate> FlushQueue<I> {
         if n == BATCH {
             let mut ring = self.rings[shard_of(self.rings.len())].lock();
             if ring.takes_batches() {
-                self.ring_free(&mut ring);
+                // One batch out for the batch in: its granules go to this
+                // thread's stack, where the next `BATCH` allocations find
+                // them, instead of a whole ring's worth spilling into the
+                // range cache at once. The rest that a completed flush
+                // covers stays in the ring until room is needed.
+                self.ring_free_batches(&mut ring, 1);
+                if ring.batch_is_full() {
+                    self.ring_free(&mut ring);
+                }
                 if ring.batch_is_full() {
                     self.flush_iotlb();
-                    self.ring_free(&mut ring);
+                    self.ring_free_batches(&mut ring, 1);
                 }
                 let batch = Batch {
                     counter: self.start_cnt.load(Ordering::SeqCst),
@@ -451,8 +484,18 @@ impl<I: Invalidate> FlushQueue<I> {
         Ok(())
     }
 
+    /// Arms the timer if it is off (Linux arms it in `queue_iova`).
+    #[inline]
     fn arm_timer(&self) {
-        if !self.timer_on.load(Ordering::SeqCst) && !self.timer_on.swap(true, Ordering::SeqCst) {
+        if !self.timer_on.load(Ordering::SeqCst) {
+            self.arm_timer_slow();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn arm_timer_slow(&self) {
+        if !self.timer_on.swap(true, Ordering::SeqCst) {
             *lock(&self.deadline) = Instant::now().checked_add(self.timeout);
         }
     }

@@ -132,7 +132,10 @@ mod tests {
         assert_eq!(s.staged(), FQ_STAGE);
         let mut buf = [0; FQ_STAGE];
         assert_eq!(s.take(&mut buf), FQ_STAGE);
-        assert_eq!(buf.to_vec(), (100..100 + FQ_STAGE as u64).collect::<Vec<_>>());
+        assert_eq!(
+            buf.to_vec(),
+            (100..100 + FQ_STAGE as u64).collect::<Vec<_>>()
+        );
         assert_eq!(s.take(&mut buf), 0);
         assert!(s.push(7));
     }

@@ -30,16 +30,19 @@ use super::rcache::lock;
 
 /// Threads that get a slot; later threads use the range cache only.
 pub const HOT_THREADS: usize = 64;
-/// Granules a thread's slot holds.
-pub const HOT_DEPTH: usize = 16;
+/// Granules a thread's slot holds: room for a flush queue's batch of
+/// released granules (17) on top of what the thread still holds, so lazy
+/// unmaps and maps in turn keep to the slot.
+pub const HOT_DEPTH: usize = 32;
 /// Granules a full slot hands to the range cache at once (spill): one lock
 /// round trip of the range cache per this many frees. An empty slot is
 /// refilled whole, one lock round trip per `HOT_DEPTH` allocations.
 pub const HOT_BATCH: usize = HOT_DEPTH / 2;
 
 /// An IOVA space uses the stacks only if it spans more granules than this:
-/// 2^16, 64 times what they can park ([`HOT_THREADS`] × [`HOT_DEPTH`]).
-pub const HOT_MIN_GRANULES: u64 = 1 << 16;
+/// 2^17, over 40 times what they and a flush queue's per-thread stages can
+/// park ([`HOT_THREADS`] × ([`HOT_DEPTH`] + 16) = 3072).
+pub const HOT_MIN_GRANULES: u64 = 1 << 17;
 
 /// No index: the thread has none (all taken) or its index was released.
 const NO_INDEX: usize = usize::MAX;
@@ -102,11 +105,19 @@ pub(crate) fn with_free_indexes<R>(f: impl FnOnce(&[usize]) -> R) -> R {
 }
 
 /// One thread's stack, on cache lines of its own.
-#[derive(Default)]
 #[repr(align(128))]
 struct Slot {
     len: AtomicUsize,
     pfns: [AtomicU64; HOT_DEPTH],
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            len: AtomicUsize::new(0),
+            pfns: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// The per-thread stacks of one domain.

@@ -168,3 +168,89 @@ proptest! {
         prop_assert_eq!(dma.iova_domain().stats().live, 0);
     }
 }
+
+#[derive(Clone, Debug)]
+enum OwnedOp {
+    /// Map this many granules (mostly one: the staged path).
+    Map(u64),
+    Unmap(usize),
+    Flush,
+}
+
+fn owned_op() -> impl Strategy<Value = OwnedOp> {
+    prop_oneof![
+        8 => Just(OwnedOp::Map(1)),
+        1 => (2u64..=3).prop_map(OwnedOp::Map),
+        8 => any::<usize>().prop_map(OwnedOp::Unmap),
+        1 => Just(OwnedOp::Flush),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The streaming maps of devices (owned IOVAs: per-thread stages, ring
+    /// batches released one per batch queued): an IOVA is handed out again
+    /// only after a flush that started after its unmap has completed, never
+    /// while live, and every IOVA is back in the allocator after the last
+    /// flush. Ring capacities below, at and above one batch.
+    #[test]
+    fn lazy_owned_maps_never_reuse_an_iova_before_a_later_flush(
+        capacity in prop::sample::select(vec![4usize, 17, 40, 256]),
+        ops in prop::collection::vec(owned_op(), 1..400),
+    ) {
+        let (fake_ops, dma) = fake(InvalidationMode::Lazy(FlushQueueConfig {
+            rings: 1,
+            capacity,
+            timeout: std::time::Duration::from_secs(3600),
+        }));
+        let flushes = || fake_ops.flushes.load(Ordering::SeqCst);
+        let free = |dma: &IommuDma| {
+            let s = dma.iova_domain().stats();
+            s.free_granules + s.cached_granules
+        };
+        let free0 = free(&dma);
+        let mut live: Vec<(DmaAddr, u64)> = Vec::new();
+        // Unmapped granules and the flush count before their unmap: one
+        // may come back once a later flush has completed.
+        let mut unmapped: Vec<(u64, u64, usize)> = Vec::new(); // [first, last], flushes
+        for op in ops {
+            match op {
+                OwnedOp::Map(pages) => {
+                    let d = dma
+                        .map_phys_owned(0x10_0000, pages * K4, Direction::Bidirectional, Attrs::empty(), &parms(), u64::MAX)
+                        .unwrap();
+                    let last = d.raw() + pages * K4 - 1;
+                    let now = flushes();
+                    for &(a, b, f) in &unmapped {
+                        prop_assert!(last < a || d.raw() > b || now > f, "{d} reused before a later flush");
+                    }
+                    for &(l, n) in &live {
+                        prop_assert!(last < l.raw() || d.raw() > l.raw() + n * K4 - 1, "{d} is live");
+                    }
+                    unmapped.retain(|&(a, b, _)| last < a || d.raw() > b);
+                    live.push((d, pages));
+                }
+                OwnedOp::Unmap(i) if !live.is_empty() => {
+                    let (d, pages) = live.swap_remove(i % live.len());
+                    let before = flushes();
+                    dma.unmap_owned(d, pages * K4).unwrap();
+                    unmapped.push((d.raw(), d.raw() + pages * K4 - 1, before));
+                    prop_assert!(!fake_ops.maps.lock().unwrap().contains_key(&d.raw()));
+                }
+                OwnedOp::Unmap(_) => {}
+                OwnedOp::Flush => {
+                    dma.flush();
+                    // This thread's stage and ring are empty after its flush.
+                    prop_assert_eq!(dma.pending(), 0);
+                }
+            }
+        }
+        for (d, pages) in live {
+            dma.unmap_owned(d, pages * K4).unwrap();
+        }
+        dma.flush();
+        prop_assert_eq!(dma.pending(), 0);
+        prop_assert_eq!(free(&dma), free0);
+    }
+}
