@@ -221,7 +221,7 @@ pub struct FlushQueue<I> {
     rings: Box<[SpinLock<Ring>]>,
     /// Per-thread stages of owned single granules (if the domain has
     /// per-thread stacks: a large IOVA space).
-    stages: Option<Stages>,
+    stages: Option<Arc<Stages>>,
     invalidate: Mutex<I>,
     start_cnt: AtomicU64,
     finish_cnt: AtomicU64,
@@ -292,7 +292,7 @@ impl<I: Invalidate> FlushQueue<I> {
 
     /// Entries waiting for a flush, staged ones included.
     pub fn pending(&self) -> usize {
-        let staged = self.stages.as_ref().map_or(0, Stages::staged);
+        let staged = self.stages.as_ref().map_or(0, |s| s.staged());
         self.rings.iter().map(|r| r.lock().len()).sum::<usize>() + staged
     }
 
@@ -531,7 +531,7 @@ impl<I: Invalidate> FlushQueue<I> {
     /// stage or flush.
     pub fn flush(&self) {
         if let Some(stages) = &self.stages {
-            if let Some(stage) = stages.own() {
+            if let Some(stage) = Stages::own(stages) {
                 // An error leaves the rest allocated (never reused): safe.
                 let _ = self.unstage(stage, None);
             }

@@ -22,9 +22,10 @@
 //! threads other than the caller's. A slot of an exited thread is inherited,
 //! with its IOVAs, by the next thread that gets its index.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Weak};
 
 use super::rcache::lock;
 
@@ -52,31 +53,57 @@ static FREE_INDEXES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 /// Indexes never handed out start here.
 static NEXT_INDEX: AtomicUsize = AtomicUsize::new(0);
 
-/// A thread's index; returned to [`FREE_INDEXES`] when the thread exits.
-struct ThreadIndex(usize);
+/// Claims are numbered from 1 (0 is no claim), so that a slot can tell
+/// its current owner from a previous holder of the same index.
+static NEXT_CLAIM: AtomicU64 = AtomicU64::new(1);
+
+/// What a per-thread slot needs done when its thread exits, while the
+/// thread still holds its index (see [`at_thread_exit`]).
+pub(crate) trait ThreadExit: Send + Sync {
+    /// The thread holding `index` is exiting: slot `index` is still its own.
+    fn thread_exited(&self, index: usize);
+}
+
+/// A thread's index; returned to [`FREE_INDEXES`] when the thread exits,
+/// after its exit hooks ran.
+struct ThreadIndex {
+    index: usize,
+    claim: u64,
+    exit: RefCell<Vec<Weak<dyn ThreadExit>>>,
+}
 
 impl ThreadIndex {
     fn claim() -> ThreadIndex {
-        if let Some(i) = lock(&FREE_INDEXES).pop() {
-            return ThreadIndex(i);
+        let claim = NEXT_CLAIM.fetch_add(1, Ordering::Relaxed);
+        let index = lock(&FREE_INDEXES).pop().unwrap_or_else(|| {
+            // Threads beyond the first `HOT_THREADS` alive at once get no
+            // index; the counter stops growing there.
+            NEXT_INDEX
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < HOT_THREADS).then_some(n + 1)
+                })
+                .unwrap_or(NO_INDEX)
+        });
+        ThreadIndex {
+            index,
+            claim,
+            exit: RefCell::new(Vec::new()),
         }
-        // Threads beyond the first `HOT_THREADS` alive at once get no index;
-        // the counter stops growing there.
-        let i = NEXT_INDEX
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < HOT_THREADS).then_some(n + 1)
-            })
-            .unwrap_or(NO_INDEX);
-        ThreadIndex(i)
     }
 }
 
 impl Drop for ThreadIndex {
     fn drop(&mut self) {
-        if self.0 < HOT_THREADS {
+        if self.index < HOT_THREADS {
+            // The hooks run while the index is still this thread's.
+            for hook in self.exit.get_mut().drain(..) {
+                if let Some(hook) = hook.upgrade() {
+                    hook.thread_exited(self.index);
+                }
+            }
             // The mutex orders everything this thread did with the slots
             // before the accesses of the next owner, which pops it.
-            lock(&FREE_INDEXES).push(self.0);
+            lock(&FREE_INDEXES).push(self.index);
         }
     }
 }
@@ -90,7 +117,38 @@ thread_local! {
 /// slots (the flush queue's stages) use the same indexes.
 #[inline]
 pub(crate) fn thread_index() -> Option<usize> {
-    INDEX.try_with(|i| i.0).ok().filter(|&i| i < HOT_THREADS)
+    INDEX
+        .try_with(|i| i.index)
+        .ok()
+        .filter(|&i| i < HOT_THREADS)
+}
+
+/// [`thread_index`] and the number of the calling thread's claim of it
+/// (unique per claim, never 0).
+#[inline]
+pub(crate) fn thread_claim() -> Option<(usize, u64)> {
+    INDEX
+        .try_with(|i| (i.index, i.claim))
+        .ok()
+        .filter(|&(i, _)| i < HOT_THREADS)
+}
+
+/// Has `hook` called when the calling thread exits, before its index is
+/// released; false if the thread has no index (or is exiting). Hooks whose
+/// owner is gone are dropped here, so a thread holds at most one per live
+/// owner it registered with.
+pub(crate) fn at_thread_exit(hook: Weak<dyn ThreadExit>) -> bool {
+    INDEX
+        .try_with(|i| {
+            if i.index >= HOT_THREADS {
+                return false;
+            }
+            let mut hooks = i.exit.borrow_mut();
+            hooks.retain(|h| h.strong_count() > 0);
+            hooks.push(hook);
+            true
+        })
+        .unwrap_or(false)
 }
 
 /// Runs `f` with the indexes of exited threads, which no thread can claim
