@@ -13,7 +13,9 @@
 //! thread holding index `i`, with plain (`Relaxed`) loads and stores. Other
 //! threads only read it for statistics. The index passes from an exiting
 //! thread to the next one through a mutex, which orders the two owners'
-//! accesses.
+//! accesses. Other per-thread slots keyed by the same index (a flush
+//! queue's stages) can register a [`ThreadExit`] hook, run at thread exit
+//! while the index is still the thread's.
 //!
 //! The price, a documented difference from Linux: [`HotCache`] slots of other
 //! threads cannot be drained by `IovaDomain::flush_cache` (Linux flushes
