@@ -148,15 +148,28 @@ fn wrap_fault(inner: &Inner, endpoint: u32, iova: u64, access: Permissions) -> F
 /// No input-range check is needed: `map` only writes 4 KiB leaves whose whole page lies
 /// inside the (immutable) input range, so a valid entry implies that `iova..=last`,
 /// which lies in that page, is inside it too.
+///
+/// The caller has checked that the range lies in one page at or below
+/// [`MAX_INPUT_ADDRESS`] ([`in_one_page`]).
 #[inline(always)]
 pub(crate) fn fast_gpa(
     ep: &EndpointState,
     cache: &LeafCache,
     iova: u64,
-    last: u64,
     access: Permissions,
 ) -> Option<u64> {
-    fast_entry(ep, cache, iova, last, access).map(|raw| (raw & ADDR_MASK) | (iova & 0xfff))
+    page_entry(ep, cache, iova, access).map(|raw| (raw & ADDR_MASK) | (iova & 0xfff))
+}
+
+/// Whether `count > 0` bytes from `iova` lie in one 4 KiB page at or below
+/// [`MAX_INPUT_ADDRESS`] (then `iova + count - 1` does not wrap). Keys are unique
+/// only below 2^48 (`iova >> 21` would reach into the slot tag and alias IOVA
+/// 2^48 + x with x in the next slot or this one's IOVA x): beyond, the slow path
+/// answers (out of range).
+#[inline(always)]
+pub(crate) fn in_one_page(iova: u64, count: u64) -> bool {
+    // `MAX_INPUT_ADDRESS` ends a page, so the page's last byte is in range too.
+    count <= 0x1000 - (iova & 0xfff) && iova <= MAX_INPUT_ADDRESS
 }
 
 /// The valid, permitting leaf entry behind [`fast_gpa`].
@@ -169,12 +182,20 @@ fn fast_entry(
     access: Permissions,
 ) -> Option<u64> {
     debug_assert!(iova <= last);
-    // Keys are unique only below 2^48 (`iova >> 21` would reach into the slot tag and
-    // alias IOVA 2^48 + x with x in the next slot or this one's IOVA x): beyond, the
-    // slow path answers (out of range).
-    if last > MAX_INPUT_ADDRESS || (iova ^ last) >> 12 != 0 {
+    if !in_one_page(iova, last - iova + 1) {
         return None;
     }
+    page_entry(ep, cache, iova, access)
+}
+
+/// [`fast_entry`] once the range is known to be [`in_one_page`].
+#[inline(always)]
+fn page_entry(
+    ep: &EndpointState,
+    cache: &LeafCache,
+    iova: u64,
+    access: Permissions,
+) -> Option<u64> {
     let key = leaf_key(slot_tag(ep.domain()), iova);
     let leaf = cache.get(key)?;
     // The hint is not trusted: the table's own key decides.
@@ -393,4 +414,30 @@ pub(crate) fn translate<'a>(
         first: Some(first),
         rest,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_in_one_page_accepts_exactly_ranges_inside_one_page_below_the_input_limit() {
+        let page_of_max = MAX_INPUT_ADDRESS & !0xfff;
+        for (iova, count, want) in [
+            (0x1000, 0x1000, true),
+            (0x1000, 0x1001, false),
+            (0x1001, 0x1000, false),
+            (0x1fff, 1, true),
+            (0x1fff, 2, false),
+            (page_of_max, 0x1000, true),
+            (MAX_INPUT_ADDRESS, 1, true),
+            (MAX_INPUT_ADDRESS + 1, 1, false),
+            (u64::MAX - 0xfff, 0x1000, false),
+            (u64::MAX, 1, false),
+            (0, u64::MAX, false),
+            (0xfff, u64::MAX, false),
+        ] {
+            assert_eq!(in_one_page(iova, count), want, "{iova:#x} + {count:#x}");
+        }
+    }
 }

@@ -152,11 +152,9 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
             return Ok(ViewSlices::Done);
         }
         let ep = &self.endpoint;
-        // Fast path: one page of the cached leaf table, inside one memory region. A
-        // range that wraps around the address space fails the `last >= addr` test.
-        let last = addr.0.wrapping_add(count as u64 - 1);
-        if last >= addr.0 {
-            if let Some(gpa) = translate::fast_gpa(&ep.state, &ep.cache, addr.0, last, access) {
+        // Fast path: one page of the cached leaf table, inside one memory region.
+        if translate::in_one_page(addr.0, count as u64) {
+            if let Some(gpa) = translate::fast_gpa(&ep.state, &ep.cache, addr.0, access) {
                 if let Some(region) = self.mem.find_region(GuestAddress(gpa)) {
                     // `find_region` returned the region holding `gpa`, so this cannot
                     // underflow; `get_slice` checks that all `count` bytes fit.
