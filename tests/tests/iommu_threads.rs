@@ -23,9 +23,17 @@ const EP: u32 = 7;
 const THREADS: u64 = 4;
 const GENERATIONS: u64 = 3;
 const PAIRS: u64 = 3000;
+/// More threads at once than there are thread indexes (`vm_dma::iova::HOT_THREADS`):
+/// the threads without one use the shared rings and the range cache.
+const MANY_THREADS: u64 = 80;
+const MANY_PAIRS: u64 = 300;
 const PAGE: u64 = 4096;
 
 fn run(mode: InvalidationMode) {
+    run_with(mode, THREADS, GENERATIONS, PAIRS);
+}
+
+fn run_with(mode: InvalidationMode, threads: u64, generations: u64, pairs: u64) {
     let mem = fragmented_memory();
     let bus = DmaBus::new(mem.clone()).unwrap();
     let iommu = Iommu::new(Config::default()).unwrap();
@@ -51,8 +59,8 @@ fn run(mode: InvalidationMode) {
     // they can).
     let live: Arc<Vec<AtomicBool>> =
         Arc::new((0..1u64 << 20).map(|_| AtomicBool::new(false)).collect());
-    for generation in 0..GENERATIONS {
-        let workers: Vec<_> = (0..THREADS)
+    for generation in 0..generations {
+        let workers: Vec<_> = (0..threads)
             .map(|t| {
                 let dev = dev.clone();
                 let view = iommu.view(EP, mem.clone()).unwrap();
@@ -60,7 +68,7 @@ fn run(mode: InvalidationMode) {
                 thread::spawn(move || {
                     // Each thread's own buffers, tagged with their address.
                     let base = 64 * MIB + (t * 8) * PAGE;
-                    for i in 0..PAIRS {
+                    for i in 0..pairs {
                         let buf = base + (i % 8) * PAGE;
                         let tag = buf ^ (generation << 56) ^ i;
                         dev.memory().write_obj(tag, GuestAddress(buf)).unwrap();
@@ -100,4 +108,21 @@ fn strict_maps_from_many_threads_never_share_an_iova() {
 #[test]
 fn lazy_maps_from_many_threads_never_share_an_iova() {
     run(InvalidationMode::Lazy(FlushQueueConfig::per_cpu()));
+}
+
+#[test]
+fn lazy_maps_from_more_threads_than_indexes_never_share_an_iova() {
+    assert!(MANY_THREADS > vm_dma::iova::HOT_THREADS as u64);
+    run_with(
+        InvalidationMode::Lazy(FlushQueueConfig::per_cpu()),
+        MANY_THREADS,
+        2,
+        MANY_PAIRS,
+    );
+    run_with(
+        InvalidationMode::Lazy(FlushQueueConfig::single()),
+        MANY_THREADS,
+        2,
+        MANY_PAIRS,
+    );
 }

@@ -405,10 +405,23 @@ impl<I: Invalidate> FlushQueue<I> {
     }
 
     /// Moves the calling thread's `stage`, and `extra`, to a ring: a full
-    /// stage and `extra` as one batch if the ring takes batches.
+    /// stage and `extra` as one batch if the ring takes batches. Then a
+    /// chunk of what exited threads left, if any, follows.
     #[cold]
     #[inline(never)]
     fn unstage(&self, stage: &Stage, extra: Option<u64>) -> Result<()> {
+        let moved = self.unstage_own(stage, extra);
+        if let Some(stages) = &self.stages {
+            let mut orphans = [0u64; FQ_STAGE];
+            let n = stages.take_orphan_chunk(&mut orphans);
+            // An error leaves them allocated (never reused): safe.
+            let _ = self.push_granules(&orphans[..n]);
+        }
+        moved
+    }
+
+    /// The calling thread's part of [`FlushQueue::unstage`].
+    fn unstage_own(&self, stage: &Stage, extra: Option<u64>) -> Result<()> {
         let mut buf = [0u64; BATCH];
         let mut staged = [0u64; FQ_STAGE];
         let mut n = stage.take(&mut staged);

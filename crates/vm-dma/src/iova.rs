@@ -119,7 +119,7 @@ use crate::error::{Error, Result};
 use crate::types::DmaAddr;
 use gap_tree::GapTree;
 use hot::HotCache;
-pub(crate) use hot::{at_thread_exit, thread_claim, with_free_indexes, ThreadExit};
+pub(crate) use hot::{at_thread_exit, thread_claim, ThreadExit};
 pub use hot::{HOT_DEPTH, HOT_MIN_GRANULES, HOT_THREADS};
 use live::LiveMap;
 pub(crate) use rcache::{lock, shard_of};

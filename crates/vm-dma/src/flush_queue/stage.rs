@@ -25,24 +25,23 @@
 //! A thread leaves nothing behind: the first time it stages with a queue, it
 //! registers an exit hook ([`ThreadExit`]) that moves its stage to the
 //! queue's orphans while the index is still its own, so a thread that
-//! claims the index later never inherits it. The orphans are bounded
-//! ([`ORPHANS_MAX`]); should they be full, the stage stays in its slot and
-//! [`Stages::take_orphans`] takes it from there while the index is free (or
-//! its next holder moves it along when it stages with this queue).
+//! claims the index later never inherits it. Orphans are taken by the next
+//! flush, and a chunk at a time by every stage that moves to a ring, so
+//! they stay few while the queue is in use; they grow only by what exiting
+//! threads had staged (at most [`FQ_STAGE`] each) between two such moves.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use vm_iommu::spin::SpinLock;
 
-use crate::iova::{at_thread_exit, thread_claim, with_free_indexes, ThreadExit, HOT_THREADS};
+use crate::iova::{at_thread_exit, thread_claim, ThreadExit, HOT_THREADS};
 
 /// Granules a thread's stage holds; the next unmap moves them all to a ring.
 pub const FQ_STAGE: usize = 16;
 
-/// Granules that exited threads' stages can leave with a queue between two
-/// flushes (what all slots hold at once).
-const ORPHANS_MAX: usize = HOT_THREADS * FQ_STAGE;
+/// Room for orphans reserved up front: what all slots hold at once.
+const ORPHANS_RESERVED: usize = HOT_THREADS * FQ_STAGE;
 
 /// One thread's staged granules, on cache lines of its own.
 #[derive(Default)]
@@ -86,22 +85,22 @@ impl Stage {
 /// The stages of one flush queue, one per thread index.
 ///
 /// Slot `i` is read and written only by the thread holding index `i` (its
-/// exit hook included), or, while no thread holds it, by
-/// [`Stages::take_orphans`] under the lock of the free indexes;
+/// exit hook included), which empties it before the index is released;
 /// [`Stages::staged`] only reads lengths for statistics.
 pub(super) struct Stages {
     slots: Box<[Stage]>,
-    /// Granules moved out of the stages of exited threads; never more than
-    /// [`ORPHANS_MAX`] (allocated up front, so a thread exit allocates
-    /// nothing).
+    /// Granules moved out of the stages of exited threads.
     orphans: SpinLock<Vec<u64>>,
+    /// `orphans.len()`, readable without the lock.
+    orphaned: AtomicUsize,
 }
 
 impl Stages {
     pub(super) fn new() -> Arc<Stages> {
         Arc::new(Stages {
             slots: (0..HOT_THREADS).map(|_| Stage::default()).collect(),
-            orphans: SpinLock::new(Vec::with_capacity(ORPHANS_MAX)),
+            orphans: SpinLock::new(Vec::with_capacity(ORPHANS_RESERVED)),
+            orphaned: AtomicUsize::new(0),
         })
     }
 
@@ -135,36 +134,27 @@ impl Stages {
         self.slots.iter().map(Stage::staged).sum::<usize>() + self.orphans.lock().len()
     }
 
-    /// Takes the granules that exited threads left, a stage's worth at a
-    /// time: `f` gets each non-empty chunk, with no lock held.
+    /// Takes up to [`FQ_STAGE`] of the granules exited threads left into
+    /// `buf`; how many (0 at once, without the lock, if there are none).
+    pub(super) fn take_orphan_chunk(&self, buf: &mut [u64; FQ_STAGE]) -> usize {
+        if self.orphaned.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        let mut orphans = self.orphans.lock();
+        let n = orphans.len().min(FQ_STAGE);
+        let from = orphans.len() - n;
+        buf[..n].copy_from_slice(&orphans[from..]);
+        orphans.truncate(from);
+        self.orphaned.store(from, Ordering::Relaxed);
+        n
+    }
+
+    /// Takes every granule exited threads left, a stage's worth at a time:
+    /// `f` gets each chunk, with no lock held.
     pub(super) fn take_orphans(&self, mut f: impl FnMut(&[u64])) {
         loop {
             let mut buf = [0u64; FQ_STAGE];
-            let n = {
-                let mut orphans = self.orphans.lock();
-                let n = orphans.len().min(FQ_STAGE);
-                let from = orphans.len() - n;
-                buf[..n].copy_from_slice(&orphans[from..]);
-                orphans.truncate(from);
-                n
-            };
-            if n == 0 {
-                break;
-            }
-            f(&buf[..n]);
-        }
-        // Stages left in their slots because the orphans were full.
-        loop {
-            let mut buf = [0u64; FQ_STAGE];
-            // `take` only touches the stage: no index is claimed and no lock
-            // taken under the lock of the free indexes.
-            let n = with_free_indexes(|free| {
-                free.iter()
-                    .filter_map(|&i| self.slots.get(i))
-                    .map(|s| s.take(&mut buf))
-                    .find(|&n| n > 0)
-                    .unwrap_or(0)
-            });
+            let n = self.take_orphan_chunk(&mut buf);
             if n == 0 {
                 return;
             }
@@ -178,14 +168,17 @@ impl ThreadExit for Stages {
         let Some(stage) = self.slots.get(index) else {
             return;
         };
-        let mut orphans = self.orphans.lock();
-        // Within the capacity reserved up front: no allocation. Should it
-        // be full, the stage stays in its slot (see the module docs).
-        if orphans.len() + stage.staged() <= ORPHANS_MAX {
-            let mut buf = [0u64; FQ_STAGE];
-            let n = stage.take(&mut buf);
-            orphans.extend_from_slice(&buf[..n]);
+        let mut buf = [0u64; FQ_STAGE];
+        let n = stage.take(&mut buf);
+        if n == 0 {
+            return;
         }
+        // Grows past the room reserved up front only if more threads exit
+        // with staged granules than a flush or a moving stage takes (an
+        // allocation at thread exit, not on a DMA path).
+        let mut orphans = self.orphans.lock();
+        orphans.extend_from_slice(&buf[..n]);
+        self.orphaned.store(orphans.len(), Ordering::Relaxed);
     }
 }
 
@@ -239,33 +232,30 @@ mod tests {
     }
 
     #[test]
-    fn test_a_stage_left_in_its_slot_is_taken_while_its_index_is_free() {
+    fn test_orphans_grow_past_their_reserve_and_are_taken_a_chunk_at_a_time() {
         let st = Stages::new();
-        // Orphans full: an exiting thread's stage stays in its slot.
-        st.orphans.lock().resize(ORPHANS_MAX, 0);
+        {
+            let mut o = st.orphans.lock();
+            o.resize(ORPHANS_RESERVED, 7);
+            st.orphaned.store(o.len(), Ordering::Relaxed);
+        }
         {
             let st = Arc::clone(&st);
             std::thread::spawn(move || Stages::own(&st).map(|s| s.push(42)))
                 .join()
                 .unwrap();
         }
-        assert_eq!(st.staged(), ORPHANS_MAX + 1);
-        // Taken from the slot once its index is free (a thread of another
-        // test may hold the index for a while).
-        let mut slot = Vec::new();
-        for _ in 0..1000 {
-            st.take_orphans(|p| {
-                if p != [0; FQ_STAGE] {
-                    slot.extend_from_slice(p)
-                }
-            });
-            if !slot.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(slot, vec![42]);
-        assert_eq!(st.staged(), 0);
+        // Nothing stays in a slot: the exiting thread's granule joined the
+        // orphans beyond the reserved room.
+        assert_eq!(st.slots.iter().map(Stage::staged).sum::<usize>(), 0);
+        assert_eq!(st.staged(), ORPHANS_RESERVED + 1);
+        let mut buf = [0; FQ_STAGE];
+        assert_eq!(st.take_orphan_chunk(&mut buf), FQ_STAGE);
+        assert_eq!(buf[FQ_STAGE - 1], 42);
+        let mut rest = 0;
+        st.take_orphans(|p| rest += p.len());
+        assert_eq!(rest, ORPHANS_RESERVED + 1 - FQ_STAGE);
+        assert_eq!((st.staged(), st.take_orphan_chunk(&mut buf)), (0, 0));
     }
 
     #[test]

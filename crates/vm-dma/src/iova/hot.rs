@@ -153,17 +153,6 @@ pub(crate) fn at_thread_exit(hook: Weak<dyn ThreadExit>) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs `f` with the indexes of exited threads, which no thread can claim
-/// until `f` returns: `f` may take over what those threads left in their
-/// slots. The mutex orders the exited owners' accesses to their slots
-/// before `f`'s, and `f`'s before those of the next owners.
-///
-/// `f` must not claim an index (call [`thread_index`] for the first time on
-/// its thread) or take a lock that is held while one is claimed.
-pub(crate) fn with_free_indexes<R>(f: impl FnOnce(&[usize]) -> R) -> R {
-    f(&lock(&FREE_INDEXES))
-}
-
 /// One thread's stack, on cache lines of its own.
 #[repr(align(128))]
 struct Slot {
