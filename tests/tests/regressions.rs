@@ -139,3 +139,79 @@ fn leaf_cache_never_answers_an_iova_beyond_48_bits() {
         assert!(view.read_obj::<u8>(GuestAddress(base + 0x10)).is_err());
     }
 }
+
+/// The first version of lazy mode's per-thread stages left a thread's staged
+/// unmaps in its slot when it exited, for the next holder of its thread
+/// index; a flush could take them only while the index was free, so with
+/// every index held by live threads they stayed queued and their IOVAs never
+/// came back (one run in three of a test with 80 threads). Now the exiting
+/// thread moves them to the queue's orphans, which a flush takes.
+#[test]
+fn lazy_unmaps_staged_by_an_exited_thread_come_back_while_every_index_is_held() {
+    use std::sync::{Arc, Barrier};
+    use vm_dma::flush_queue::FlushQueueConfig;
+    use vm_dma::iommu_dma::{InvalidationMode, IommuDma, IommuDmaConfig};
+    use vm_dma::iova::HOT_THREADS;
+    use vm_dma::{DeviceConfig, DmaBus, DmaDevice, DmaMask};
+    use vm_iommu::{Config, Iommu};
+
+    const PAGE: u64 = 4096;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let bus = DmaBus::new(mem).unwrap();
+    let device = |iommu: &Iommu| {
+        iommu.create_domain(1, false).unwrap();
+        iommu.attach(1, 1).unwrap();
+        let cfg = IommuDmaConfig {
+            mode: InvalidationMode::Lazy(FlushQueueConfig::per_cpu()),
+            ..IommuDmaConfig::default()
+        };
+        let ops = Arc::new(IommuDma::for_vm_iommu(iommu, 1, &[], cfg).unwrap());
+        let mut dc = DeviceConfig::new("staged");
+        dc.dma_mask = DmaMask::FULL;
+        let dev: DmaDevice<GuestMemoryMmap> =
+            DmaDevice::with_iommu(&bus, dc, Arc::clone(&ops)).unwrap();
+        (dev, ops)
+    };
+    let pair = |dev: &DmaDevice<GuestMemoryMmap>| {
+        let m = dev
+            .map_single(GuestAddress(PAGE), PAGE, Direction::ToDevice)
+            .unwrap();
+        dev.unmap(m).unwrap();
+    };
+    let (iommu, other_iommu) = (
+        Iommu::new(Config::default()).unwrap(),
+        Iommu::new(Config::default()).unwrap(),
+    );
+    let (dev, ops) = device(&iommu);
+    let (other_dev, _other_ops) = device(&other_iommu);
+    let free = || {
+        let s = ops.iova_domain().stats();
+        s.free_granules + s.cached_granules
+    };
+    let free0 = free();
+    // A thread stages a few lazy unmaps (fewer than a stage holds) and exits.
+    std::thread::scope(|s| {
+        s.spawn(|| (0..5).for_each(|_| pair(&dev)));
+    });
+    assert_eq!(ops.pending(), 5);
+    // More live threads than there are indexes, each holding the one it got
+    // (by a DMA operation on another device), while this thread flushes.
+    let live = HOT_THREADS + 6;
+    let held = Barrier::new(live + 1);
+    let done = Barrier::new(live + 1);
+    std::thread::scope(|s| {
+        for _ in 0..live {
+            s.spawn(|| {
+                pair(&other_dev);
+                held.wait();
+                done.wait();
+            });
+        }
+        held.wait();
+        ops.flush();
+        let (pending, back) = (ops.pending(), free());
+        done.wait();
+        assert_eq!(pending, 0);
+        assert_eq!(back, free0);
+    });
+}
