@@ -229,5 +229,22 @@ pub fn seeds() -> Vec<IommuDmaInput> {
             access(1, 1, 0xffff, true),
         ],
     };
-    vec![strict, lazy, threads, exhaust(false), exhaust(true), sg]
+    // A wrong oracle caught while writing it: a flush on a batch thread
+    // does not reach the main thread's stage (documented), so granules the
+    // main thread unmapped lazily stay pending after it.
+    let mut flush_on_thread = threads.clone();
+    flush_on_thread.ops = churn(3, 0);
+    flush_on_thread
+        .ops
+        .extend([Thread { count: 2 }, Flush, Poll { far: true }]);
+    flush_on_thread.ops.extend(churn(2, 0));
+    vec![
+        strict,
+        lazy,
+        threads,
+        exhaust(false),
+        exhaust(true),
+        sg,
+        flush_on_thread,
+    ]
 }
