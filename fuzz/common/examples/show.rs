@@ -15,6 +15,7 @@ use vm_dma_fuzz_common::{
     decode,
     desc_chain::{run_desc_chain, DescChainInput},
     iommu_device::{run_iommu_device, IommuDeviceInput},
+    iommu_dma::{run_iommu_dma, IommuDmaInput},
     iommu_model::{run_iommu_model, IommuModelInput},
     pool::{run_pool, PoolInput},
     streaming::{run_streaming, StreamingInput},
@@ -43,6 +44,7 @@ fn main() -> Result<(), String> {
         "bounce" => show::<BounceInput, _>(&data, run_bounce),
         "dma_pool" => show::<PoolInput, _>(&data, run_pool),
         "virtio_iommu_device" => show::<IommuDeviceInput, _>(&data, run_iommu_device),
+        "iommu_dma" => show::<IommuDmaInput, _>(&data, run_iommu_dma),
         other => Err(format!("no such target: {other}")),
     }
 }

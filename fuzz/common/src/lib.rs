@@ -22,6 +22,7 @@
 //! | [`desc_chain`] | `desc_chain_dma` | every byte a virtqueue touches through the IOMMU lies in a mapped, permitted range |
 //! | [`vhost_messages`] | `vhost_user_messages` | any vhost-user message stream: no panic or hang, well-formed replies owed are sent, the daemon keeps serving |
 //! | [`iommu_device`] | `virtio_iommu_device` | every virtio-iommu reply equals a spec model's; translations afterwards agree with the model |
+//! | [`iommu_dma`] | `iommu_dma` | maps behind a vm-iommu domain (strict or lazy) reach their own buffers in their direction only, within the mask, never share an IOVA, are never reused before a covering flush, and every IOVA comes back |
 
 #![deny(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod bounce;
 pub mod desc_chain;
 pub mod edge;
 pub mod iommu_device;
+pub mod iommu_dma;
 pub mod iommu_model;
 pub mod logmem;
 pub mod pool;

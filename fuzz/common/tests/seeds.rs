@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vm_dma_fuzz_common::{
-    bounce, decode, desc_chain, encode, iommu_device, iommu_model, pool, streaming, vhost_messages,
-    Reached,
+    bounce, decode, desc_chain, encode, iommu_device, iommu_dma, iommu_model, pool, streaming,
+    vhost_messages, Reached,
 };
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -112,4 +112,9 @@ fn seeds_vhost_user_messages() {
         vhost_messages::seeds(),
         vhost_messages::run_vhost,
     );
+}
+
+#[test]
+fn seeds_iommu_dma() {
+    seed("iommu_dma", iommu_dma::seeds(), iommu_dma::run_iommu_dma);
 }
