@@ -100,7 +100,10 @@ struct Live {
     span: Span,
 }
 
-/// An unmapped IOVA range and the flush-start count when its unmap returned.
+/// An unmapped IOVA range and the flush-start count when its unmap was
+/// called: every later flush started after the call began, so (the target
+/// runs one operation at a time) after the page-table unmap, which precedes
+/// any flush the call itself runs.
 #[derive(Clone, Copy, Debug)]
 struct Dead {
     span: Span,
@@ -452,6 +455,7 @@ impl State {
             let c = l.chunks[0];
             self.access(ctx, l.dev, (c, l.dir), (0, 1), false);
         }
+        let started = ctx.ops.flush_counts().0;
         match l.handle {
             Handle::Single(m) => {
                 if let Err(r) = dev.unmap(m) {
@@ -465,7 +469,6 @@ impl State {
             }
         }
         self.reached.ok += 1;
-        let started = ctx.ops.flush_counts().0;
         for c in &l.chunks {
             let mut b = [0u8; 1];
             for d in &ctx.devs {
