@@ -152,20 +152,39 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
             return Ok(ViewSlices::Done);
         }
         let ep = &self.endpoint;
-        // Fast path: one page of the cached leaf table, inside one memory region.
-        if translate::in_one_page(addr.0, count as u64) {
-            if let Some(gpa) = translate::fast_gpa(&ep.state, &ep.cache, addr.0, access) {
-                if let Some(region) = self.mem.find_region(GuestAddress(gpa)) {
-                    // `find_region` returned the region holding `gpa`, so this cannot
-                    // underflow; `get_slice` checks that all `count` bytes fit.
-                    let offset = MemoryRegionAddress(gpa.wrapping_sub(region.start_addr().0));
-                    if let Ok(slice) = region.get_slice(offset, count) {
-                        return Ok(ViewSlices::One(slice));
-                    }
+        // Fast path: one page of the cached leaf table.
+        let single = if translate::in_one_page(addr.0, count as u64) {
+            translate::fast_gpa(&ep.state, &ep.cache, addr.0, access)
+        } else {
+            None
+        };
+        // Else the out-of-line check of the whole range, which returns the piece's
+        // address if it is a single one. It returns in registers, never a
+        // `ViewSlices`: that would merge with the fast path's through memory, a copy
+        // with wider loads than the stores that wrote it, which the CPU cannot
+        // forward, on every fast access.
+        let single = match single {
+            Some(gpa) => Some(gpa),
+            None => self.check_slow(addr, count, access).map_err(|e| *e)?,
+        };
+        if let Some(gpa) = single {
+            // A single piece inside one memory region: its slice now, so that
+            // iteration cannot fail any more.
+            if let Some(region) = self.mem.find_region(GuestAddress(gpa)) {
+                // `find_region` returned the region holding `gpa`, so this cannot
+                // underflow; `get_slice` checks that all `count` bytes fit.
+                let offset = MemoryRegionAddress(gpa.wrapping_sub(region.start_addr().0));
+                if let Ok(slice) = region.get_slice(offset, count) {
+                    return Ok(ViewSlices::One(slice));
                 }
             }
         }
-        self.get_slices_slow(addr, count, access)
+        Ok(ViewSlices::Many {
+            view: self,
+            iova: addr.0,
+            left: count,
+            access: perm_bits(access),
+        })
     }
 
     fn physical_memory(&self) -> Option<&Self::PhysicalMemory> {
@@ -174,14 +193,30 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
 }
 
 impl<M: GuestMemoryBackend> DeviceView<M> {
-    /// Everything but the fast path of `get_slices`.
+    /// Everything but the fast path of `get_slices`: translates and checks the
+    /// whole range, and that guest memory backs every piece, before any byte moves.
+    /// The guest-physical address of the range if it is a single piece.
+    ///
+    /// The error is boxed so that the result fits in two registers (an error
+    /// already allocates its message).
+    #[cold]
     #[inline(never)]
-    fn get_slices_slow(
+    fn check_slow(
         &self,
         addr: GuestAddress,
         count: usize,
         access: Permissions,
-    ) -> GuestMemoryResult<ViewSlices<'_, M>> {
+    ) -> Result<Option<u64>, Box<GuestMemoryError>> {
+        self.check_range_of(addr, count, access).map_err(Box::new)
+    }
+
+    /// [`DeviceView::check_slow`] with the error unboxed.
+    fn check_range_of(
+        &self,
+        addr: GuestAddress,
+        count: usize,
+        access: Permissions,
+    ) -> GuestMemoryResult<Option<u64>> {
         let ep = &self.endpoint;
         let (first, rest) = translate::check_recorded(
             &ep.inner,
@@ -192,50 +227,35 @@ impl<M: GuestMemoryBackend> DeviceView<M> {
             access,
         )
         .map_err(|e| to_memory_error(e, addr, count))?;
-        if let Some(mut more) = rest {
-            // Several pieces: check that guest memory backs all of them before the first
-            // byte moves (a single piece fails on its first slice anyway).
-            let mut f = first;
-            loop {
-                if !self.backed(&f) {
-                    return Err(GuestMemoryError::InvalidGuestAddress(f.gpa));
-                }
-                let (item, again) = more.next_fragment();
-                f = item.map_err(|e| to_memory_error(e, addr, count))?;
-                if !again {
-                    if !self.backed(&f) {
-                        return Err(GuestMemoryError::InvalidGuestAddress(f.gpa));
-                    }
-                    break;
-                }
-            }
-        } else {
-            // One piece: hand out its slice now if it lies in one memory region, so
-            // that iteration cannot fail any more.
-            let Some((region, offset)) = self.mem.to_region_addr(first.gpa) else {
-                return Err(GuestMemoryError::InvalidGuestAddress(first.gpa));
+        let mut f = first;
+        let Some(mut more) = rest else {
+            return if self.backed(&f) {
+                Ok(Some(f.gpa.0))
+            } else {
+                Err(GuestMemoryError::InvalidGuestAddress(f.gpa))
             };
-            let fits = region
-                .len()
-                .checked_sub(offset.raw_value())
-                .is_some_and(|cap| first.len <= cap);
-            if fits {
-                return Ok(ViewSlices::One(region.get_slice(offset, count)?));
+        };
+        loop {
+            if !self.backed(&f) {
+                return Err(GuestMemoryError::InvalidGuestAddress(f.gpa));
+            }
+            let (item, again) = more.next_fragment();
+            f = item.map_err(|e| to_memory_error(e, addr, count))?;
+            if !again {
+                return if self.backed(&f) {
+                    Ok(None)
+                } else {
+                    Err(GuestMemoryError::InvalidGuestAddress(f.gpa))
+                };
             }
         }
-        Ok(ViewSlices::Many {
-            view: self,
-            iova: addr.0,
-            left: count,
-            access: perm_bits(access),
-        })
     }
 }
 
 /// Slices of a translated range, returned by [`DeviceView`]'s
 /// [`get_slices`](GuestMemory::get_slices).
 enum ViewSlices<'a, M: GuestMemoryBackend> {
-    /// A single slice, computed up front.
+    /// A single slice, computed up front (the fast path).
     One(VolatileSlice<'a, MS<'a, M>>),
     /// Exhausted, or stopped by an error.
     Done,
@@ -291,15 +311,24 @@ impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
         // `iova + left - 1` was checked not to wrap.
         let last = iova.wrapping_add(*left as u64 - 1);
         let ep = &view.endpoint;
-        let f = match translate::piece_at(&ep.inner, &ep.state, *iova, last, entry_perms(*access)) {
-            Ok(f) => f,
-            Err(e) => return Some(Err(to_memory_error(e, GuestAddress(*iova), *left))),
+        let perms = entry_perms(*access);
+        // What is left of the range in one page: the leaf cache, which the check
+        // before has just filled, usually has its table.
+        let cached = translate::in_one_page(*iova, *left as u64)
+            .then(|| translate::fast_gpa(&ep.state, &ep.cache, *iova, perms))
+            .flatten();
+        let (gpa, len) = match cached {
+            Some(gpa) => (GuestAddress(gpa), *left as u64),
+            None => match translate::piece_at(&ep.inner, &ep.state, *iova, last, perms) {
+                Ok(f) => (f.gpa, f.len),
+                Err(e) => return Some(Err(to_memory_error(e, GuestAddress(*iova), *left))),
+            },
         };
-        let Some((region, offset)) = view.mem.to_region_addr(f.gpa) else {
-            return Some(Err(GuestMemoryError::InvalidGuestAddress(f.gpa)));
+        let Some((region, offset)) = view.mem.to_region_addr(gpa) else {
+            return Some(Err(GuestMemoryError::InvalidGuestAddress(gpa)));
         };
-        // `offset < region.len()`, so the difference cannot underflow; `f.len <= left`.
-        let cap = region.len().saturating_sub(offset.raw_value()).min(f.len);
+        // `offset < region.len()`, so the difference cannot underflow; `len <= left`.
+        let cap = region.len().saturating_sub(offset.raw_value()).min(len);
         let n = usize::try_from(cap).map_or(*left, |cap| cap.min(*left));
         let slice = match region.get_slice(offset, n) {
             Ok(s) => s,
