@@ -215,3 +215,68 @@ fn lazy_unmaps_staged_by_an_exited_thread_come_back_while_every_index_is_held() 
         assert_eq!(back, free0);
     });
 }
+
+/// Found by fuzzing (`streaming_dma`): a raw sg unmap that the device
+/// refused (here `nents` beyond the list) still removed a dma-debug entry
+/// when dma-debug itself saw no misuse: the list's one entry matched another
+/// live list's entry (same address, size, direction, and `sg_call_ents` equal
+/// to the call's `nents`) perfectly. The refused call changed nothing in the
+/// device, but the tracker lost that other list's entry, and unmapping both
+/// lists later reported a wrong `nents` and an unknown entry. In strict mode
+/// the same happened when the device refused after dma-debug's check had
+/// already committed. Now a teardown the device refuses leaves the tracker
+/// unchanged, and strict mode changes it only once the device has acted.
+#[test]
+fn refused_raw_sg_unmap_leaves_dma_debug_entries_alone() {
+    use std::sync::Arc;
+    use vm_dma::debug::{DebugConfig, DebugHook, DebugMode, DmaDebug};
+    use vm_dma::{DeviceConfig, DmaBus, DmaDevice, SgEntry};
+
+    for mode in [
+        DebugMode::Report,
+        DebugMode::ReportUnchanged,
+        DebugMode::Strict,
+    ] {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let bus = DmaBus::new(mem).unwrap();
+        let debug = Arc::new(DmaDebug::new(DebugConfig {
+            mode,
+            cache_alignment: 1,
+            ..DebugConfig::default()
+        }));
+        let mut cfg = DeviceConfig::new("regression");
+        cfg.debug = DebugHook::new(Arc::clone(&debug));
+        let dev = DmaDevice::with_config(&bus, cfg);
+        let d = Direction::ToDevice;
+        let n = Attrs::empty();
+        // List A: two entries, the second at the same address and size as
+        // list B's only entry.
+        let mut a = [
+            SgEntry::new(GuestAddress(0), 0x2000),
+            SgEntry::new(GuestAddress(0), 0x1000),
+        ];
+        let mut b = [SgEntry::new(GuestAddress(0), 0x1000)];
+        assert_eq!(dev.map_sg_raw(&mut a, d, n).unwrap(), 2);
+        assert_eq!(dev.map_sg_raw(&mut b, d, n).unwrap(), 1);
+        assert_eq!(debug.live_entries(), 3);
+        let errors = debug.report().error_count;
+        // B with `nents` 2: more entries than the list has. Refused.
+        let mut bad = b;
+        assert!(dev.unmap_sg_raw(&mut bad, 2, d).is_err());
+        assert_eq!(
+            debug.live_entries(),
+            3,
+            "{mode:?}: the refused unmap changed the tracker"
+        );
+        // Both lists unmap cleanly, and nothing is left.
+        dev.unmap_sg_raw(&mut a, 2, d).unwrap();
+        dev.unmap_sg_raw(&mut b, 1, d).unwrap();
+        assert_eq!(
+            debug.report().error_count,
+            errors,
+            "{mode:?}: {:#?}",
+            debug.report().events
+        );
+        assert_eq!(debug.live_entries(), 0);
+    }
+}

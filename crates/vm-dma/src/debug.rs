@@ -239,6 +239,23 @@ struct State {
     full: bool,
 }
 
+/// What a hook's pass over the tracker does with the changes it makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// Report mode, as Linux: record the events, keep the changes.
+    Linux,
+    /// Strict and report-unchanged modes: record the events, undo the
+    /// changes if there was a misuse.
+    KeepOnMisuse,
+    /// Record the events, always undo the changes: a strict teardown's check
+    /// before the device acts, or a teardown the device refused (it changed
+    /// nothing, so neither may the tracker).
+    Check,
+    /// Keep the changes, record nothing: the strict teardown's second pass
+    /// once the device has acted (its check pass recorded the events).
+    Apply,
+}
+
 /// The dma-debug tracker: shareable (`Send + Sync`, use it behind an `Arc`)
 /// by every device of a bus or by chosen devices. See the module docs.
 ///
@@ -326,31 +343,40 @@ impl DmaDebug {
         site: &'static Location<'static>,
         f: impl FnOnce(&mut State, &DebugConfig, &mut Vec<Pending>),
     ) -> Result<(), DebugEvent> {
-        self.run_keep(dev, site, self.config.mode != DebugMode::Report, f)
+        let pass = if self.config.mode == DebugMode::Report {
+            Pass::Linux
+        } else {
+            Pass::KeepOnMisuse
+        };
+        self.run_pass(dev, site, pass, f)
     }
 
-    /// [`DmaDebug::run`] with the roll-back on misuse chosen by the caller:
-    /// `keep` leaves the tracker unchanged on misuse whatever the mode (for
-    /// a call the device itself refused, see `wire`).
-    fn run_keep(
+    /// [`DmaDebug::run`] with what happens to the tracker chosen by the
+    /// caller (see [`Pass`]; for the teardown hooks, see `wire`).
+    fn run_pass(
         &self,
         dev: DeviceRef<'_>,
         site: &'static Location<'static>,
-        keep: bool,
+        pass: Pass,
         f: impl FnOnce(&mut State, &DebugConfig, &mut Vec<Pending>),
     ) -> Result<(), DebugEvent> {
         let strict = self.config.mode == DebugMode::Strict;
         let mut st = self.lock();
-        st.tracker.begin(keep);
+        st.tracker.begin(pass != Pass::Linux && pass != Pass::Apply);
         let mut pending = Vec::new();
         f(&mut st, &self.config, &mut pending);
         let misuse = pending.iter().any(|p| p.check.is_misuse());
-        if keep && misuse {
+        let roll_back = match pass {
+            Pass::Linux | Pass::Apply => false,
+            Pass::KeepOnMisuse => misuse,
+            Pass::Check => true,
+        };
+        if roll_back {
             st.tracker.rollback();
         } else {
             st.tracker.commit();
         }
-        if pending.is_empty() {
+        if pending.is_empty() || pass == Pass::Apply {
             return Ok(());
         }
         if st.full {

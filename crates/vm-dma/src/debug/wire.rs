@@ -41,7 +41,7 @@ use crate::types::{Attrs, Direction, DmaAddr};
 use super::event::{DebugEvent, Kind, PoolMisuse};
 use super::report::LeakReport;
 use super::tracker::Ref;
-use super::{DebugHook, DebugMode, DeviceRef, DmaDebug, MapEntry};
+use super::{DebugHook, DebugMode, DeviceRef, DmaDebug, MapEntry, Pass};
 
 impl From<MapKind> for Kind {
     fn from(kind: MapKind) -> Self {
@@ -80,12 +80,12 @@ pub(crate) enum Teardown {
 
 impl DmaDebug {
     /// The unmap, sg unmap and free hooks with an explicit call site and
-    /// roll-back choice.
+    /// [`Pass`].
     fn teardown_at(
         &self,
         dev: DeviceRef<'_>,
         site: &'static Location<'static>,
-        keep: bool,
+        pass: Pass,
         t: &Teardown,
     ) -> std::result::Result<(), DebugEvent> {
         if !self.is_enabled() {
@@ -108,7 +108,7 @@ impl DmaDebug {
                 dir,
             } => {
                 let r = one(kind, dma, size, dir, 0, 0);
-                self.run_keep(dev, site, keep, |st, _, p| st.check_unmap(&r, p))
+                self.run_pass(dev, site, pass, |st, _, p| st.check_unmap(&r, p))
             }
             &Teardown::FreeCoherent { dma, size, cpu } => {
                 let r = one(
@@ -119,12 +119,12 @@ impl DmaDebug {
                     0,
                     cpu.0,
                 );
-                self.run_keep(dev, site, keep, |st, _, p| st.check_unmap(&r, p))
+                self.run_pass(dev, site, pass, |st, _, p| st.check_unmap(&r, p))
             }
             Teardown::UnmapSg { mapped, nents, dir } => {
                 // As `DmaDebug::unmap_sg`.
                 let (nents, dir) = (*nents, *dir);
-                self.run_keep(dev, site, keep, |st, _, p| {
+                self.run_pass(dev, site, pass, |st, _, p| {
                     let mut mapped_ents = 0;
                     for (i, &(dma, len)) in mapped.iter().take(nents).enumerate() {
                         if mapped_ents != 0 && i >= mapped_ents {
@@ -354,18 +354,28 @@ impl<M: GuestMemoryBackend> DmaDevice<M> {
         op: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         if d.config().mode == DebugMode::Strict {
-            // Strict leaves the tracker unchanged on misuse.
-            d.teardown_at(self.into(), site, true, t)?;
-            return op();
+            // Strict refuses a misuse before the device acts, leaving the
+            // tracker unchanged; it changes only once the device has acted
+            // (which may still refuse what dma-debug let pass).
+            d.teardown_at(self.into(), site, Pass::Check, t)?;
+            let v = op()?;
+            let _ = d.teardown_at(self.into(), site, Pass::Apply, t);
+            return Ok(v);
         }
         match op() {
             Ok(v) => {
-                let keep = d.config().mode != DebugMode::Report;
-                let _ = d.teardown_at(self.into(), site, keep, t);
+                let pass = if d.config().mode == DebugMode::Report {
+                    Pass::Linux
+                } else {
+                    Pass::KeepOnMisuse
+                };
+                let _ = d.teardown_at(self.into(), site, pass, t);
                 Ok(v)
             }
             Err(e) => {
-                let _ = d.teardown_at(self.into(), site, true, t);
+                // The device refused the call and changed nothing: report
+                // what dma-debug sees, but keep every entry.
+                let _ = d.teardown_at(self.into(), site, Pass::Check, t);
                 Err(e)
             }
         }

@@ -353,6 +353,35 @@ pub fn seeds() -> Vec<StreamingInput> {
             },
         ],
     };
+    // Found by fuzzing (session 5): a raw sg unmap the device refuses (more
+    // `nents` than the list has) must leave dma-debug's entries alone, even
+    // when the list's entry matches another live list's entry perfectly;
+    // before the fix the tracker lost that entry and the final unmaps
+    // reported a wrong `nents` and an unknown entry. Report and strict mode.
+    let refused_unmap = |strict| StreamingInput {
+        mask_sel: 4,
+        bus_limit: Edge::Zero,
+        max_seg: Edge::Zero,
+        boundary_log2: 0,
+        min_align_log2: 0,
+        track_overlap: false,
+        strict,
+        ops: vec![
+            MapSg {
+                segs: vec![(Edge::Zero, 0x2000), (Edge::Zero, 0x1000)],
+                dir: 1,
+            },
+            MapSg {
+                segs: vec![(Edge::Zero, 0x1000)],
+                dir: 1,
+            },
+            UnmapSg {
+                pick: 1,
+                nents_delta: 1,
+                dir: None,
+            },
+        ],
+    };
     vec![
         base,
         edges,
@@ -365,5 +394,7 @@ pub fn seeds() -> Vec<StreamingInput> {
         shared_head,
         covered,
         unmap_other,
+        refused_unmap(false),
+        refused_unmap(true),
     ]
 }
