@@ -382,6 +382,43 @@ pub fn seeds() -> Vec<StreamingInput> {
             },
         ],
     };
+    // Found by fuzzing (session 5): a raw sg unmap whose entries are entries
+    // of two other lists (same address, length, direction and `nents`)
+    // succeeds, as the record is per entry (as Linux's dma-debug): the first
+    // two entries of the three-entry list are the first entries of the two
+    // two-entry lists.
+    let cross_list = StreamingInput {
+        mask_sel: 4,
+        bus_limit: Edge::Zero,
+        max_seg: Edge::Zero,
+        boundary_log2: 0,
+        min_align_log2: 0,
+        track_overlap: false,
+        strict: false,
+        ops: vec![
+            MapSg {
+                segs: vec![(Edge::Zero, 0x1000), (Edge::One, 0x100)],
+                dir: 1,
+            },
+            MapSg {
+                segs: vec![(Edge::Zero, 0x1000), (Edge::One, 0x100)],
+                dir: 1,
+            },
+            MapSg {
+                segs: vec![
+                    (Edge::Zero, 0x1000),
+                    (Edge::Zero, 0x1000),
+                    (Edge::One, 0x100),
+                ],
+                dir: 1,
+            },
+            UnmapSg {
+                pick: 2,
+                nents_delta: -1,
+                dir: None,
+            },
+        ],
+    };
     vec![
         base,
         edges,
@@ -396,5 +433,6 @@ pub fn seeds() -> Vec<StreamingInput> {
         unmap_other,
         refused_unmap(false),
         refused_unmap(true),
+        cross_list,
     ]
 }
