@@ -378,6 +378,13 @@ impl<I: Invalidate> FlushQueue<I> {
     /// IOVA that is not live with that size, or already queued.
     pub fn queue(&self, addr: DmaAddr, size: u64) -> Result<()> {
         let pfn = self.domain.mark_queued(addr, size)?;
+        self.queue_marked(pfn, size)
+    }
+
+    /// [`FlushQueue::queue`] for granule `pfn`, which the caller has already
+    /// marked queued (`IovaDomain::mark_queued`, with `size` granules): an
+    /// error unmarks it.
+    pub(crate) fn queue_marked(&self, pfn: u64, size: u64) -> Result<()> {
         self.push(pfn, size, false).inspect_err(|_| {
             self.domain.unmark_queued(pfn);
         })

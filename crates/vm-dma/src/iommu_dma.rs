@@ -601,10 +601,8 @@ impl IommuDma {
                 self.iova.free_queued(pfn, n);
                 Ok(())
             }
-            Mode::Lazy(fq) => {
-                self.iova.unmark_queued(pfn);
-                fq.queue(iova, n)
-            }
+            // Already marked queued above: pushed as it is.
+            Mode::Lazy(fq) => fq.queue_marked(pfn, n),
         }
     }
 
