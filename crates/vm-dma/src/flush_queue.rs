@@ -417,7 +417,16 @@ impl<I: Invalidate> FlushQueue<I> {
     #[cold]
     #[inline(never)]
     fn unstage(&self, stage: &Stage, extra: Option<u64>) -> Result<()> {
-        let moved = self.unstage_own(stage, extra);
+        let mut pfns = [0u64; BATCH];
+        let mut n = 0;
+        if let Some((head, _)) = pfns.split_first_chunk_mut::<FQ_STAGE>() {
+            n = stage.take(head);
+        }
+        if let (Some(pfn), Some(slot)) = (extra, pfns.get_mut(n)) {
+            *slot = pfn;
+            n += 1;
+        }
+        let moved = self.push_granules(&pfns[..n]);
         if let Some(stages) = &self.stages {
             let mut orphans = [0u64; FQ_STAGE];
             let n = stages.take_orphan_chunk(&mut orphans);
@@ -427,80 +436,77 @@ impl<I: Invalidate> FlushQueue<I> {
         moved
     }
 
-    /// The calling thread's part of [`FlushQueue::unstage`].
-    fn unstage_own(&self, stage: &Stage, extra: Option<u64>) -> Result<()> {
-        let mut buf = [0u64; BATCH];
-        let mut staged = [0u64; FQ_STAGE];
-        let mut n = stage.take(&mut staged);
-        buf[..n].copy_from_slice(&staged[..n]);
-        if let Some(pfn) = extra {
-            buf[n] = pfn;
-            n += 1;
-        }
-        if n == BATCH {
-            let mut ring = self.rings[shard_of(self.rings.len())].lock();
-            if ring.takes_batches() {
-                // One batch out for the batch in: its granules go to this
-                // thread's stack, where the next `BATCH` allocations find
-                // them, instead of a whole ring's worth spilling into the
-                // range cache at once. The rest that a completed flush
-                // covers stays in the ring until room is needed.
-                self.ring_free_batches(&mut ring, 1);
-                if ring.batch_is_full() {
-                    self.ring_free(&mut ring);
-                }
-                if ring.batch_is_full() {
-                    self.flush_iotlb();
-                    self.ring_free_batches(&mut ring, 1);
-                }
-                let batch = Batch {
-                    counter: self.start_cnt.load(Ordering::SeqCst),
-                    pfns: buf,
-                };
-                if !ring.push_batch(batch) {
-                    // Unreachable: the flush above emptied the ring, which
-                    // takes batches. The granules stay allocated (safe).
-                    return Err(Error::TooManyMappings {
-                        limit: self.rings.len(),
-                    });
-                }
-                drop(ring);
-                self.arm_timer();
-                return Ok(());
-            }
-        }
-        self.push_granules(&buf[..n])
-    }
-
     /// Queues owned single granules on the calling thread's ring under one
-    /// lock, each stamped with the flush-start count when it is pushed.
+    /// lock: [`BATCH`] of them as one batch if the ring takes batches, else
+    /// entry by entry; each stamped with the flush-start count when it goes
+    /// in.
     fn push_granules(&self, pfns: &[u64]) -> Result<()> {
         if pfns.is_empty() {
             return Ok(());
         }
         let mut ring = self.rings[shard_of(self.rings.len())].lock();
-        self.ring_free(&mut ring);
-        for &pfn in pfns {
-            if ring.is_full() {
-                self.flush_iotlb();
+        match <[u64; BATCH]>::try_from(pfns) {
+            Ok(batch) if ring.takes_batches() => self.push_batch_locked(&mut ring, batch)?,
+            _ => {
                 self.ring_free(&mut ring);
-            }
-            let entry = Entry {
-                pfn,
-                size: 1,
-                counter: self.start_cnt.load(Ordering::SeqCst),
-                owned: true,
-            };
-            if !ring.push(entry) {
-                // Unreachable: the flush above released every entry of the
-                // ring. The rest stay allocated (never reused: safe).
-                return Err(Error::TooManyMappings {
-                    limit: self.rings.len(),
-                });
+                for &pfn in pfns {
+                    self.push_locked(&mut ring, pfn, 1, true)?;
+                }
             }
         }
         drop(ring);
         self.arm_timer();
+        Ok(())
+    }
+
+    /// Pushes a batch on the locked `ring`. One batch out for the batch in:
+    /// its granules go to this thread's stack, where the next [`BATCH`]
+    /// allocations find them, instead of a whole ring's worth spilling into
+    /// the range cache at once. The rest that a completed flush covers stays
+    /// in the ring until room is needed.
+    fn push_batch_locked(&self, ring: &mut Ring, pfns: [u64; BATCH]) -> Result<()> {
+        self.ring_free_batches(ring, 1);
+        if ring.batch_is_full() {
+            self.ring_free(ring);
+        }
+        if ring.batch_is_full() {
+            self.flush_iotlb();
+            self.ring_free_batches(ring, 1);
+        }
+        let batch = Batch {
+            counter: self.start_cnt.load(Ordering::SeqCst),
+            pfns,
+        };
+        if !ring.push_batch(batch) {
+            // Unreachable: the flush above emptied the ring, which takes
+            // batches. The granules stay allocated (never reused: safe).
+            return Err(Error::TooManyMappings {
+                limit: self.rings.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Pushes one entry on the locked `ring`, flushing first if it is full
+    /// (Linux holds `fq->lock` across that flush too).
+    fn push_locked(&self, ring: &mut Ring, pfn: u64, size: u64, owned: bool) -> Result<()> {
+        if ring.is_full() {
+            self.flush_iotlb();
+            self.ring_free(ring);
+        }
+        let entry = Entry {
+            pfn,
+            size,
+            counter: self.start_cnt.load(Ordering::SeqCst),
+            owned,
+        };
+        if !ring.push(entry) {
+            // Unreachable: the flush above released every entry of the ring.
+            // The granules stay allocated (never reused: safe).
+            return Err(Error::TooManyMappings {
+                limit: self.rings.len(),
+            });
+        }
         Ok(())
     }
 
@@ -523,22 +529,7 @@ impl<I: Invalidate> FlushQueue<I> {
     fn push(&self, pfn: u64, size: u64, owned: bool) -> Result<()> {
         let mut ring = self.rings[shard_of(self.rings.len())].lock();
         self.ring_free(&mut ring);
-        if ring.is_full() {
-            self.flush_iotlb();
-            self.ring_free(&mut ring);
-        }
-        let entry = Entry {
-            pfn,
-            size,
-            counter: self.start_cnt.load(Ordering::SeqCst),
-            owned,
-        };
-        if !ring.push(entry) {
-            // Unreachable: the flush above released every entry of the ring.
-            return Err(Error::TooManyMappings {
-                limit: self.rings.len(),
-            });
-        }
+        self.push_locked(&mut ring, pfn, size, owned)?;
         drop(ring);
         self.arm_timer();
         Ok(())

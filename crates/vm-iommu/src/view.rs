@@ -16,7 +16,7 @@ use crate::domain::Endpoint;
 use crate::error::Error;
 use crate::quiesce::AccessGuard;
 use crate::table::{entry_perms, perm_bits};
-use crate::translate::{self, Fragment};
+use crate::translate::{self, Fragment, Rest};
 
 /// Memory as one endpoint (device) sees it: every address is an IOVA, translated by the
 /// endpoint's domain, with the access permission checked over the whole range before
@@ -100,9 +100,39 @@ fn to_memory_error(e: Error, iova: GuestAddress, count: usize) -> GuestMemoryErr
     })
 }
 
+/// Why a checked translation cannot be accessed.
+enum Unbacked {
+    /// A later piece faulted (a concurrent unmap removed it).
+    Fault(Error),
+    /// Guest memory does not back the piece at this address.
+    Gpa(GuestAddress),
+}
+
 impl<M: GuestMemoryBackend> DeviceView<M> {
     fn backed(&self, f: &Fragment) -> bool {
         usize::try_from(f.len).is_ok_and(|len| self.mem.check_range(f.gpa, len))
+    }
+
+    /// Whether guest memory backs `first` and every further piece of a
+    /// checked translation; the guest-physical address of the range if it
+    /// is a single piece.
+    fn all_backed(&self, first: Fragment, rest: Option<Rest<'_>>) -> Result<Option<u64>, Unbacked> {
+        if !self.backed(&first) {
+            return Err(Unbacked::Gpa(first.gpa));
+        }
+        let Some(mut rest) = rest else {
+            return Ok(Some(first.gpa.0));
+        };
+        loop {
+            let (item, more) = rest.next_fragment();
+            let f = item.map_err(Unbacked::Fault)?;
+            if !self.backed(&f) {
+                return Err(Unbacked::Gpa(f.gpa));
+            }
+            if !more {
+                return Ok(None);
+            }
+        }
     }
 }
 
@@ -115,30 +145,15 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
             return true;
         }
         let ep = &self.endpoint;
-        let Ok((first, rest)) = translate::check(
+        translate::check(
             &ep.inner,
             &ep.state,
             Some(&ep.cache),
             addr.0,
             count as u64,
             access,
-        ) else {
-            return false;
-        };
-        if !self.backed(&first) {
-            return false;
-        }
-        let Some(mut rest) = rest else { return true };
-        loop {
-            match rest.next_fragment() {
-                (Ok(f), more) if self.backed(&f) => {
-                    if !more {
-                        return true;
-                    }
-                }
-                _ => return false,
-            }
-        }
+        )
+        .is_ok_and(|(first, rest)| self.all_backed(first, rest).is_ok())
     }
 
     #[inline(always)]
@@ -207,16 +222,6 @@ impl<M: GuestMemoryBackend> DeviceView<M> {
         count: usize,
         access: Permissions,
     ) -> Result<Option<u64>, Box<GuestMemoryError>> {
-        self.check_range_of(addr, count, access).map_err(Box::new)
-    }
-
-    /// [`DeviceView::check_slow`] with the error unboxed.
-    fn check_range_of(
-        &self,
-        addr: GuestAddress,
-        count: usize,
-        access: Permissions,
-    ) -> GuestMemoryResult<Option<u64>> {
         let ep = &self.endpoint;
         let (first, rest) = translate::check_recorded(
             &ep.inner,
@@ -226,29 +231,13 @@ impl<M: GuestMemoryBackend> DeviceView<M> {
             count as u64,
             access,
         )
-        .map_err(|e| to_memory_error(e, addr, count))?;
-        let mut f = first;
-        let Some(mut more) = rest else {
-            return if self.backed(&f) {
-                Ok(Some(f.gpa.0))
-            } else {
-                Err(GuestMemoryError::InvalidGuestAddress(f.gpa))
-            };
-        };
-        loop {
-            if !self.backed(&f) {
-                return Err(GuestMemoryError::InvalidGuestAddress(f.gpa));
-            }
-            let (item, again) = more.next_fragment();
-            f = item.map_err(|e| to_memory_error(e, addr, count))?;
-            if !again {
-                return if self.backed(&f) {
-                    Ok(None)
-                } else {
-                    Err(GuestMemoryError::InvalidGuestAddress(f.gpa))
-                };
-            }
-        }
+        .map_err(|e| Box::new(to_memory_error(e, addr, count)))?;
+        self.all_backed(first, rest).map_err(|u| {
+            Box::new(match u {
+                Unbacked::Fault(e) => to_memory_error(e, addr, count),
+                Unbacked::Gpa(gpa) => GuestMemoryError::InvalidGuestAddress(gpa),
+            })
+        })
     }
 }
 
