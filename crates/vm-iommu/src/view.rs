@@ -372,3 +372,106 @@ impl<'a, M: GuestMemoryBackend> Iterator for StopOnError<'a, M> {
 }
 
 impl<M: GuestMemoryBackend> FusedIterator for StopOnError<'_, M> {}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestMemoryMmap};
+
+    use super::*;
+    use crate::{Config, Domain, Iommu};
+
+    const RW: Permissions = Permissions::ReadWrite;
+
+    /// IOVA pages 0x1000 and 0x2000 mapped to the discontiguous guest pages
+    /// 0x5000 and 0x9000, which hold the bytes 0x55 and 0x99.
+    fn two_pages() -> (Iommu, Domain, DeviceView<GuestMemoryMmap<()>>) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        mem.write_slice(&[0x55; 0x1000], GuestAddress(0x5000)).unwrap();
+        mem.write_slice(&[0x99; 0x1000], GuestAddress(0x9000)).unwrap();
+        let iommu = Iommu::new(Config::default()).unwrap();
+        let d = iommu.create_domain(1, false).unwrap();
+        iommu.attach(1, 1).unwrap();
+        d.map(0x1000, 0x5000, 0x1000, RW).unwrap();
+        d.map(0x2000, 0x9000, 0x1000, RW).unwrap();
+        let view = iommu.view(1, mem).unwrap();
+        (iommu, d, view)
+    }
+
+    fn bytes_of(slice: &VolatileSlice<'_, ()>) -> Vec<u8> {
+        let mut v = vec![0; slice.len()];
+        slice.copy_to(&mut v[..]);
+        v
+    }
+
+    #[test]
+    fn test_stop_on_error_yields_every_piece_of_a_checked_range() {
+        let (_iommu, _d, view) = two_pages();
+        let slices: Vec<_> = view
+            .get_slices(GuestAddress(0x1800), 0x1000, Permissions::Read)
+            .unwrap()
+            .stop_on_error()
+            .unwrap()
+            .collect();
+        let got: Vec<_> = slices.iter().map(bytes_of).collect();
+        assert_eq!(got, [vec![0x55; 0x800], vec![0x99; 0x800]]);
+        // And through `Bytes`, which uses it.
+        let mut buf = [0u8; 0x1000];
+        view.read_slice(&mut buf, GuestAddress(0x1800)).unwrap();
+        assert_eq!(&buf[..0x800], &[0x55; 0x800][..]);
+        assert_eq!(&buf[0x800..], &[0x99; 0x800][..]);
+    }
+
+    #[test]
+    fn test_stop_on_error_of_a_single_slice_and_of_nothing() {
+        let (_iommu, _d, view) = two_pages();
+        let mut it = view
+            .get_slices(GuestAddress(0x2010), 0x10, Permissions::Write)
+            .unwrap()
+            .stop_on_error()
+            .unwrap();
+        let s = it.next().unwrap();
+        assert_eq!(s.len(), 0x10);
+        s.write_obj(0xabcd_u16, 0).unwrap();
+        assert!(it.next().is_none());
+        assert!(it.next().is_none());
+        assert_eq!(
+            view.backend().read_obj::<u16>(GuestAddress(0x9010)).unwrap(),
+            0xabcd
+        );
+        let mut empty = view
+            .get_slices(GuestAddress(0x1000), 0, Permissions::Read)
+            .unwrap()
+            .stop_on_error()
+            .unwrap();
+        assert!(empty.next().is_none());
+    }
+
+    #[test]
+    fn test_stop_on_error_returns_the_error_of_the_first_piece() {
+        // The range was checked when the iterator was made; an unmap of its first
+        // page before the first slice is taken makes that slice an error, which
+        // `stop_on_error` must return (the contract of vm-memory's provided method).
+        let (_iommu, d, view) = two_pages();
+        let it = view
+            .get_slices(GuestAddress(0x1800), 0x1000, Permissions::Read)
+            .unwrap();
+        d.unmap(0x1000, 0x1000).unwrap();
+        assert!(it.stop_on_error().is_err());
+    }
+
+    #[test]
+    fn test_stop_on_error_ends_at_an_error_after_the_first_piece() {
+        // An unmap of the second page: the first slice comes, then the end (never
+        // the unmapped page's bytes, never a slice after the error).
+        let (_iommu, d, view) = two_pages();
+        let it = view
+            .get_slices(GuestAddress(0x1800), 0x1000, Permissions::Read)
+            .unwrap();
+        d.unmap(0x2000, 0x1000).unwrap();
+        let got: Vec<_> = it.stop_on_error().unwrap().map(|s| bytes_of(&s)).collect();
+        assert_eq!(got, [vec![0x55; 0x800]]);
+        // A partial read is an error for `read_slice`, as for any `GuestMemory`.
+        let mut buf = [0u8; 0x1000];
+        assert!(view.read_slice(&mut buf, GuestAddress(0x1800)).is_err());
+    }
+}
