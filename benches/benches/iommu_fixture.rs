@@ -153,14 +153,26 @@ pub(crate) fn process<M: GuestMemory>(q: &mut Queue, mem: &M) -> usize {
 }
 
 pub(crate) fn iommu_with(n: u64) -> Iommu {
+    iommu_with_pages(0..n)
+}
+
+/// An IOMMU (endpoint 1 in domain 1) with IOVA page `i` mapped for each `i` of
+/// `pages`, to the same guest page as in [`iommu_with`].
+pub(crate) fn iommu_with_pages(pages: impl IntoIterator<Item = u64>) -> Iommu {
     let iommu = Iommu::new(Config::default()).unwrap();
     let d = iommu.create_domain(1, false).unwrap();
     iommu.attach(1, 1).unwrap();
-    for i in 0..n {
+    for i in pages {
         // Guest pages in a permuted order so that no two neighbours merge.
         let gpa = ((i * 7919) % (1 << 24)) * PAGE;
         d.map(IOVA_BASE + i * PAGE, gpa, PAGE, Permissions::ReadWrite)
             .unwrap();
     }
     iommu
+}
+
+/// The IOVA pages of the "spread" probes over `n` mappings: 1024 probes, evenly
+/// spaced over the mapped pages.
+pub(crate) fn spread_pages(n: u64) -> impl Iterator<Item = u64> {
+    (0..1024u64).map(move |k| (k * n) / 1024)
 }

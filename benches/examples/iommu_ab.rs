@@ -11,7 +11,9 @@
 //!   `IommuMemory` with an `Iotlb` holding the same 4096 scattered page mappings;
 //!   the queue setup (`create_queue`) is inside the timed loop for all three;
 //! - `translate`: `Endpoint::translate` of 4 KiB with 1 and with 10^6 mappings
-//!   ("hot": 16 probes among the first pages; "spread": 1024 probes over all pages).
+//!   ("hot": 16 probes among the first pages; "spread": 1024 probes over all pages;
+//!   "same_probes": the spread probes of 10^6 mappings against an IOMMU holding only
+//!   the 1024 probed pages and one holding all 10^6).
 //!
 //! ```text
 //! cargo run --profile bench -p vm-dma-benches --example iommu_ab            # both
@@ -32,7 +34,10 @@ use vm_memory::{GuestMemory, Permissions};
 #[path = "../benches/iommu_fixture.rs"]
 mod iommu_fixture;
 
-use iommu_fixture::{build_queue, iommu_with, process, setup, CHAINS, GPA_BASE, IOVA_BASE, PAGE};
+use iommu_fixture::{
+    build_queue, iommu_with, iommu_with_pages, process, setup, spread_pages, CHAINS, GPA_BASE,
+    IOVA_BASE, PAGE,
+};
 
 /// Nanoseconds per 16-chain pass, over `n` passes on a freshly built queue.
 fn time_queue<M: GuestMemory>(mem: &M, base: u64, n: usize) -> f64 {
@@ -110,43 +115,59 @@ fn time_translate(ep: &Endpoint, probes: &[u64], n: usize) -> f64 {
 }
 
 fn translate(rounds: usize) {
-    let sizes = [1u64, 1_000_000];
-    let iommus: Vec<_> = sizes.iter().map(|&n| iommu_with(n)).collect();
-    let eps: Vec<Endpoint> = iommus
-        .iter()
-        .map(|i| i.endpoint(1).expect("endpoint"))
-        .collect();
-    let probes = |n: u64, spread: bool| -> Vec<u64> {
-        if spread {
-            (0..1024u64)
-                .map(|k| IOVA_BASE + ((k * n) / 1024) * PAGE)
-                .collect()
-        } else {
-            (0..16u64).map(|k| IOVA_BASE + (k % n) * PAGE).collect()
-        }
+    let n = 1_000_000u64;
+    let one = iommu_with(1);
+    let all = iommu_with(n);
+    let probed = iommu_with_pages(spread_pages(n));
+    let ep = |i: &vm_iommu::Iommu| -> Endpoint { i.endpoint(1).expect("endpoint") };
+    let (ep_one, ep_all, ep_probed) = (ep(&one), ep(&all), ep(&probed));
+    let at = |pages: &mut dyn Iterator<Item = u64>| -> Vec<u64> {
+        pages.map(|p| IOVA_BASE + p * PAGE).collect()
     };
-    for spread in [false, true] {
-        let p: Vec<Vec<u64>> = sizes.iter().map(|&n| probes(n, spread)).collect();
+    let hot = at(&mut (0..16u64));
+    let hot_one = at(&mut std::iter::repeat_n(0, 16));
+    let spread_one = at(&mut std::iter::repeat_n(0, 1024));
+    let spread_all = at(&mut spread_pages(n));
+    // "same_probes": the spread probes over 10^6 mappings, against an IOMMU that
+    // holds only the probed pages and one that holds all 10^6: the number of
+    // mappings changes, the probes' cache footprint does not.
+    let cases: [(&str, [&str; 2], [(&Endpoint, &[u64]); 2]); 3] = [
+        (
+            "hot",
+            ["1 mapping", "10^6 mappings"],
+            [(&ep_one, &hot_one), (&ep_all, &hot)],
+        ),
+        (
+            "spread",
+            ["1 mapping", "10^6 mappings"],
+            [(&ep_one, &spread_one), (&ep_all, &spread_all)],
+        ),
+        (
+            "same_probes",
+            ["1024 mappings", "10^6 mappings"],
+            [(&ep_probed, &spread_all), (&ep_all, &spread_all)],
+        ),
+    ];
+    for (kind, names, eps) in cases {
         let mut ns = vec![Vec::new(); 2];
         let mut ratios = vec![Vec::new(); 2];
         let n = 2_000_000;
         for _ in 0..rounds {
             let t = [
-                time_translate(&eps[0], &p[0], n),
-                time_translate(&eps[1], &p[1], n),
+                time_translate(eps[0].0, eps[0].1, n),
+                time_translate(eps[1].0, eps[1].1, n),
             ];
             for k in 0..2 {
                 ns[k].push(t[k]);
                 ratios[k].push(t[k] / t[0]);
             }
         }
-        let kind = if spread { "spread" } else { "hot" };
         report(
             &format!("translate_4k/{kind}: {rounds} rounds of {n} translations"),
-            &["1 mapping", "10^6 mappings"],
+            &names,
             &mut ns,
             &mut ratios,
-            "1 mapping",
+            names[0],
         );
     }
 }

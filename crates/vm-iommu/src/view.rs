@@ -386,8 +386,10 @@ mod tests {
     /// 0x5000 and 0x9000, which hold the bytes 0x55 and 0x99.
     fn two_pages() -> (Iommu, Domain, DeviceView<GuestMemoryMmap<()>>) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        mem.write_slice(&[0x55; 0x1000], GuestAddress(0x5000)).unwrap();
-        mem.write_slice(&[0x99; 0x1000], GuestAddress(0x9000)).unwrap();
+        mem.write_slice(&[0x55; 0x1000], GuestAddress(0x5000))
+            .unwrap();
+        mem.write_slice(&[0x99; 0x1000], GuestAddress(0x9000))
+            .unwrap();
         let iommu = Iommu::new(Config::default()).unwrap();
         let d = iommu.create_domain(1, false).unwrap();
         iommu.attach(1, 1).unwrap();
@@ -435,7 +437,9 @@ mod tests {
         assert!(it.next().is_none());
         assert!(it.next().is_none());
         assert_eq!(
-            view.backend().read_obj::<u16>(GuestAddress(0x9010)).unwrap(),
+            view.backend()
+                .read_obj::<u16>(GuestAddress(0x9010))
+                .unwrap(),
             0xabcd
         );
         let mut empty = view
