@@ -114,6 +114,9 @@ fn time_translate(ep: &Endpoint, probes: &[u64], n: usize) -> f64 {
     s.elapsed().as_nanos() as f64 / n as f64
 }
 
+/// An endpoint and the IOVAs it is probed at.
+type Probed<'a> = (&'a Endpoint, &'a [u64]);
+
 fn translate(rounds: usize) {
     let n = 1_000_000u64;
     let one = iommu_with(1);
@@ -131,7 +134,7 @@ fn translate(rounds: usize) {
     // "same_probes": the spread probes over 10^6 mappings, against an IOMMU that
     // holds only the probed pages and one that holds all 10^6: the number of
     // mappings changes, the probes' cache footprint does not.
-    let cases: [(&str, [&str; 2], [(&Endpoint, &[u64]); 2]); 3] = [
+    let cases: [(&str, [&str; 2], [Probed; 2]); 3] = [
         (
             "hot",
             ["1 mapping", "10^6 mappings"],
