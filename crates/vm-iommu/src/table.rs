@@ -299,8 +299,18 @@ pub(crate) struct Slot<C: Table> {
 }
 
 /// A directory table of 512 slots.
+// `repr(C)`: the slots first, so that each 16-byte slot stays within one cache
+// line; the key after them, on a line of its own.
+#[repr(C)]
 pub(crate) struct Dir<C: Table> {
     s: [Slot<C>; ENTRIES],
+    /// Immutable identity of a level-2 directory: the key of its leaf tables without
+    /// their 2 MiB region bits (`leaf_key >> 9`: domain slot tag and 1 GiB region),
+    /// written before it is published. Lets [`LeafCache`] take a leaf table from a
+    /// cached directory without loading the table's own key (for a table reached
+    /// through the directory for its region, that key is implied). Meaningless for
+    /// other levels (0 for a root).
+    key: u64,
 }
 
 impl std::fmt::Debug for Leaf {
@@ -358,7 +368,7 @@ impl Root {
     /// An empty page table whose first `boxed` leaf tables are boxes.
     pub(crate) fn with_boxed_leaves(boxed: usize) -> Box<Self> {
         Box::new(Root {
-            dir: Dir::empty(),
+            dir: Dir::empty(0),
             arena: Arena::new(boxed),
         })
     }
@@ -371,14 +381,21 @@ impl Root {
 }
 
 impl<C: Table> Dir<C> {
-    /// An empty directory.
-    fn empty() -> Self {
+    /// An empty directory with `key` (see [`Dir::key`]).
+    fn empty(key: u64) -> Self {
         Dir {
             s: std::array::from_fn(|_| Slot {
                 leaf: AtomicU64::new(0),
                 child: Child::new(),
             }),
+            key,
         }
+    }
+
+    /// This directory's key (see the field).
+    #[inline(always)]
+    pub(crate) fn key(&self) -> u64 {
+        self.key
     }
 }
 
@@ -456,8 +473,8 @@ impl Level for Leaf {
 impl<C: Level + Table> Level for Dir<C> {
     const SHIFT: u32 = C::SHIFT + 9;
 
-    fn alloc(_key: u64, _arena: &Arena<Leaf>, _parent: &Dir<Self>) -> NonNull<Self> {
-        NonNull::from(Box::leak(Box::new(Self::empty())))
+    fn alloc(key: u64, _arena: &Arena<Leaf>, _parent: &Dir<Self>) -> NonNull<Self> {
+        NonNull::from(Box::leak(Box::new(Self::empty(key >> 9))))
     }
 
     #[inline(always)]

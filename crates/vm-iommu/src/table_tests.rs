@@ -255,6 +255,54 @@ fn test_table_leaf_cache_finds_other_regions_through_the_cached_directory() {
 }
 
 #[test]
+fn test_table_leaf_cache_never_answers_from_a_torn_pointer_and_hint() {
+    // Racing `set`s can leave a cache whose pointer and hint (or directory and
+    // directory hint) came from different lookups. The table's own key (resp. the
+    // directory's) decides: such a cache answers nothing rather than another
+    // region's table.
+    let root = Root::with_boxed_leaves(1);
+    let tag = slot_tag(1);
+    // Region 1 of the first and of the second GiB: the same slot index in two
+    // directories.
+    for iova in [1u64 << 21, (1 << 30) + (1 << 21)] {
+        write_mapping(&root, iova, iova + 0xfff, iova >> 9, RW, MASK, tag);
+    }
+    let (first, second) = (leaf_key(tag, 1 << 21), leaf_key(tag, (1 << 30) + (1 << 21)));
+    let cache = LeafCache::default();
+    cache.set(leaf_at(&root, 1 << 21), first);
+    assert!(ptr::eq(cache.get(first).unwrap(), leaf_at(&root, 1 << 21)));
+    // Table hint of the second GiB's table, pointer still the first's.
+    cache.hint.store(second, Ordering::Relaxed);
+    assert!(cache.get(second).is_none());
+    // Directory hint of the second GiB, directory still the first's: its slot 1
+    // holds the first GiB's table, which must not be returned for `second`.
+    cache.hint.store(cache::NO_HINT, Ordering::Relaxed);
+    cache.dir_hint.store(second >> 9, Ordering::Relaxed);
+    assert!(cache.get(second).is_none());
+    // Repaired, the directory answers again (and the table is then cached).
+    cache.set(leaf_at(&root, (1 << 30) + (1 << 21)), second);
+    cache.hint.store(cache::NO_HINT, Ordering::Relaxed);
+    let leaf = cache.get(second).unwrap();
+    assert!(ptr::eq(leaf, leaf_at(&root, (1 << 30) + (1 << 21))));
+    assert_eq!(leaf.key(), second);
+    assert_eq!(cache.hint.load(Ordering::Relaxed), second);
+}
+
+#[test]
+fn test_table_directory_keys_name_their_slot_and_gib() {
+    let root = Root::with_boxed_leaves(0);
+    let tag = slot_tag(3);
+    let iova = (5u64 << 30) + (7 << 21) + 0x3000;
+    write_mapping(&root, iova, iova + 0xfff, 0x1000, RW, MASK, tag);
+    let leaf = leaf_at(&root, iova);
+    assert_eq!(leaf.key(), leaf_key(tag, iova));
+    // SAFETY: the parent of a table of `root` is a live directory of `root`.
+    let dir = unsafe { &*leaf.parent.load(Ordering::Relaxed) };
+    assert_eq!(dir.key(), leaf_key(tag, iova) >> 9);
+    assert_eq!(root.key(), 0);
+}
+
+#[test]
 fn test_table_leaf_cache_directory_defers_to_block_leaves() {
     let root = Root::with_boxed_leaves(0);
     map(&root, 0, 0x1000, 0x1000, RW);

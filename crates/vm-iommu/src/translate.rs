@@ -198,10 +198,6 @@ fn page_entry(
 ) -> Option<u64> {
     let key = leaf_key(slot_tag(ep.domain()), iova);
     let leaf = cache.get(key)?;
-    // The hint is not trusted: the table's own key decides.
-    if leaf.key() != key {
-        return None;
-    }
     let raw = leaf.entry(iova);
     if raw & VALID == 0 || !entry_allows(raw, access) {
         return None;

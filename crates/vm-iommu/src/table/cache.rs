@@ -22,9 +22,12 @@ use super::{index, Leaf, Level, L2, VALID};
 ///
 /// The directory is cached the same way, under the hint `key >> 9` (domain slot and
 /// 1 GiB region). A lookup whose table hint misses but whose directory hint matches
-/// takes the table from the directory's slot for the region (unless that slot holds a
-/// block leaf) and caches it; the caller's comparison of the table's own key is again
-/// what decides, so a torn directory/hint pair also costs at most a walk.
+/// compares the directory's own immutable key ([`L2::key`], on a line that stays hot
+/// while lookups move between the directory's regions), then takes the table from
+/// the directory's slot for the region (unless that slot holds a block leaf) and
+/// caches it. That table's key is implied (a directory's children are the tables of
+/// its own regions), so the table's key line is not loaded; a torn directory/hint
+/// pair also costs at most a walk.
 ///
 /// # Invariants
 ///
@@ -33,15 +36,18 @@ use super::{index, Leaf, Level, L2, VALID};
 /// an `Arc` of it). Tables are freed only when that `Inner` is dropped.
 #[derive(Debug)]
 pub(crate) struct LeafCache {
-    ptr: AtomicPtr<Leaf>,
+    /// Visible to the page-table tests.
+    pub(super) ptr: AtomicPtr<Leaf>,
     /// Visible to the page-table tests.
     pub(super) hint: AtomicU64,
-    dir: AtomicPtr<L2>,
-    dir_hint: AtomicU64,
+    /// Visible to the page-table tests.
+    pub(super) dir: AtomicPtr<L2>,
+    /// Visible to the page-table tests.
+    pub(super) dir_hint: AtomicU64,
 }
 
 /// A hint no leaf key equals (keys have at most 16 + 27 + 1 bits).
-const NO_HINT: u64 = u64::MAX;
+pub(super) const NO_HINT: u64 = u64::MAX;
 
 impl Default for LeafCache {
     fn default() -> Self {
@@ -66,9 +72,10 @@ impl Clone for LeafCache {
 }
 
 impl LeafCache {
-    /// The cached table if its hint is `key`, else the table for `key` in the cached
-    /// directory if the directory's hint matches. The caller must still check the
-    /// table's own [`Leaf::key`].
+    /// The table whose [`Leaf::key`] is `key`, if the cache has it: the cached table
+    /// if its hint is `key` (confirmed by the table's own key), else the table for
+    /// `key` in the cached directory if the directory's hint matches (confirmed by the
+    /// directory's own key).
     #[inline(always)]
     pub(crate) fn get(&self, key: u64) -> Option<&Leaf> {
         if self.hint.load(Ordering::Relaxed) != key {
@@ -77,7 +84,9 @@ impl LeafCache {
         let p = self.ptr.load(Ordering::Acquire);
         // SAFETY: by the type invariant `p` is null or points to a live leaf table that
         // outlives the cache's owner, hence `&self`.
-        unsafe { p.as_ref() }
+        let leaf = unsafe { p.as_ref() }?;
+        // The hint is not trusted: the table's own key decides.
+        (leaf.key() == key).then_some(leaf)
     }
 
     /// The table for `key` in the cached directory, which is then cached as the table.
@@ -90,12 +99,20 @@ impl LeafCache {
         // SAFETY: by the type invariant `d` is null or points to a live level-2
         // directory that outlives the cache's owner, hence `&self`.
         let dir = unsafe { d.as_ref() }?;
+        // The hint is not trusted: the directory's own key decides. A directory's
+        // children are only ever the tables of its own 2 MiB regions, so the table
+        // in the slot for `key`'s region has key `key`: its key line (cold when the
+        // probes move between regions) need not be loaded.
+        if dir.key() != key >> 9 {
+            return None;
+        }
         let slot = &dir.s[index(key << 21, L2::SHIFT)];
         if slot.leaf.load(Ordering::Acquire) & VALID != 0 {
             // A 2 MiB block leaf: the walk answers.
             return None;
         }
         let leaf = slot.child.get()?;
+        debug_assert_eq!(leaf.key(), key);
         // INVARIANT: `leaf` is a table of the cached directory, so of the same `Inner`.
         self.ptr
             .store(ptr::from_ref(leaf).cast_mut(), Ordering::Release);
