@@ -19,6 +19,7 @@
 
 use std::fmt;
 
+use vm_iommu::Slices;
 use vm_memory::bitmap::BS;
 use vm_memory::guest_memory::GuestMemorySliceIterator;
 use vm_memory::{
@@ -145,11 +146,14 @@ impl<M: GuestMemoryBackend> GuestMemory for DirectView<M> {
         let target = self
             .target(addr, count)
             .map_err(GuestMemoryError::InvalidGuestAddress)?;
-        Ok(GuestMemoryBackend::get_slices(
+        // Wrapped in vm-iommu's `Slices` for its `stop_on_error`: vm-memory's
+        // provided one moves a peeked `Result` through memory on every `Bytes`
+        // access (see `vm_iommu::Slices`).
+        Ok(Slices::new(GuestMemoryBackend::get_slices(
             self.dev.memory(),
             target,
             count,
-        ))
+        )))
     }
 
     fn physical_memory(&self) -> Option<&Self::PhysicalMemory> {

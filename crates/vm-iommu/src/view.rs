@@ -15,6 +15,7 @@ use vm_memory::{
 use crate::domain::Endpoint;
 use crate::error::Error;
 use crate::quiesce::AccessGuard;
+use crate::slices::Slices;
 use crate::table::{entry_perms, perm_bits};
 use crate::translate::{self, Fragment, Rest};
 
@@ -164,7 +165,7 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
         access: Permissions,
     ) -> GuestMemoryResult<impl GuestMemorySliceIterator<'a, BS<'a, Self::Bitmap>>> {
         if count == 0 {
-            return Ok(ViewSlices::Done);
+            return Ok(Slices::new(ViewSlices::Done));
         }
         let ep = &self.endpoint;
         // Fast path: one page of the cached leaf table.
@@ -190,16 +191,16 @@ impl<M: GuestMemoryBackend> GuestMemory for DeviceView<M> {
                 // underflow; `get_slice` checks that all `count` bytes fit.
                 let offset = MemoryRegionAddress(gpa.wrapping_sub(region.start_addr().0));
                 if let Ok(slice) = region.get_slice(offset, count) {
-                    return Ok(ViewSlices::One(slice));
+                    return Ok(Slices::new(ViewSlices::One(slice)));
                 }
             }
         }
-        Ok(ViewSlices::Many {
+        Ok(Slices::new(ViewSlices::Many {
             view: self,
             iova: addr.0,
             left: count,
             access: perm_bits(access),
-        })
+        }))
     }
 
     fn physical_memory(&self) -> Option<&Self::PhysicalMemory> {
@@ -330,48 +331,6 @@ impl<'a, M: GuestMemoryBackend> ViewSlices<'a, M> {
 }
 
 impl<M: GuestMemoryBackend> FusedIterator for ViewSlices<'_, M> {}
-
-impl<'a, M: GuestMemoryBackend> GuestMemorySliceIterator<'a, MS<'a, M>> for ViewSlices<'a, M> {
-    /// The contract of the provided method (the first item's error is returned, later
-    /// errors end the iteration), without its `Peekable` adapter: every `Bytes`
-    /// access goes through here, and the adapter's peeked slot holds a whole
-    /// `Result<VolatileSlice, Error>`, moved through memory on each access. A view's
-    /// slices end at their first error anyway (the iterator is fused and checked up
-    /// front), so holding back the first slice is all that is needed.
-    #[inline(always)]
-    fn stop_on_error(
-        mut self,
-    ) -> GuestMemoryResult<impl Iterator<Item = VolatileSlice<'a, MS<'a, M>>>> {
-        let first = match self.next() {
-            Some(Ok(slice)) => Some(slice),
-            Some(Err(e)) => return Err(e),
-            None => None,
-        };
-        Ok(StopOnError { first, rest: self })
-    }
-}
-
-/// The iterator of [`ViewSlices`]' `stop_on_error`: the first slice, then the
-/// rest up to the first error.
-struct StopOnError<'a, M: GuestMemoryBackend> {
-    first: Option<VolatileSlice<'a, MS<'a, M>>>,
-    rest: ViewSlices<'a, M>,
-}
-
-impl<'a, M: GuestMemoryBackend> Iterator for StopOnError<'a, M> {
-    type Item = VolatileSlice<'a, MS<'a, M>>;
-
-    #[inline(always)]
-    fn next(&mut self) -> Option<Self::Item> {
-        if let Some(slice) = self.first.take() {
-            return Some(slice);
-        }
-        // `ViewSlices` is fused and ends at its first error.
-        self.rest.next()?.ok()
-    }
-}
-
-impl<M: GuestMemoryBackend> FusedIterator for StopOnError<'_, M> {}
 
 #[cfg(test)]
 mod tests {
