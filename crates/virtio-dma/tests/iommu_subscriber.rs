@@ -121,3 +121,85 @@ fn a_broken_queue_asks_for_a_reset() {
     assert!(!h.needs_reset());
     assert!(!h.requestq().ready(), "queues are reset with the device");
 }
+
+#[test]
+fn a_fault_on_another_thread_wakes_the_loop_by_itself() {
+    // No kick of the fault eventfd: the IOMMU's fault notifier, set by the handler,
+    // writes it when the device thread's access faults into the empty fault log.
+    let mem = Arc::new(guest_memory());
+    let (iommu, dev) = device(&[1]);
+    let mut req = Driver::new(&mem, REQ_RING, 64, REQ_DATA);
+    let mut evt = Driver::new(&mem, EVT_RING, 16, EVT_DATA);
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let handler = Handler::new(
+        dev,
+        mem.clone(),
+        req.queue(),
+        evt.queue(),
+        irq.try_clone().unwrap(),
+    )
+    .unwrap();
+    let kick_req = handler.requestq_eventfd().try_clone().unwrap();
+    let mut mgr = EventManager::<Handler>::new().unwrap();
+    let id = mgr.add_subscriber(handler);
+    let a = req.request(&attach(2, 1), 4);
+    let b = evt.submit(&[Seg::W(24)]);
+    kick_req.write(1).unwrap();
+    assert_eq!(mgr.run_with_timeout(1000).unwrap(), 1);
+    assert_eq!(req.status_of(&a), Status::Ok);
+    assert_eq!(irq.read().unwrap(), 1);
+
+    // Nothing is mapped: the device thread's read faults.
+    let view = iommu.view(1, (*mem).clone()).unwrap();
+    std::thread::spawn(move || assert!(view.read_obj::<u64>(GuestAddress(0x20_0008)).is_err()))
+        .join()
+        .unwrap();
+    assert_eq!(mgr.run_with_timeout(1000).unwrap(), 1, "woken by the fault");
+    assert_eq!(evt.take_used(), vec![(u32::from(b.head), 24)]);
+    let rec = evt.read(b.segs[0].0, 24);
+    assert_eq!(rec[0], VIRTIO_IOMMU_FAULT_R_MAPPING);
+    assert_eq!(
+        u64::from_le_bytes(rec[16..24].try_into().unwrap()),
+        0x20_0008
+    );
+    assert_eq!(irq.read().unwrap(), 1, "fault signalled");
+    assert_eq!(
+        mgr.subscriber_mut(id)
+            .unwrap()
+            .device()
+            .fault_stats()
+            .reported,
+        1
+    );
+    // Idle again: no further wake-up.
+    assert_eq!(mgr.run_with_timeout(50).unwrap(), 0);
+}
+
+#[test]
+fn a_dropped_handler_takes_only_its_own_fault_notifier_along() {
+    let mem = Arc::new(guest_memory());
+    let new_handler = |dev| {
+        Handler::new(
+            dev,
+            mem.clone(),
+            Driver::new(&mem, REQ_RING, 8, REQ_DATA).queue(),
+            Driver::new(&mem, EVT_RING, 8, EVT_DATA).queue(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        )
+        .unwrap()
+    };
+    let (iommu, dev) = device(&[1]);
+    drop(new_handler(dev));
+    assert!(
+        iommu.set_fault_notifier(None).is_none(),
+        "the handler removed its notifier"
+    );
+
+    let (iommu, dev) = device(&[1]);
+    let handler = new_handler(dev);
+    // Someone else's notifier, set after the handler's, survives the handler.
+    let mine: vm_iommu::FaultNotifier = Arc::new(|| {});
+    assert!(iommu.set_fault_notifier(Some(Arc::clone(&mine))).is_some());
+    drop(handler);
+    assert!(iommu.remove_fault_notifier(&mine));
+}

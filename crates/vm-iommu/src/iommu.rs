@@ -12,7 +12,7 @@ use vm_memory::{GuestMemoryBackend, Permissions};
 use crate::config::{Config, PAGE_SIZE_4K};
 use crate::domain::{Domain, Endpoint};
 use crate::error::{Error, Fault, Result};
-use crate::fault::FaultLog;
+use crate::fault::{FaultLog, FaultNotifier};
 use crate::quiesce::Quiesce;
 use crate::spin::SpinLock;
 use crate::table::{Child, LeafCache, Level, Root, WriterLeafCache};
@@ -668,6 +668,45 @@ impl Iommu {
     /// Move up to `max` of the oldest faults into `out`; returns how many were moved.
     pub fn drain_faults_into(&self, out: &mut Vec<Fault>, max: usize) -> usize {
         self.inner.faults.drain_into(out, max)
+    }
+
+    /// Have `notifier` called whenever a fault lands in the empty fault log (on the
+    /// thread whose translation faulted, after the log's lock is released, so it may
+    /// drain the log); `None` removes it. Returns the previous notifier.
+    ///
+    /// The notification is edge-triggered: faults recorded while the log holds
+    /// others call nothing, so a consumer that leaves faults in the log must come
+    /// back for them on its own (virtio-dma's `IommuHandler` does, after a full
+    /// batch or when the driver adds event buffers). The notifier must not block:
+    /// writing a non-blocking eventfd is the intended use.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use vm_iommu::{Config, Iommu};
+    /// use vm_memory::Permissions;
+    ///
+    /// let iommu = Iommu::new(Config::default()).unwrap();
+    /// iommu.create_domain(1, false).unwrap();
+    /// iommu.attach(5, 1).unwrap();
+    /// let woken = Arc::new(AtomicUsize::new(0));
+    /// let w = Arc::clone(&woken);
+    /// iommu.set_fault_notifier(Some(Arc::new(move || {
+    ///     w.fetch_add(1, Ordering::Relaxed);
+    /// })));
+    /// assert!(iommu.translate(5, 0x1000, 8, Permissions::Read).is_err());
+    /// assert!(iommu.translate(5, 0x2000, 8, Permissions::Read).is_err());
+    /// assert_eq!(woken.load(Ordering::Relaxed), 1);
+    /// assert_eq!(iommu.drain_faults(8).len(), 2);
+    /// ```
+    pub fn set_fault_notifier(&self, notifier: Option<FaultNotifier>) -> Option<FaultNotifier> {
+        self.inner.faults.set_notifier(notifier)
+    }
+
+    /// Remove the fault notifier if it is `notifier` (the same `Arc` allocation),
+    /// leaving one that someone else set since; returns whether it was removed.
+    pub fn remove_fault_notifier(&self, notifier: &FaultNotifier) -> bool {
+        self.inner.faults.remove_notifier(notifier)
     }
 
     /// Number of faults waiting in the fault log.

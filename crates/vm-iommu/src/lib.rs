@@ -113,6 +113,7 @@ pub use config::{
 };
 pub use domain::{Domain, Endpoint};
 pub use error::{Error, Fault, FaultReason, Result};
+pub use fault::FaultNotifier;
 pub use iommu::Iommu;
 pub use quiesce::AccessGuard;
 pub use slices::Slices;

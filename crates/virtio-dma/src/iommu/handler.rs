@@ -2,9 +2,12 @@
 
 //! The device on an event-manager loop.
 
+use std::sync::Arc;
+
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
 use virtio_queue::{Queue, QueueT};
+use vm_iommu::FaultNotifier;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -19,8 +22,9 @@ const FAULT: u32 = 2;
 ///
 /// It watches three eventfds: the requestq notification (the transport's ioeventfd
 /// for queue 0), the eventq notification (queue 1: the driver added event buffers),
-/// and a fault eventfd that anything translating for the IOMMU's endpoints may
-/// write after a fault. Every wake-up processes the requestq, then moves pending
+/// and a fault eventfd, which the handler registers as the IOMMU's fault notifier
+/// ([`vm_iommu::Iommu::set_fault_notifier`]): a translation that faults into the
+/// empty fault log, on any thread, wakes the loop. Every wake-up processes the requestq, then moves pending
 /// faults from the vm-iommu fault log to the eventq ([`VirtioIommu::deliver_faults`],
 /// bounded per round), then writes `irq` if either queue needs a notification.
 /// A broken queue sets [`needs_reset`](Self::needs_reset) (for the transport's
@@ -56,6 +60,8 @@ pub struct IommuHandler<S: GuestAddressSpace> {
     requestq_evt: EventFd,
     eventq_evt: EventFd,
     fault_evt: EventFd,
+    /// Writes `fault_evt`; registered with the IOMMU while the handler lives.
+    fault_notifier: Notifier,
     irq: EventFd,
     needs_reset: bool,
 }
@@ -63,7 +69,9 @@ pub struct IommuHandler<S: GuestAddressSpace> {
 impl<S: GuestAddressSpace> IommuHandler<S> {
     /// Wrap `device` with its activated queues, the memory they live in, and the
     /// interrupt eventfd to signal. Creates the three non-blocking notification
-    /// eventfds (see [`requestq_eventfd`](Self::requestq_eventfd) and friends).
+    /// eventfds (see [`requestq_eventfd`](Self::requestq_eventfd) and friends) and
+    /// sets the IOMMU's fault notifier to one that writes the fault eventfd
+    /// (replacing any other; removed again when the handler drops).
     pub fn new(
         device: VirtioIommu,
         mem: S,
@@ -71,17 +79,31 @@ impl<S: GuestAddressSpace> IommuHandler<S> {
         eventq: Queue,
         irq: EventFd,
     ) -> Result<Self> {
-        Ok(IommuHandler {
+        let fault_evt = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+        let wake = fault_evt.try_clone().map_err(Error::EventFd)?;
+        let fault_notifier: FaultNotifier = Arc::new(move || {
+            // Non-blocking: it fails only when the counter is about to overflow,
+            // and then the loop has a wake-up pending anyway.
+            let _ = wake.write(1);
+        });
+        let fault_notifier = Notifier(fault_notifier);
+        let handler = IommuHandler {
             device,
             mem,
             requestq,
             eventq,
             requestq_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
             eventq_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
-            fault_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            fault_evt,
+            fault_notifier,
             irq,
             needs_reset: false,
-        })
+        };
+        handler
+            .device
+            .iommu()
+            .set_fault_notifier(Some(Arc::clone(&handler.fault_notifier.0)));
+        Ok(handler)
     }
 
     /// The requestq notification eventfd (register it as the queue's ioeventfd).
@@ -94,7 +116,8 @@ impl<S: GuestAddressSpace> IommuHandler<S> {
         &self.eventq_evt
     }
 
-    /// Write to this eventfd to have pending faults delivered.
+    /// The fault eventfd: the IOMMU writes it when a fault lands in its empty fault
+    /// log; write it yourself to have pending faults delivered.
     pub fn fault_eventfd(&self) -> &EventFd {
         &self.fault_evt
     }
@@ -174,6 +197,24 @@ impl<S: GuestAddressSpace> IommuHandler<S> {
             self.irq.write(1).map_err(Error::EventFd)?;
         }
         Ok(())
+    }
+}
+
+/// The handler's fault notifier (a closure, so `Debug` by hand).
+struct Notifier(FaultNotifier);
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notifier(..)")
+    }
+}
+
+impl<S: GuestAddressSpace> Drop for IommuHandler<S> {
+    fn drop(&mut self) {
+        // Only our own notifier: someone may have set another since.
+        self.device
+            .iommu()
+            .remove_fault_notifier(&self.fault_notifier.0);
     }
 }
 
