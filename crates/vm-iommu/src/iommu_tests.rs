@@ -737,10 +737,13 @@ fn test_view_fast_path_respects_an_unaligned_input_range() {
 #[test]
 fn test_shared_endpoint_cache_never_yields_another_regions_table() {
     // Two threads translate through one endpoint handle (one leaf cache: racing
-    // pointer and hint updates) in different 2 MiB regions, whose pages map to
-    // different guest pages; every translation must be the right one.
+    // pointer and hint updates, and racing directory and directory-hint updates) in
+    // different 2 MiB regions, whose pages map to different guest pages; every
+    // translation must be the right one. The regions are the same two slots of two
+    // different GiBs, so a torn directory/hint pair would find a table in the
+    // other directory's slot.
     let (iommu, d) = attached();
-    let regions = [0x4000_0000u64, 0x4020_0000, 0x4040_0000, 0x4060_0000];
+    let regions = [0x4000_0000u64, 0x4020_0000, 0x8000_0000, 0x8020_0000];
     for (r, base) in regions.iter().enumerate() {
         for p in 0..4u64 {
             let gpa = 0x100_0000 * (r as u64 + 1) + p * 0x1000;

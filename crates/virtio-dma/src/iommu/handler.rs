@@ -24,9 +24,10 @@ const FAULT: u32 = 2;
 /// for queue 0), the eventq notification (queue 1: the driver added event buffers),
 /// and a fault eventfd, which the handler registers as the IOMMU's fault notifier
 /// ([`vm_iommu::Iommu::set_fault_notifier`]): a translation that faults into the
-/// empty fault log, on any thread, wakes the loop. Every wake-up processes the requestq, then moves pending
-/// faults from the vm-iommu fault log to the eventq ([`VirtioIommu::deliver_faults`],
-/// bounded per round), then writes `irq` if either queue needs a notification.
+/// empty fault log, on any thread, wakes the loop. Every wake-up processes the
+/// requestq, then moves pending faults from the vm-iommu fault log to the eventq
+/// ([`VirtioIommu::deliver_faults`], bounded per round), then writes `irq` if
+/// either queue needs a notification.
 /// A broken queue sets [`needs_reset`](Self::needs_reset) (for the transport's
 /// DEVICE_NEEDS_RESET) and stops processing.
 ///
