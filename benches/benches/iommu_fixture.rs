@@ -13,9 +13,12 @@ use virtio_bindings_shim::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT, Reader, Writer};
-use vm_iommu::{Config, DeviceView, Iommu};
+use vm_iommu::{Config, DeviceView, Iommu, Slices};
+use vm_memory::bitmap::BS;
 use vm_memory::iommu::{Error as IotlbError, IotlbIterator, IovaRange};
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory, Iotlb, Permissions};
+use vm_memory::{
+    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, IommuMemory, Iotlb, Permissions,
+};
 
 /// virtio-bindings is not a dependency of the bench package; the flags we need.
 mod virtio_bindings_shim {
@@ -67,8 +70,42 @@ impl vm_memory::Iommu for IotlbIommu {
     }
 }
 
+/// Plain guest memory whose slices come in `vm_iommu::Slices`, as the view's do:
+/// the same `GuestMemory` plumbing as `DeviceView` without the translation, to
+/// show what the translation itself costs (plain `GuestMemoryMmap` pays
+/// vm-memory's provided `stop_on_error` on every `Bytes` access).
+#[derive(Debug)]
+pub(crate) struct LeanPlain(pub(crate) Mem);
+
+impl GuestMemory for LeanPlain {
+    type PhysicalMemory = Mem;
+    type Bitmap = ();
+
+    fn check_range(&self, addr: GuestAddress, count: usize, _access: Permissions) -> bool {
+        GuestMemoryBackend::check_range(&self.0, addr, count)
+    }
+
+    fn get_slices<'a>(
+        &'a self,
+        addr: GuestAddress,
+        count: usize,
+        _access: Permissions,
+    ) -> vm_memory::GuestMemoryResult<
+        impl vm_memory::guest_memory::GuestMemorySliceIterator<'a, BS<'a, ()>>,
+    > {
+        Ok(Slices::new(GuestMemoryBackend::get_slices(
+            &self.0, addr, count,
+        )))
+    }
+
+    fn physical_memory(&self) -> Option<&Mem> {
+        Some(&self.0)
+    }
+}
+
 pub(crate) struct Setup {
     pub(crate) mem: Mem,
+    pub(crate) lean: LeanPlain,
     pub(crate) view: DeviceView<Mem>,
     pub(crate) iommu_mem: IommuMemory<Mem, IotlbIommu>,
 }
@@ -99,6 +136,7 @@ pub(crate) fn setup() -> Setup {
     let view = iommu.view(1, mem.clone()).unwrap();
     let iommu_mem = IommuMemory::new(mem.clone(), tlb, true, ());
     Setup {
+        lean: LeanPlain(mem.clone()),
         mem,
         view,
         iommu_mem,
