@@ -407,7 +407,7 @@ pub fn run_desc_chain(input: &DescChainInput) -> Reached {
     give_scratch(after);
     // Oracle 3: the used ring holds what the device returned.
     if size_ok {
-        for (k, &(head, len, writable)) in used.iter().enumerate() {
+        for (k, &(head, len, writable, after)) in used.iter().enumerate() {
             assert!(
                 u64::from(len) <= writable,
                 "used len {len} > writable {writable}"
@@ -420,8 +420,13 @@ pub fn run_desc_chain(input: &DescChainInput) -> Reached {
             ) else {
                 panic!("the used ring is in guest memory");
             };
-            // Entries written later to the same slot (more than `size` chains) win.
-            if used.len() <= usize::from(size) && !flips_cover(&flips, at, 8) {
+            // Entries written later to the same slot (more than `size` chains)
+            // win, and so do device writes of later chains whose buffers the
+            // guest placed on the used ring.
+            if used.len() <= usize::from(size)
+                && !flips_cover(&flips, at, 8)
+                && !flips_cover(&writes[after..], at, 8)
+            {
                 assert_eq!((id, l), (u32::from(head), len), "used element {k}");
             }
         }
@@ -473,7 +478,7 @@ fn run_device(
     iommu: &Iommu,
     model: &mut MapModel,
     mapped: &[u64],
-    used: &mut Vec<(u16, u32, u64)>,
+    used: &mut Vec<(u16, u32, u64, usize)>,
     writes: &mut Vec<(u64, u64)>,
     reached: &mut Reached,
 ) {
@@ -554,7 +559,10 @@ fn run_device(
             "used element for head {head} beyond the queue"
         );
         if returned {
-            used.push((head, written, writable));
+            // The element is in the log now: the writes after this point are
+            // later chains' (a guest may point their buffers at the used ring).
+            checkpoint(lm, model, writes);
+            used.push((head, written, writable, writes.len()));
         }
         if let Some((n, i)) = input.unmap_after {
             if popped == u32::from(n) + 1 && !mapped.is_empty() {
@@ -706,6 +714,16 @@ pub fn seeds() -> Vec<DescChainInput> {
         reader_writer: true,
         unmap_after: None,
     };
+    // Found by the fuzzer (a wrong oracle): a later chain's writable buffer on
+    // the used ring overwrites an element returned before; the guest asked for it.
+    let mut clobber = base.clone();
+    clobber.descs = vec![
+        d(DescAddr::Buf { i: 1, off: 0 }, 0x100, 0, 0),
+        d(DescAddr::Ring { off: 0x2004 }, 8, VIRTQ_DESC_F_WRITE, 0),
+    ];
+    clobber.indirect = vec![];
+    clobber.avail = vec![0, 1];
+    clobber.avail_ahead = 2;
     vec![
         base,
         with_rw,
@@ -716,6 +734,7 @@ pub fn seeds() -> Vec<DescChainInput> {
         overrun,
         bad_head,
         flip_to_write,
+        clobber,
     ]
 }
 
