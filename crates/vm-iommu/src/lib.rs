@@ -11,7 +11,8 @@
 //!   nothing.
 //! * Translation ([`Endpoint::translate`], [`Iommu::translate`]) yields guest-physical
 //!   [`Fragment`]s or a [`Fault`] naming the first failing IOVA, the access and the
-//!   [`FaultReason`]. Faults also go to a bounded log ([`Iommu::drain_faults`]).
+//!   [`FaultReason`]. Faults also go to a bounded log ([`Iommu::drain_faults`]),
+//!   whose optional notifier ([`Iommu::set_fault_notifier`]) wakes a consumer.
 //! * [`DeviceView`]: a [`vm_memory::GuestMemory`] for one endpoint over any
 //!   [`vm_memory::GuestMemoryBackend`], so virtio-queue works over IOVAs unchanged.
 //! * [`IommuAdapter`]: implements [`vm_memory::Iommu`], for users of
