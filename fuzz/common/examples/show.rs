@@ -19,6 +19,7 @@ use vm_dma_fuzz_common::{
     iommu_model::{run_iommu_model, IommuModelInput},
     pool::{run_pool, PoolInput},
     streaming::{run_streaming, StreamingInput},
+    vhost_messages::{run_vhost, VhostInput},
 };
 
 fn show<T, R: Debug>(data: &[u8], run: impl Fn(&T) -> R) -> Result<(), String>
@@ -45,6 +46,7 @@ fn main() -> Result<(), String> {
         "dma_pool" => show::<PoolInput, _>(&data, run_pool),
         "virtio_iommu_device" => show::<IommuDeviceInput, _>(&data, run_iommu_device),
         "iommu_dma" => show::<IommuDmaInput, _>(&data, run_iommu_dma),
+        "vhost_user_messages" => show::<VhostInput, _>(&data, run_vhost),
         other => Err(format!("no such target: {other}")),
     }
 }

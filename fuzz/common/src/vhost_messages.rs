@@ -561,7 +561,14 @@ pub fn run_vhost(input: &VhostInput) -> Reached {
         let body = replies
             .get(pos + HEADER_SIZE..pos + HEADER_SIZE + size)
             .unwrap_or_else(|| panic!("reply {code}: truncated payload of {size} bytes"));
-        let Some(k) = sent.iter().skip(next).position(|s| s.code == code) else {
+        // An `IOTLB_MSG` without NEED_REPLY gets no reply: a reply of that code
+        // answers the next one that asked for it (else every later IOTLB reply
+        // would be matched one message too early).
+        let Some(k) = sent
+            .iter()
+            .skip(next)
+            .position(|s| s.code == code && (code != IOTLB_MSG || s.need_reply))
+        else {
             panic!("reply {code} answers no message sent (after #{next})");
         };
         next += k + 1;
