@@ -138,6 +138,14 @@ pub enum Error {
     /// A message arrived in a state where it makes no sense.
     #[error("protocol error: {0}")]
     Protocol(&'static str),
+    /// A message header with a version other than 1 or reserved flag bits set.
+    #[error("malformed header of message {code}: flags {flags:#x}")]
+    BadHeader {
+        /// Request code.
+        code: u32,
+        /// Header flags.
+        flags: u32,
+    },
     /// A memory table that cannot be mapped.
     #[error("bad memory table: {0}")]
     BadMemTable(String),

@@ -31,6 +31,20 @@ pub struct Daemon<D: VirtioDevice> {
     opts: DaemonOptions,
 }
 
+/// The header of a message the daemon reads itself, if the vhost crate would
+/// accept it ([`wire::RawHeader::is_valid`]); otherwise the connection ends, as
+/// it does for any other malformed message.
+fn valid(hdr: wire::RawHeader) -> Result<wire::RawHeader> {
+    if hdr.is_valid() {
+        Ok(hdr)
+    } else {
+        Err(Error::BadHeader {
+            code: hdr.code,
+            flags: hdr.flags,
+        })
+    }
+}
+
 impl<D: VirtioDevice> Daemon<D> {
     /// A daemon serving `device`.
     pub fn new(device: Arc<D>, opts: DaemonOptions) -> Self {
@@ -98,7 +112,7 @@ impl<D: VirtioDevice> Daemon<D> {
             match hdr.code {
                 FRONTEND_IOTLB_MSG => {
                     let req = wire::read_request(&mut side)?;
-                    let hdr = req.hdr;
+                    let hdr = valid(req.hdr)?;
                     let res = wire::iotlb_payload(&req)
                         .and_then(|b| wire::decode_iotlb(&b))
                         .and_then(|m| handler.handle_iotlb(&m));
@@ -111,7 +125,7 @@ impl<D: VirtioDevice> Daemon<D> {
                 }
                 FRONTEND_SET_BACKEND_REQ_FD => {
                     let req = wire::read_request(&mut side)?;
-                    let hdr = req.hdr;
+                    let hdr = valid(req.hdr)?;
                     let res =
                         wire::backend_req_socket(req).and_then(|s| handler.set_backend_channel(s));
                     if hdr.need_reply() && handler.reply_ack() {

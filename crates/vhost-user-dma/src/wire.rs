@@ -73,6 +73,14 @@ impl RawHeader {
         self.flags & FLAG_NEED_REPLY != 0
     }
 
+    /// Whether the header passes the check the vhost crate applies to every
+    /// message it reads (`VhostUserMsgHeader::is_valid`): version 1 and no
+    /// reserved flag bits. The daemon applies it to the messages it reads itself,
+    /// so that they are refused exactly as the others are.
+    pub fn is_valid(&self) -> bool {
+        self.flags & 0x3 == FLAG_VERSION && self.flags & !0xf == 0
+    }
+
     /// Whether the header is a well-formed version 1 request (not a reply).
     pub fn is_request_v1(&self) -> bool {
         self.flags & 0x3 == FLAG_VERSION && self.flags & FLAG_REPLY == 0
@@ -442,5 +450,11 @@ mod tests {
         assert_eq!(h.size, 32);
         let r = RawHeader::from_bytes(&[22, 0, 0, 0, 5, 0, 0, 0, 8, 0, 0, 0]);
         assert!(!r.is_request_v1());
+        assert!(h.is_valid() && r.is_valid());
+        // Version 0 (NEED_REPLY alone), version 2, a reserved bit.
+        for flags in [8u8, 0xa, 0x19] {
+            let b = RawHeader::from_bytes(&[22, 0, 0, 0, flags, 0, 0, 0, 32, 0, 0, 0]);
+            assert!(!b.is_valid(), "flags {flags:#x}");
+        }
     }
 }

@@ -176,6 +176,35 @@ fn test_iotlb_malformed_messages_are_refused_and_connection_survives() {
 }
 
 #[test]
+fn test_iotlb_message_with_a_bad_header_ends_the_connection() {
+    // The vhost crate ends the connection on a header whose version is not 1
+    // or that sets reserved flag bits; an IOTLB message, which the daemon reads
+    // itself, is refused the same way (it used to be served: found while
+    // triaging a fuzz finding, version 0 with NEED_REPLY).
+    use std::io::{Read, Write};
+    use vhost_user_dma::wire::{self, FLAG_NEED_REPLY};
+
+    for flags in [FLAG_NEED_REPLY, 0x10 | 1 | FLAG_NEED_REPLY] {
+        let (sock, daemon) = spawn_daemon(EchoDevice, DaemonOptions::default());
+        let mut fe = Fe::new(sock, true, 0);
+        let mut body = [0u8; 32];
+        body[8..16].copy_from_slice(&0x1000u64.to_le_bytes());
+        body[25] = 3; // INVALIDATE
+        fe.raw
+            .write_all(&wire::encode_header(22, flags, 32))
+            .unwrap();
+        fe.raw.write_all(&body).unwrap();
+        let mut reply = [0u8; 20];
+        assert_eq!(fe.raw.read(&mut reply).unwrap(), 0, "no reply: the end");
+        drop(fe);
+        match daemon.join().unwrap() {
+            Err(vhost_user_dma::Error::BadHeader { code: 22, flags: f }) => assert_eq!(f, flags),
+            other => panic!("flags {flags:#x}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn test_iotlb_without_access_platform_is_refused() {
     let (sock, daemon) = spawn_daemon(EchoDevice, DaemonOptions::default());
     let mut fe = Fe::new(sock, false, 0);

@@ -491,7 +491,12 @@ pub fn run_vhost(input: &VhostInput) -> Reached {
         };
         sent.push(Sent {
             code,
-            need_reply: flags == FLAG_VERSION | FLAG_NEED_REPLY,
+            // What the daemon (and the vhost crate) take as a request for a
+            // reply: a valid header (version 1, no reserved bits) with
+            // NEED_REPLY; a header that is not valid ends the connection.
+            need_reply: flags & 0x3 == FLAG_VERSION
+                && flags & !0xf == 0
+                && flags & FLAG_NEED_REPLY != 0,
         });
         // The header and the descriptors in one sendmsg, the rest as a stream.
         let first = msg.len().min(HEADER_SIZE);

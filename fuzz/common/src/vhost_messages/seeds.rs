@@ -250,6 +250,21 @@ pub fn seeds() -> Vec<VhostInput> {
                 }),
             ],
         },
+        // Found by the fuzzer: an IOTLB message with version 0 (NEED_REPLY
+        // alone) was served; it now ends the connection, as the vhost crate
+        // does for any other message with a bad header.
+        VhostInput {
+            steps: vec![
+                send(1, HFlags::V1, Payload::Empty, Fds::None),
+                Step::Send(Msg {
+                    code: Code::Known(22),
+                    flags: HFlags::Raw(8),
+                    size: Size::Exact,
+                    payload: Payload::Empty,
+                    fds: Fds::None,
+                }),
+            ],
+        },
         // Memory tables that do not match their descriptors or wrap.
         VhostInput {
             steps: vec![
