@@ -105,19 +105,24 @@ fn translate(c: &mut Criterion) {
             });
         }
         for (name, probes) in [("hot", hot), ("spread", spread)] {
-            let mask = probes.len() - 1;
-            let mut k = 0usize;
-            c.bench_function(&format!("iommu/translate_4k/{name}/{n}"), |b| {
-                b.iter(|| {
-                    k = (k + 1) & mask;
-                    let t = ep
-                        .translate(black_box(probes[k]), PAGE, Permissions::Read)
-                        .unwrap();
-                    black_box(t.single().unwrap().gpa)
-                })
-            });
+            bench_translate(c, &format!("iommu/translate_4k/{name}/{n}"), &ep, &probes);
         }
     }
+}
+
+/// 4 KiB translations through `ep` at `probes` (a power-of-two count), in turn.
+fn bench_translate(c: &mut Criterion, name: &str, ep: &vm_iommu::Endpoint, probes: &[u64]) {
+    let mask = probes.len() - 1;
+    let mut k = 0usize;
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            k = (k + 1) & mask;
+            let t = ep
+                .translate(black_box(probes[k]), PAGE, Permissions::Read)
+                .unwrap();
+            black_box(t.single().unwrap().gpa)
+        })
+    });
 }
 
 /// The "spread" probes over 10^6 mappings, with the probe set held fixed while the
@@ -134,17 +139,12 @@ fn translate_same_probes(c: &mut Criterion) {
         ("1000000", iommu_with(n)),
     ] {
         let ep = iommu.endpoint(1).unwrap();
-        let mask = probes.len() - 1;
-        let mut k = 0usize;
-        c.bench_function(&format!("iommu/translate_4k/same_probes/{name}"), |b| {
-            b.iter(|| {
-                k = (k + 1) & mask;
-                let t = ep
-                    .translate(black_box(probes[k]), PAGE, Permissions::Read)
-                    .unwrap();
-                black_box(t.single().unwrap().gpa)
-            })
-        });
+        bench_translate(
+            c,
+            &format!("iommu/translate_4k/same_probes/{name}"),
+            &ep,
+            &probes,
+        );
     }
 }
 

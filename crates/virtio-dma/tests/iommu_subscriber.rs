@@ -11,12 +11,30 @@ use std::sync::Arc;
 use event_manager::{EventManager, SubscriberOps};
 use iommu_common::*;
 use virtio_dma::iommu::wire::VIRTIO_IOMMU_FAULT_R_MAPPING;
-use virtio_dma::iommu::{IommuHandler, Status};
+use virtio_dma::iommu::{IommuHandler, Status, VirtioIommu};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 type Handler = IommuHandler<Arc<GuestMemoryMmap>>;
+
+/// The handler of `dev` with the queues of `req` and `evt`, signalling `irq`.
+fn handler(
+    dev: VirtioIommu,
+    mem: &Arc<GuestMemoryMmap>,
+    req: &Driver,
+    evt: &Driver,
+    irq: &EventFd,
+) -> Handler {
+    Handler::new(
+        dev,
+        Arc::clone(mem),
+        req.queue(),
+        evt.queue(),
+        irq.try_clone().unwrap(),
+    )
+    .unwrap()
+}
 
 #[test]
 fn requests_and_faults_flow_through_the_event_loop() {
@@ -25,14 +43,7 @@ fn requests_and_faults_flow_through_the_event_loop() {
     let mut req = Driver::new(&mem, REQ_RING, 64, REQ_DATA);
     let mut evt = Driver::new(&mem, EVT_RING, 16, EVT_DATA);
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-    let handler = Handler::new(
-        dev,
-        mem.clone(),
-        req.queue(),
-        evt.queue(),
-        irq.try_clone().unwrap(),
-    )
-    .unwrap();
+    let handler = handler(dev, &mem, &req, &evt, &irq);
     let kick_req = handler.requestq_eventfd().try_clone().unwrap();
     let kick_evt = handler.eventq_eventfd().try_clone().unwrap();
     let kick_fault = handler.fault_eventfd().try_clone().unwrap();
@@ -96,14 +107,7 @@ fn a_broken_queue_asks_for_a_reset() {
     let mut req = Driver::new(&mem, REQ_RING, 8, REQ_DATA);
     let evt = Driver::new(&mem, EVT_RING, 8, EVT_DATA);
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-    let handler = Handler::new(
-        dev,
-        mem.clone(),
-        req.queue(),
-        evt.queue(),
-        irq.try_clone().unwrap(),
-    )
-    .unwrap();
+    let handler = handler(dev, &mem, &req, &evt, &irq);
     let kick = handler.requestq_eventfd().try_clone().unwrap();
     let mut mgr = EventManager::<Handler>::new().unwrap();
     let id = mgr.add_subscriber(handler);
@@ -131,14 +135,7 @@ fn a_fault_on_another_thread_wakes_the_loop_by_itself() {
     let mut req = Driver::new(&mem, REQ_RING, 64, REQ_DATA);
     let mut evt = Driver::new(&mem, EVT_RING, 16, EVT_DATA);
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-    let handler = Handler::new(
-        dev,
-        mem.clone(),
-        req.queue(),
-        evt.queue(),
-        irq.try_clone().unwrap(),
-    )
-    .unwrap();
+    let handler = handler(dev, &mem, &req, &evt, &irq);
     let kick_req = handler.requestq_eventfd().try_clone().unwrap();
     let mut mgr = EventManager::<Handler>::new().unwrap();
     let id = mgr.add_subscriber(handler);
@@ -179,14 +176,13 @@ fn a_fault_on_another_thread_wakes_the_loop_by_itself() {
 fn a_dropped_handler_takes_only_its_own_fault_notifier_along() {
     let mem = Arc::new(guest_memory());
     let new_handler = |dev| {
-        Handler::new(
+        handler(
             dev,
-            mem.clone(),
-            Driver::new(&mem, REQ_RING, 8, REQ_DATA).queue(),
-            Driver::new(&mem, EVT_RING, 8, EVT_DATA).queue(),
-            EventFd::new(EFD_NONBLOCK).unwrap(),
+            &mem,
+            &Driver::new(&mem, REQ_RING, 8, REQ_DATA),
+            &Driver::new(&mem, EVT_RING, 8, EVT_DATA),
+            &EventFd::new(EFD_NONBLOCK).unwrap(),
         )
-        .unwrap()
     };
     let (iommu, dev) = device(&[1]);
     drop(new_handler(dev));

@@ -43,7 +43,9 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use serde::{Deserialize, Serialize};
-use vhost_user_dma::wire::{encode_header, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, HEADER_SIZE};
+use vhost_user_dma::wire::{
+    encode_header, RawHeader, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, HEADER_SIZE,
+};
 use vhost_user_dma::{Daemon, DaemonOptions, EchoDevice};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -492,11 +494,12 @@ pub fn run_vhost(input: &VhostInput) -> Reached {
         sent.push(Sent {
             code,
             // What the daemon (and the vhost crate) take as a request for a
-            // reply: a valid header (version 1, no reserved bits) with
-            // NEED_REPLY; a header that is not valid ends the connection.
-            need_reply: flags & 0x3 == FLAG_VERSION
-                && flags & !0xf == 0
-                && flags & FLAG_NEED_REPLY != 0,
+            // reply: a valid header with NEED_REPLY; a header that is not
+            // valid ends the connection.
+            need_reply: {
+                let h = RawHeader::from_bytes(&encode_header(code, flags, size));
+                h.is_valid() && h.need_reply()
+            },
         });
         // The header and the descriptors in one sendmsg, the rest as a stream.
         let first = msg.len().min(HEADER_SIZE);
